@@ -1,0 +1,275 @@
+"""The `searchfs` command. Thin click commands over the Library; every help text carries an example.
+
+Exit codes: 0 ok; non-zero with one line on stderr otherwise (see errors.py for which code means what).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from typing import Optional
+
+import click
+
+from .config import load_settings
+from .errors import SearchfsError
+
+log = logging.getLogger("searchfs")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"searchfs: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func):
+    """Turn expected errors into one line on stderr and an exit code; unexpected ones too, with a hint."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except SearchfsError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except OSError as exc:
+            _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), 1)
+
+    return wrapper
+
+
+class Context:
+    def __init__(self, config: Optional[str], library: Optional[str], verbose: int):
+        self.config = config
+        self.library_name = library
+        self.verbose = verbose
+        self._settings = None
+
+    def settings(self, **flags):
+        return load_settings(self.config, library=self.library_name, **flags)
+
+    def library(self, **flags):
+        from .library import Library
+
+        return Library(self.settings(**flags))
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", type=click.Path(dir_okay=False), help="TOML settings file (default: $SEARCHFS_CONFIG, else ~/.config/searchfs/config.toml).")
+@click.option("--library", "-L", help="Named library with its own catalog (default: $SEARCHFS_LIBRARY, else 'default').")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+@click.version_option(package_name="searchfs")
+@click.pass_context
+def cli(ctx, config, library, verbose):
+    """Search a photo library from any file manager, shell or script.
+
+    \b
+    Example:
+        searchfs index ~/Pictures
+        searchfs search "red flower" -n 20
+        searchfs mount ~/Pictures ~/search && ls ~/search/query/red\\ flower/
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = Context(config, library, verbose)
+
+
+# -- index -------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("folders", nargs=-1, type=click.Path(file_okay=False))
+@click.option("--retry-quarantined", is_flag=True, help="Try quarantined files again.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (the default when stderr is not a terminal).")
+@pass_context
+@handle_errors
+def index(ctx, folders, retry_quarantined, as_json, no_progress):
+    """Index photo folders: scan, read EXIF, embed with CLIP. Without FOLDERS, re-index every root.
+
+    Folders are only read, never written. Unchanged files cost a stat; renamed, moved or copied files
+    keep their embedding; files that cannot be read as images are quarantined with the reason.
+
+    \b
+    Example:
+        searchfs index ~/Pictures /mnt/nas/photos
+        searchfs index --json            # again, all roots; prints what changed
+    """
+    from .progress import IndexProgress
+
+    with ctx.library() as lib, IndexProgress(enabled=not no_progress and not as_json) as progress:
+        report = lib.index(folders, progress=progress.update, retry_quarantined=retry_quarantined)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    click.echo(
+        f"{report.scanned} photos scanned in {report.seconds:.1f}s: {report.new} new, {report.changed} changed, "
+        f"{report.removed} removed, {report.unchanged} unchanged; {report.embedded} embedded, "
+        f"{report.reused} reused known content, {report.quarantined} quarantined, {report.pending} waiting for the model"
+    )
+    for line in report.errors[:20]:
+        click.echo(f"  ! {line}", err=True)
+    if len(report.errors) > 20:
+        click.echo(f"  ! ... {len(report.errors) - 20} more (see `searchfs status`)", err=True)
+
+
+# -- search ------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("query", required=False)
+@click.option("-n", "--limit", type=int, help="At most this many results (default: search.limit, 50).")
+@click.option("--min", "min_score", type=float, help="Only results with at least this similarity (-1..1; CLIP matches are often 0.2-0.35).")
+@click.option("-w", "--where", multiple=True, metavar="KEY=VALUE", help="Metadata filter, repeatable (AND): camera=Canon, year=2019..2021, lens=f/2.8, has_gps=yes.")
+@click.option("--image", "force_image", is_flag=True, help="QUERY is an image file (the default when it names an existing file).")
+@click.option("--text", "force_text", is_flag=True, help="QUERY is text even if a file of that name exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {rank, score, path, root}.")
+@click.option("-0", "--null", "null", is_flag=True, help="Print paths only, separated by NUL (for xargs -0).")
+@pass_context
+@handle_errors
+def search(ctx, query, limit, min_score, where, force_image, force_text, as_json, null):
+    """Search by text, by an image file, or by metadata alone.
+
+    \b
+    Example:
+        searchfs search "red flower" -n 20 --min 0.2
+        searchfs search ~/Downloads/query.jpg
+        searchfs search "dog" --where camera=Canon --where year=2019..2021
+        searchfs search --where has_gps=yes --json
+    """
+    if query is None and not where:
+        raise click.UsageError("give a QUERY (text or image file) or at least one --where filter")
+    is_image = query is not None and not force_text and (force_image or os.path.isfile(query))
+    with ctx.library() as lib:
+        hits = lib.search(
+            None if is_image else query,
+            image=query if is_image else None,
+            where=where,
+            limit=limit,
+            min_score=min_score,
+        )
+    _print_hits(hits, as_json, null)
+
+
+def _print_hits(hits, as_json: bool, null: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([hit.to_json() for hit in hits], indent=2))
+    elif null:
+        sys.stdout.buffer.write(b"".join(hit.abspath + b"\0" for hit in hits))
+    else:
+        for hit in hits:
+            score = f"{hit.score:.4f}" if hit.score is not None else "     -"
+            click.echo(f"{hit.rank:4d}  {score}  {hit.path}")
+
+
+@cli.command()
+@click.argument("image_a", type=click.Path(exists=True, dir_okay=False))
+@click.argument("image_b", type=click.Path(exists=True, dir_okay=False))
+@pass_context
+@handle_errors
+def compare(ctx, image_a, image_b):
+    """Print the CLIP similarity (cosine, -1..1) of two image files.
+
+    \b
+    Example:
+        searchfs compare a.jpg b.jpg
+    """
+    with ctx.library() as lib:
+        click.echo(f"{lib.compare(image_a, image_b):.4f}")
+
+
+# -- status and doctor ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--quarantine", "show_all", is_flag=True, help="List every quarantined file with its reason.")
+@pass_context
+@handle_errors
+def status(ctx, as_json, show_all):
+    """Show the library: roots, counts (indexed, pending, quarantined), model, index health.
+
+    \b
+    Example:
+        searchfs status
+        searchfs --library work status --json
+    """
+    from .library import library_names
+
+    with ctx.library() as lib:
+        report = lib.status(quarantine_limit=1 << 30 if show_all else 10)
+        libraries = library_names(lib.settings)
+        watcher = _watcher_state(lib.settings)
+    report.watcher = watcher
+    if as_json:
+        data = report.to_json()
+        data["libraries"] = libraries
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    click.echo(f"library {report.library} ({report.catalog})   all libraries: {', '.join(libraries)}")
+    click.echo(f"model   {report.model}")
+    click.echo(f"photos  {report.files}: {report.indexed} indexed, {report.pending} pending, {report.quarantined} quarantined")
+    for root in report.roots:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(root.last_scan_at)) if root.last_scan_at else "never"
+        state = "online" if root.online else "OFFLINE (photos kept)"
+        click.echo(f"root    {root.name}: {root.path}  {root.files} photos, {state}, last scan {when}")
+    click.echo(f"vectors {json.dumps(report.vectors, default=str)}")
+    if watcher:
+        click.echo(f"watcher {json.dumps(watcher, default=str)}")
+    for item in report.quarantine:
+        click.echo(f"  quarantined {item['path']}: {item['reason']}")
+    if report.quarantined > len(report.quarantine):
+        click.echo(f"  ... {report.quarantined - len(report.quarantine)} more: searchfs status --quarantine")
+
+
+def _watcher_state(settings) -> Optional[dict]:
+    """What a running daemon last wrote about its watcher (None when no daemon runs)."""
+    path = settings.library_dir / "daemon.json"
+    try:
+        data = json.loads(path.read_text())
+        os.kill(int(data.get("pid", 0)), 0)
+        return data
+    except (OSError, ValueError):
+        return None
+
+
+@cli.command()
+@click.option("--fetch", is_flag=True, help="Download the configured model weights now (needs network).")
+@pass_context
+@handle_errors
+def doctor(ctx, fetch):
+    """Check what searchfs needs (exiftool, libfuse, model weights) and say how to fix what is missing.
+
+    Exits 0 when everything is in place, 1 otherwise. Without weights searchfs still indexes and
+    serves metadata (exif/); text and image search wait for the model.
+
+    \b
+    Example:
+        searchfs doctor
+        searchfs doctor --fetch
+    """
+    from .doctor import run_checks
+
+    settings = ctx.settings()
+    ok = True
+    for check in run_checks(settings, fetch=fetch):
+        mark = "ok  " if check.ok else "MISSING"
+        click.echo(f"{mark:8s}{check.name}: {check.detail}")
+        ok &= check.ok
+    sys.exit(0 if ok else 1)
+
+
+def main() -> None:
+    cli(prog_name="searchfs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Settings: defaults < TOML file < SEARCHFS_* environment < command-line flags.
+
+A TOML key `key` in table `[section]` is the setting `section_key`, and the environment variable
+`SEARCHFS_SECTION_KEY`. Three settings sit outside the tables because they say where everything else is:
+`SEARCHFS_HOME` (catalog, index, logs), `SEARCHFS_CONFIG` (the TOML file) and `SEARCHFS_LIBRARY`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+DEFAULT_EXCLUDE = (
+    "@eaDir",  # Synology thumbnails
+    "#recycle",
+    "#snapshot",
+    ".@__thumb",  # QNAP thumbnails
+    "$RECYCLE.BIN",
+    "System Volume Information",
+    "lost+found",
+    "*.part",
+    "*.crdownload",
+    "*.tmp",
+    "*~",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    library: str = "default"
+    config_file: Optional[Path] = None
+
+    # [model]
+    model_name: str = "ViT-B-32"
+    model_pretrained: str = "laion2b_s34b_b79k"  # an open_clip tag or a path to a checkpoint file
+    model_config_file: str = ""  # an open_clip model config (JSON) for architectures open_clip lacks
+    model_device: str = "auto"  # auto | cpu | cuda | mps
+    model_batch_size: int = 16
+    model_threads: int = 0  # torch threads; 0 = torch's default
+
+    # [index]
+    index_exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    index_hidden: bool = False
+    index_max_pixels: int = 0  # 0 = Pillow's own decompression-bomb limit
+
+    # [exiftool]
+    exiftool_path: str = "exiftool"
+    exiftool_timeout: float = 30.0
+    exiftool_batch: int = 64
+
+    # [search]
+    search_limit: int = 50
+    search_min_score: Optional[float] = None
+    search_exact_below: int = 50_000  # exact cosine scan below this many vectors, HNSW above
+
+    # [mount]
+    mount_allow_other: bool = False
+
+    # [watch]
+    watch_settle_seconds: float = 1.0
+    watch_reconcile_minutes: float = 60.0
+    watch_poll_seconds: float = 30.0
+
+    @property
+    def library_dir(self) -> Path:
+        return self.home / "libraries" / self.library
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.library_dir / "catalog.sqlite"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **_coerce_all(changes))
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_SECTIONS = ("model", "index", "exiftool", "search", "mount", "watch")
+
+
+def default_home(env: Mapping[str, str]) -> Path:
+    if env.get("SEARCHFS_HOME"):
+        return Path(env["SEARCHFS_HOME"]).expanduser()
+    data = env.get("XDG_DATA_HOME") or os.path.join(env.get("HOME", "~"), ".local", "share")
+    return Path(data).expanduser() / "searchfs"
+
+
+def default_config_path(env: Mapping[str, str]) -> Path:
+    if env.get("SEARCHFS_CONFIG"):
+        return Path(env["SEARCHFS_CONFIG"]).expanduser()
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME", "~"), ".config")
+    return Path(base).expanduser() / "searchfs" / "config.toml"
+
+
+def load_settings(
+    config: Optional[os.PathLike] = None,
+    env: Optional[Mapping[str, str]] = None,
+    **flags: Any,
+) -> Settings:
+    """Merge every layer. `flags` whose value is None are treated as not given."""
+    env = os.environ if env is None else env
+    explicit = config is not None or bool(env.get("SEARCHFS_CONFIG"))
+    path = Path(config).expanduser() if config is not None else default_config_path(env)
+    values: dict[str, Any] = {}
+    if path.is_file():
+        values.update(_from_toml(path))
+        values["config_file"] = path
+    elif explicit:
+        raise ConfigError(f"config file not found: {path}")
+    values.update(_from_env(env))
+    values.update({k: v for k, v in flags.items() if v is not None})
+    values.setdefault("home", default_home(env))
+    if env.get("SEARCHFS_LIBRARY") and "library" not in flags:
+        values["library"] = env["SEARCHFS_LIBRARY"]
+    settings = Settings(**_coerce_all(values))
+    _validate(settings)
+    return settings
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    values: dict[str, Any] = {}
+    for section, table in data.items():
+        if section not in _SECTIONS or not isinstance(table, dict):
+            raise ConfigError(f"{path}: unknown section [{section}] (known: {', '.join(_SECTIONS)})")
+        for key, value in table.items():
+            name = f"{section}_{key}"
+            if name not in _FIELDS:
+                raise ConfigError(f"{path}: unknown key {key!r} in [{section}]")
+            values[name] = value
+    return values
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in _FIELDS:
+        if name.split("_", 1)[0] in _SECTIONS:
+            raw = env.get("SEARCHFS_" + name.upper())
+            if raw is not None and raw != "":
+                values[name] = raw
+    return values
+
+
+def _coerce_all(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: _coerce(name, value) for name, value in values.items()}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a TOML, env or flag value into the field's type, with a clear error when it cannot be."""
+    if name not in _FIELDS:
+        raise ConfigError(f"unknown setting {name!r}")
+    default = _FIELDS[name].default
+    try:
+        if name in ("home", "config_file"):
+            return None if value is None else Path(value).expanduser()
+        if isinstance(default, bool):
+            return _to_bool(value)
+        if isinstance(default, int) and not isinstance(default, bool):
+            return int(value)
+        if isinstance(default, float) or name == "search_min_score":
+            return None if value in (None, "") else float(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            return tuple(str(v) for v in value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}: cannot use {value!r} ({exc})") from exc
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _validate(settings: Settings) -> None:
+    if settings.model_device not in ("auto", "cpu", "cuda", "mps"):
+        raise ConfigError(f"model.device must be auto, cpu, cuda or mps, not {settings.model_device!r}")
+    if not settings.library or "/" in settings.library or settings.library.startswith("."):
+        raise ConfigError(f"library name must be a plain name, not {settings.library!r}")
+    if settings.model_batch_size < 1:
+        raise ConfigError("model.batch_size must be at least 1")
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` (and parents under our control) as 0700, and tighten it if it exists."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+

@@ -1,0 +1,88 @@
+"""`searchfs doctor`: what searchfs needs, whether it is here, and how to get what is missing."""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import shutil
+from dataclasses import dataclass
+
+from .config import Settings
+from .errors import SearchfsError
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def run_checks(settings: Settings, fetch: bool = False) -> list[Check]:
+    return [
+        _exiftool(settings),
+        _libfuse(),
+        _heif(),
+        _weights(settings, fetch),
+        _home(settings),
+    ]
+
+
+def _exiftool(settings: Settings) -> Check:
+    from .ingest.extract import exiftool_version
+
+    version = exiftool_version(settings.exiftool_path)
+    if version:
+        return Check("exiftool", True, f"{settings.exiftool_path} {version}")
+    return Check(
+        "exiftool",
+        False,
+        f"{settings.exiftool_path!r} not found: install it (Debian/Ubuntu: apt install libimage-exiftool-perl; "
+        "macOS: brew install exiftool) or set [exiftool] path",
+    )
+
+
+def _libfuse() -> Check:
+    library = ctypes.util.find_library("fuse") or ctypes.util.find_library("fuse3")
+    helper = shutil.which("fusermount") or shutil.which("fusermount3")
+    missing = [what for what, ok in (("libfuse", library), ("fusermount", helper), ("/dev/fuse", os.path.exists("/dev/fuse"))) if not ok]
+    if not missing:
+        return Check("fuse", True, f"{library}, {helper}")
+    return Check(
+        "fuse",
+        False,
+        f"{', '.join(missing)} missing: install fuse3 and libfuse2 (apt install fuse3 libfuse2); "
+        "without them `searchfs mount` cannot work, search and index still do",
+    )
+
+
+def _heif() -> Check:
+    try:
+        import pillow_heif  # noqa: F401
+    except ImportError:
+        return Check("heic/avif", False, "pillow-heif is not installed: pip install pillow-heif")
+    return Check("heic/avif", True, f"pillow-heif {pillow_heif.__version__}")
+
+
+def _weights(settings: Settings, fetch: bool) -> Check:
+    from .ingest.embed import Embedder, weights_status
+
+    name = f"model {settings.model_name} ({settings.model_pretrained})"
+    if fetch:
+        try:
+            Embedder(settings).load()
+        except SearchfsError as exc:
+            return Check(name, False, str(exc))
+        return Check(name, True, "weights downloaded and loaded")
+    ok, message = weights_status(settings)
+    return Check(name, ok, message)
+
+
+def _home(settings: Settings) -> Check:
+    home = settings.home
+    if not home.exists():
+        return Check("home", True, f"{home} (created on first use, mode 0700)")
+    mode = home.stat().st_mode & 0o777
+    if mode & 0o077:
+        return Check("home", False, f"{home} is mode {mode:o}: run chmod 700 {home}")
+    return Check("home", True, f"{home} (mode {mode:o})")

@@ -1,0 +1,58 @@
+"""The errors searchfs raises on purpose.
+
+Every error a user can cause or meet carries a one-line message that says what went wrong and, where
+there is one, what to do about it. The CLI prints that line and exits with `exit_code`; the FUSE adapter
+maps each class to one errno in a single helper (fs/fuse_ops.py).
+"""
+
+from __future__ import annotations
+
+
+class SearchfsError(Exception):
+    """Base class: an expected failure with a message meant for the user."""
+
+    exit_code = 1
+
+
+class ConfigError(SearchfsError):
+    """A setting is missing, malformed or contradictory."""
+
+    exit_code = 2
+
+
+class QueryError(SearchfsError):
+    """A query, filter or path in the query grammar cannot be understood."""
+
+    exit_code = 2
+
+
+class NotFound(SearchfsError):
+    """A root, file, library or saved query does not exist."""
+
+    exit_code = 3
+
+
+class ModelUnavailable(SearchfsError):
+    """The CLIP model or its weights cannot be loaded (no network, missing checkpoint, bad config)."""
+
+    exit_code = 4
+
+
+class ExiftoolError(SearchfsError):
+    """exiftool is missing, died, or timed out."""
+
+    exit_code = 5
+
+
+class ImageError(SearchfsError):
+    """A file cannot be decoded as an image. The file is quarantined with this message as its reason."""
+
+
+class LibraryBusy(SearchfsError):
+    """Another process holds the library's writer lock (a running daemon or index)."""
+
+    exit_code = 6
+
+
+class ReadOnly(SearchfsError):
+    """A write was attempted where searchfs only reads (source folders, result folders)."""

@@ -1,0 +1,45 @@
+"""The progress display of `searchfs index`: one bar per phase, with files/s and ETA, on stderr."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+PHASES = {"scan": "scanning", "read": "reading new files", "metadata": "reading EXIF", "embed": "embedding"}
+
+
+class IndexProgress:
+    def __init__(self, enabled: bool = True):
+        console = Console(stderr=True)
+        self.enabled = enabled and console.is_terminal
+        self._progress = Progress(
+            TextColumn("{task.description:<18}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._tasks: dict[str, int] = {}
+
+    def update(self, phase: str, done: int, total: Optional[int]) -> None:
+        if not self.enabled:
+            return
+        task = self._tasks.get(phase)
+        if task is None:
+            task = self._tasks[phase] = self._progress.add_task(PHASES.get(phase, phase), total=total, rate="")
+        self._progress.update(task, completed=done, total=total)
+        speed = self._progress.tasks[task].speed
+        self._progress.update(task, rate=f"{speed:7.1f} files/s" if speed else "")
+
+    def __enter__(self) -> "IndexProgress":
+        if self.enabled:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._progress.stop()

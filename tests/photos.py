@@ -1,0 +1,112 @@
+"""Test images made on the spot: solid or patterned pictures with EXIF written by Pillow.
+
+Nothing third-party is committed; every test builds the photos it needs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Optional
+
+from PIL import Image
+
+# EXIF tag numbers (IFD0, Exif sub-IFD, GPS sub-IFD).
+MAKE, MODEL, ORIENTATION, DATETIME = 0x010F, 0x0110, 0x0112, 0x0132
+IMAGE_DESCRIPTION = 0x010E
+EXIF_IFD, GPS_IFD = 0x8769, 0x8825
+EXPOSURE, FNUMBER, ISO, DATETIME_ORIGINAL, FOCAL, LENS_MODEL = 0x829A, 0x829D, 0x8827, 0x9003, 0x920A, 0xA434
+
+
+def make_photo(
+    path: os.PathLike | str | bytes,
+    color: tuple[int, int, int] = (200, 30, 30),
+    size: tuple[int, int] = (96, 64),
+    *,
+    seed: Optional[int] = None,
+    make: Optional[str] = None,
+    model: Optional[str] = None,
+    lens: Optional[str] = None,
+    taken: Optional[str] = None,  # "YYYY:MM:DD HH:MM:SS"
+    iso: Optional[int] = None,
+    fnumber: Optional[float] = None,
+    exposure: Optional[float] = None,
+    focal: Optional[float] = None,
+    orientation: Optional[int] = None,
+    description: Optional[str] = None,
+    gps: Optional[tuple[float, float]] = None,
+    fmt: Optional[str] = None,
+) -> Path:
+    """Write an image and return its path. `seed` adds noise so that images of one colour differ."""
+    image = Image.new("RGB", size, color)
+    if seed is not None:
+        rng = random.Random(seed)
+        pixels = image.load()
+        for _ in range(size[0] * size[1] // 4):
+            x, y = rng.randrange(size[0]), rng.randrange(size[1])
+            pixels[x, y] = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+    exif = Image.Exif()
+    if make:
+        exif[MAKE] = make
+    if model:
+        exif[MODEL] = model
+    if orientation:
+        exif[ORIENTATION] = orientation
+    if description:
+        exif[IMAGE_DESCRIPTION] = description
+    sub = exif.get_ifd(EXIF_IFD)
+    if taken:
+        sub[DATETIME_ORIGINAL] = taken
+    if iso:
+        sub[ISO] = iso
+    if fnumber:
+        sub[FNUMBER] = fnumber
+    if exposure:
+        sub[EXPOSURE] = exposure
+    if focal:
+        sub[FOCAL] = focal
+    if lens:
+        sub[LENS_MODEL] = lens
+    if gps:
+        lat, lon = gps
+        exif.get_ifd(GPS_IFD).update(
+            {1: "N" if lat >= 0 else "S", 2: _dms(abs(lat)), 3: "E" if lon >= 0 else "W", 4: _dms(abs(lon))}
+        )
+    target = Path(os.fsdecode(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fmt = fmt or {".png": "PNG", ".webp": "WEBP", ".gif": "GIF", ".tif": "TIFF"}.get(target.suffix.lower(), "JPEG")
+    with open(os.fsencode(path) if isinstance(path, bytes) else target, "wb") as handle:
+        image.save(handle, fmt, exif=exif.tobytes()) if fmt in ("JPEG", "PNG", "WEBP", "TIFF") else image.save(handle, fmt)
+    return target
+
+
+def _dms(value: float) -> tuple[float, float, float]:
+    degrees = int(value)
+    minutes = int((value - degrees) * 60)
+    seconds = round(((value - degrees) * 60 - minutes) * 60, 4)
+    return (float(degrees), float(minutes), seconds)
+
+
+def make_library(root: Path, count: int = 6) -> list[Path]:
+    """A small photo folder with distinct pictures and varied EXIF, for end-to-end tests."""
+    cameras = [("Canon", "Canon EOS 40D"), ("NIKON CORPORATION", "NIKON D70"), ("Apple", "iPhone 12")]
+    colors = [(220, 20, 20), (20, 200, 20), (20, 20, 220), (230, 230, 30), (30, 220, 220), (200, 30, 200)]
+    paths = []
+    for i in range(count):
+        make, model = cameras[i % len(cameras)]
+        paths.append(
+            make_photo(
+                root / f"album{i % 2}" / f"IMG_{i:04d}.jpg",
+                colors[i % len(colors)],
+                seed=i,
+                make=make,
+                model=model,
+                taken=f"{2018 + i % 4}:0{1 + i % 9}:1{i % 10} 1{i % 10}:00:00",
+                iso=100 * (i + 1),
+                fnumber=2.8 if i % 2 else 5.6,
+                exposure=1 / 250,
+                focal=35.0,
+            )
+        )
+    return paths
