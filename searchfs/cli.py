@@ -267,6 +267,126 @@ def doctor(ctx, fetch):
     sys.exit(0 if ok else 1)
 
 
+# -- mount, umount, watch ---------------------------------------------------------------------------------
+
+
+def _split_roots_and_mountpoint(paths):
+    if not paths:
+        raise click.UsageError("name a MOUNTPOINT (and the photo folders before it)")
+    return list(paths[:-1]), paths[-1]
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (for systemd and debugging).")
+@click.option("--allow-other", is_flag=True, help="Let other users see the mount (off by default; needs user_allow_other in /etc/fuse.conf).")
+@click.option("--no-watch", is_flag=True, help="Do not watch the folders for changes (reconcile once at start).")
+@click.option("--debug", is_flag=True, help="Log every FUSE call.")
+@pass_context
+@handle_errors
+def mount(ctx, paths, foreground, allow_other, no_watch, debug):
+    """Mount the search tree: ROOT... MOUNTPOINT. Without ROOTs, the library's known folders.
+
+    Runs a daemon that keeps the index in step with the folders and serves query/, exif/ and
+    similar/ at MOUNTPOINT. Logs go to $SEARCHFS_HOME/logs/mount.log.
+
+    \b
+    Example:
+        searchfs mount ~/Pictures /mnt/nas/photos ~/search
+        ls ~/search/query/red\\ flower/
+        searchfs umount ~/search
+    """
+    from .fs import mount as mounting
+
+    roots, mountpoint = _split_roots_and_mountpoint(paths)
+    settings = ctx.settings(mount_allow_other=True if allow_other else None)
+    with ctx.library() as lib:
+        known = lib.add_roots(roots) if roots else lib.roots()
+        if not known:
+            raise click.UsageError("no photo folders: searchfs mount ~/Pictures ~/search")
+        mounting.check_mountpoint(os.path.abspath(mountpoint), [root.path for root in known])
+    if not foreground:
+        command = [sys.executable, "-m", "searchfs"] + _global_args(ctx) + ["mount", "--foreground"]
+        command += (["--allow-other"] if settings.mount_allow_other else []) + (["--no-watch"] if no_watch else [])
+        command += ["--debug"] if debug else []
+        pid = mounting.mount(None, mountpoint, foreground=False, command=command + [os.path.abspath(mountpoint)],
+                             log_file=mounting.default_log_file(settings))
+        click.echo(f"searchfs mounted at {os.path.abspath(mountpoint)} (daemon pid {pid}); searchfs umount {mountpoint} to stop")
+        return
+    mounting.mount(lambda: _daemon_backend(ctx, not no_watch), mountpoint, foreground=True,
+                   allow_other=settings.mount_allow_other, debug=debug, log_file=mounting.default_log_file(settings))
+
+
+def _global_args(ctx) -> list[str]:
+    args = ["--config", os.path.abspath(ctx.config)] if ctx.config else []
+    return args + (["--library", ctx.library_name] if ctx.library_name else [])
+
+
+def _daemon_backend(ctx, watch: bool):
+    from .daemon import DaemonBackend, SyncDaemon
+
+    lib = ctx.library()
+    daemon = SyncDaemon(lib, watch=watch)
+    try:
+        daemon.start()
+    except BaseException:
+        lib.close()
+        raise
+    return DaemonBackend(lib, daemon)
+
+
+@cli.command()
+@click.argument("mountpoint", type=click.Path())
+@click.option("-l", "--lazy", is_flag=True, help="Detach now even if a shell or program is inside; the daemon exits when it leaves.")
+@handle_errors
+def umount(mountpoint, lazy):
+    """Unmount a searchfs mount and stop its daemon.
+
+    \b
+    Example:
+        searchfs umount ~/search
+        searchfs umount --lazy ~/search     # while a shell still sits inside
+    """
+    from .fs.mount import unmount
+
+    unmount(mountpoint, lazy=lazy)
+
+
+@cli.command()
+@click.argument("folders", nargs=-1, type=click.Path(file_okay=False))
+@pass_context
+@handle_errors
+def watch(ctx, folders):
+    """Keep the index in step with photo folders, without mounting. Stops on Ctrl-C or SIGTERM.
+
+    \b
+    Example:
+        searchfs watch ~/Pictures /mnt/nas/photos
+        searchfs status                     # shows what the watcher is doing
+    """
+    import signal
+    import threading
+
+    from .daemon import SyncDaemon
+
+    with ctx.library() as lib:
+        if folders:
+            lib.add_roots(folders)
+        if not lib.roots():
+            raise click.UsageError("no photo folders: searchfs watch ~/Pictures")
+        daemon = SyncDaemon(lib)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        daemon.start()
+        click.echo(f"watching {', '.join(r.display for r in lib.roots())}; Ctrl-C to stop", err=True)
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            daemon.stop()
+
+
 def main() -> None:
     cli(prog_name="searchfs")
 

@@ -236,7 +236,7 @@ class Library:
 
     def search(
         self,
-        text: Optional[str] = None,
+        text: "Optional[str | Query]" = None,
         *,
         image: Optional[os.PathLike | str | bytes] = None,
         similar_to: Optional[tuple[str, bytes | str]] = None,
@@ -249,6 +249,8 @@ class Library:
 
         >>> lib.search("red flower", where=["camera=Canon", "year=2019..2021"], limit=20)
         """
+        if isinstance(text, Query):  # the mount's backend protocol: search(query)
+            query, text = text, None
         if query is None:
             image_path = os.fsencode(os.path.abspath(os.fsdecode(image))) if image is not None else None
             similar = (similar_to[0], os.fsencode(similar_to[1])) if similar_to else None

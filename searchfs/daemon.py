@@ -1,0 +1,256 @@
+"""The sync daemon: the one writer that keeps a library in step with its roots while it runs.
+
+`searchfs watch` runs it alone; `searchfs mount` runs it beside the FUSE filesystem. The watcher
+(ingest/watch.py) reports changes from its own threads into a queue; a single writer thread applies
+them in order: catalog rows first (moves and deletes cost no reading), then metadata and embeddings for
+new content. Every commit bumps the catalog generation, so open result folders show the change on their
+next listing. A reconcile (full mark-and-sweep scan) runs at start, after lost events, and periodically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .library import Library
+from .records import IndexReport, Root
+
+log = logging.getLogger(__name__)
+
+_STATUS_EVERY = 2.0  # seconds between status file writes while busy
+_SAVE_VECTORS_EVERY = 300.0
+
+
+@dataclass
+class _Job:
+    kind: str  # "changes" | "reconcile" | "online" | "offline"
+    root: str
+    changes: list = field(default_factory=list)
+    reason: str = ""
+
+
+class SyncDaemon:
+    """Owns the library's writer lock and its writer thread for as long as it runs."""
+
+    def __init__(self, library: Library, watch: bool = True):
+        self.library = library
+        self.watch = watch
+        self._jobs: "queue.Queue[Optional[_Job]]" = queue.Queue()
+        self._thread: Optional[threading.Thread] = None
+        self._lock = library.writer_lock()
+        self._watcher = None
+        self._extractor = None
+        self._indexer = None
+        self._stopping = threading.Event()
+        self._idle = threading.Event()
+        self.last_reconcile: dict[str, tuple[float, str]] = {}
+        self.totals = IndexReport()
+        self._last_status = 0.0
+        self._last_save = time.monotonic()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._lock.acquire()
+        self._extractor = self.library.extractor()
+        self._indexer = self.library.indexer(self._extractor)
+        self._thread = threading.Thread(target=self._run, name="searchfs-writer", daemon=True)
+        self._thread.start()
+        roots = {root.name: root.path for root in self.library.roots()}
+        if self.watch:
+            from .ingest.watch import Watcher  # the only place watchdog is needed
+
+            self._watcher = Watcher(roots, self, self.library.settings)
+            self._watcher.start()  # reconciles every root at start
+        else:
+            for name in roots:
+                self.reconcile(name, "start")
+
+    def stop(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.stop()
+        self._jobs.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        self._finish()
+
+    def _finish(self) -> None:
+        try:
+            self.library.save_vectors()
+        except Exception:  # derived data: the next start rebuilds it
+            log.exception("could not save the vector index at shutdown")
+        if self._extractor is not None:
+            self._extractor.close()
+        self._status_path().unlink(missing_ok=True)
+        self._lock.release()
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """For tests and `watch --once`: block until every queued job is done."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._jobs.unfinished_tasks == 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    # -- the watcher's sink (called from watcher threads; only queues) -------------------------------
+
+    def apply(self, root: str, changes: list) -> None:
+        self._jobs.put(_Job("changes", root, list(changes)))
+
+    def reconcile(self, root: str, reason: str) -> None:
+        self._jobs.put(_Job("reconcile", root, reason=reason))
+
+    def set_online(self, root: str, online: bool) -> None:
+        self._jobs.put(_Job("online" if online else "offline", root))
+
+    # -- the writer thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                self._do(job)
+            except Exception:  # one bad job must not stop the writer; the next reconcile catches up
+                log.exception("sync job %s for root %s failed", job.kind if job else None, job.root if job else None)
+            finally:
+                self._jobs.task_done()
+                self._maybe_write_status()
+
+    def _do(self, job: _Job) -> None:
+        root = self._root(job.root)
+        if root is None:
+            return
+        report = IndexReport()
+        if job.kind == "reconcile":
+            log.info("reconciling %s (%s)", root.display, job.reason)
+            self._indexer.scan_root(root, report)
+            self.last_reconcile[root.name] = (time.time(), job.reason)
+        elif job.kind == "offline":
+            self.library.catalog.set_online(root.id, False)
+            log.warning("root %s went offline: its photos are kept", root.display)
+        elif job.kind == "online":
+            self.library.catalog.set_online(root.id, True)
+        else:
+            self._apply_changes(root, job.changes, report)
+        if self._jobs.qsize() == 0 or report.new + report.changed > 64:
+            self._indexer.process(report)
+        self._add_totals(report)
+        self._maybe_save_vectors()
+
+    def _apply_changes(self, root: Root, changes: list, report: IndexReport) -> None:
+        for change in changes:
+            src = self._relative(root, change.path)
+            dest = self._relative(root, change.dest) if change.dest else None
+            if change.kind == "rescan":
+                self._indexer.scan_root(root, report, start=src or b"")
+            elif change.kind == "delete" and src is not None:
+                self._indexer.remove_path(root, src, report)
+            elif change.kind == "move":
+                self._apply_move(root, change, src, dest, report)
+            elif change.kind == "upsert" and src is not None:
+                self._indexer.upsert_path(root, src, report)
+
+    def _apply_move(self, root: Root, change, src: Optional[bytes], dest: Optional[bytes], report: IndexReport) -> None:
+        if src is not None and dest is not None:
+            self._indexer.move_path(root, src, dest, report)
+            return
+        if src is not None:  # moved out of this root: gone from here
+            self._indexer.remove_path(root, src, report)
+        other = self._root_of(change.dest)
+        if other is not None:  # into another root: its content hash finds the old embedding
+            self._indexer.upsert_path(other, self._relative(other, change.dest), report)
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _root(self, name: str) -> Optional[Root]:
+        for root in self.library.roots():
+            if root.name == name:
+                return root
+        return None
+
+    def _root_of(self, path: Optional[bytes]) -> Optional[Root]:
+        for root in self.library.roots():
+            if path and self._relative(root, path) is not None:
+                return root
+        return None
+
+    @staticmethod
+    def _relative(root: Root, path: Optional[bytes]) -> Optional[bytes]:
+        """`path` relative to the root ('' for the root itself), or None when it lies outside."""
+        if path is None:
+            return None
+        base = root.path.rstrip(b"/")
+        if path == base:
+            return b""
+        if path.startswith(base + b"/"):
+            return path[len(base) + 1 :]
+        return None
+
+    def _add_totals(self, report: IndexReport) -> None:
+        for name in ("new", "changed", "removed", "reused", "embedded", "quarantined"):
+            setattr(self.totals, name, getattr(self.totals, name) + getattr(report, name))
+        self.totals.errors = (self.totals.errors + report.errors)[-20:]
+
+    def _maybe_save_vectors(self) -> None:
+        if time.monotonic() - self._last_save > _SAVE_VECTORS_EVERY:
+            self.library.save_vectors()
+            self._last_save = time.monotonic()
+
+    def _status_path(self):
+        return self.library.settings.library_dir / "daemon.json"
+
+    def status(self) -> dict:
+        return {
+            "pid": os.getpid(),
+            "pending_jobs": self._jobs.qsize(),
+            "watch": self._watcher.status() if self._watcher is not None else None,
+            "last_reconcile": {k: {"at": v[0], "reason": v[1]} for k, v in self.last_reconcile.items()},
+            "since_start": {k: v for k, v in self.totals.to_json().items() if k != "seconds"},
+            "offline_roots": [r.name for r in self.library.roots() if not r.online],
+            "updated_at": time.time(),
+        }
+
+    def _maybe_write_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_status < _STATUS_EVERY and self._jobs.qsize():
+            return
+        self._last_status = now
+        path = self._status_path()
+        tmp = path.with_suffix(".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(self.status(), handle, default=str)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("could not write %s: %s", path, exc)
+
+
+class DaemonBackend:
+    """The mount's backend: the Library, with a SyncDaemon running beside it until the mount closes."""
+
+    def __init__(self, library: Library, daemon: Optional[SyncDaemon]):
+        self._library = library
+        self._daemon = daemon
+
+    def __getattr__(self, name):
+        return getattr(self._library, name)
+
+    def close(self) -> None:
+        try:
+            if self._daemon is not None:
+                self._daemon.stop()
+        finally:
+            self._library.close()

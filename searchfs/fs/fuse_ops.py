@@ -1,0 +1,254 @@
+"""The mfusepy adapter: FUSE calls in, View calls out. The only module that imports mfusepy.
+
+mfusepy hands paths over as `str` decoded from UTF-8 with `surrogateescape` (its defaults, which
+`mount.py` passes explicitly), so `_b()` re-encodes them to the exact bytes the kernel sent, and
+names going back are decoded the same way: names that are not UTF-8 round-trip.
+
+Every call goes through `_call`, which turns any exception into an errno with `errno_for` (the one
+place where domain errors become errnos), logs what deserves it, and never lets an exception reach
+libfuse: no call, probe or burst of calls can take the daemon down.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import mfusepy
+
+from .. import errors as E
+from . import view as V
+
+log = logging.getLogger(__name__)
+
+ENCODING, ERRORS = "utf-8", "surrogateescape"
+
+
+def _b(path: Optional[str]) -> bytes:
+    return (path or "/").encode(ENCODING, ERRORS)
+
+
+def _s(name: bytes) -> str:
+    return name.decode(ENCODING, ERRORS)
+
+
+# (class, errno, log level): the first matching class wins, so subclasses come first.
+_ERRNO_TABLE: tuple[tuple[type, int, int], ...] = (
+    (V.NoEntry, errno.ENOENT, logging.DEBUG),
+    (V.NotADir, errno.ENOTDIR, logging.DEBUG),
+    (V.IsADir, errno.EISDIR, logging.DEBUG),
+    (V.Exists, errno.EEXIST, logging.DEBUG),
+    (V.ViewError, errno.EINVAL, logging.DEBUG),
+    (E.NotFound, errno.ENOENT, logging.DEBUG),
+    # A name that does not parse as a query or filter (year=abc) names nothing: ENOENT, so file
+    # managers probing names stay quiet. Logged at INFO so the reason can still be found.
+    (E.QueryError, errno.ENOENT, logging.INFO),
+    (E.ReadOnly, errno.EROFS, logging.DEBUG),
+    (E.LibraryBusy, errno.EAGAIN, logging.WARNING),
+    (E.ModelUnavailable, errno.EIO, logging.ERROR),
+    (E.SearchfsError, errno.EIO, logging.ERROR),
+)
+
+
+def errno_for(exc: BaseException) -> tuple[int, int]:
+    """(errno, log level) for an exception raised inside a call. Unknown exceptions: EIO, ERROR."""
+    for cls, code, level in _ERRNO_TABLE:
+        if isinstance(exc, cls):
+            return code, level
+    if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
+        return exc.errno, logging.WARNING
+    return errno.EIO, logging.ERROR
+
+
+class _Throttle:
+    """Say the same thing at most once per `seconds` (a model that cannot load fails every call)."""
+
+    def __init__(self, seconds: float = 30.0) -> None:
+        self.seconds = seconds
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -1e9) < self.seconds:
+                return False
+            if len(self._last) > 1000:
+                self._last.clear()
+            self._last[key] = now
+            return True
+
+
+class SearchfsOperations(mfusepy.Operations):
+    """mfusepy Operations over a `View` (or anything with the same methods)."""
+
+    use_ns = True
+
+    def __init__(self, view: Any, throttle_seconds: float = 30.0) -> None:
+        self.view = view
+        self.started = False  # set once libfuse has mounted and called init
+        self._throttle = _Throttle(throttle_seconds)
+
+    def init(self, path: str) -> None:
+        self.started = True
+        log.info("mounted; serving requests")
+
+    # ------------------------------------------------------------------------------------ plumbing
+
+    def _call(self, op: str, path: Optional[str], fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except BaseException as exc:  # noqa: BLE001 - nothing may escape into libfuse
+            if not isinstance(exc, Exception):  # KeyboardInterrupt/SystemExit: still not ours to raise
+                log.error("%s %r interrupted by %s", op, path, type(exc).__name__)
+                raise mfusepy.FuseOSError(errno.EINTR) from None
+            code, level = errno_for(exc)
+            self._log(op, path, exc, code, level)
+            raise mfusepy.FuseOSError(code) from None
+
+    def _log(self, op: str, path: Optional[str], exc: Exception, code: int, level: int) -> None:
+        if level < logging.WARNING:
+            log.log(level, "%s %r: %s: %s -> %s", op, path, type(exc).__name__, exc, errno.errorcode.get(code))
+            return
+        if isinstance(exc, E.SearchfsError):  # expected failures: one clear line, no traceback
+            if self._throttle.allow(f"{type(exc).__name__}:{exc}"):
+                log.log(level, "%s %r failed: %s (%s); answering %s", op, path, exc, type(exc).__name__,
+                        errno.errorcode.get(code))
+            return
+        log.log(level, "%s %r: unexpected %s; answering %s", op, path, type(exc).__name__,
+                errno.errorcode.get(code), exc_info=exc)
+
+    def _stat(self, attr: V.Attr) -> dict[str, Any]:
+        return {
+            "st_mode": attr.mode,
+            "st_ino": attr.ino,
+            "st_nlink": attr.nlink,
+            "st_size": attr.size,
+            "st_uid": self.view.uid,
+            "st_gid": self.view.gid,
+            "st_atime": attr.mtime_ns,
+            "st_mtime": attr.mtime_ns,
+            "st_ctime": attr.mtime_ns,
+            "st_blocks": (attr.size + 511) // 512,
+            "st_blksize": 4096,
+        }
+
+    # ------------------------------------------------------------------------------------- reading
+
+    def getattr(self, path: str, fh: Optional[int] = None) -> dict[str, Any]:
+        return self._call("getattr", path, lambda: self._stat(self.view.getattr(_b(path))))
+
+    def readdir(self, path: str, fh: int):
+        def run():
+            entries = self.view.readdir(_b(path))
+            out: list = [(".", {"st_mode": V._MODES[V.DIR]}, 0), ("..", {"st_mode": V._MODES[V.DIR]}, 0)]
+            out.extend((_s(e.name), {"st_mode": e.mode, "st_ino": e.ino}, 0) for e in entries)
+            return out
+
+        return self._call("readdir", path, run)
+
+    def readlink(self, path: str) -> str:
+        return self._call("readlink", path, lambda: _s(self.view.readlink(_b(path))))
+
+    def open(self, path: str, flags: int) -> int:
+        return self._call("open", path, lambda: self.view.open(_b(path), flags) or 0)
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return self._call("read", path, lambda: self.view.read(_b(path), size, offset))
+
+    def opendir(self, path: str) -> int:
+        return 0
+
+    def release(self, path: str, fh: int) -> int:
+        return 0
+
+    def releasedir(self, path: str, fh: int) -> int:
+        return 0
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return self._call("statfs", path, lambda: self.view.statfs())
+
+    def access(self, path: str, amode: int) -> int:
+        def run():
+            self.view.getattr(_b(path))
+            if amode & os.W_OK:
+                raise E.ReadOnly("searchfs is read-only")
+            return 0
+
+        return self._call("access", path, run)
+
+    # ------------------------------------------------------------------------- query folders (rw)
+
+    def mkdir(self, path: str, mode: int) -> int:
+        return self._call("mkdir", path, lambda: self.view.mkdir(_b(path)) or 0)
+
+    def rmdir(self, path: str) -> int:
+        return self._call("rmdir", path, lambda: self.view.rmdir(_b(path)) or 0)
+
+    # ------------------------------------------------------------------------ everything else: EROFS
+
+    def _refuse(self, op: str, path: Optional[str]) -> int:
+        return self._call(op, path, _raise_read_only)
+
+    def create(self, path, mode, fi=None):
+        return self._refuse("create", path)
+
+    def mknod(self, path, mode, dev):
+        return self._refuse("mknod", path)
+
+    def write(self, path, data, offset, fh):
+        return self._refuse("write", path)
+
+    def truncate(self, path, length, fh=None):
+        return self._refuse("truncate", path)
+
+    def unlink(self, path):
+        return self._refuse("unlink", path)
+
+    def rename(self, old, new):
+        return self._refuse("rename", old)
+
+    def link(self, target, source):
+        return self._refuse("link", target)
+
+    def symlink(self, target, source):
+        return self._refuse("symlink", target)
+
+    def chmod(self, path, mode):
+        return self._refuse("chmod", path)
+
+    def chown(self, path, uid, gid):
+        return self._refuse("chown", path)
+
+    def utimens(self, path, times=None):
+        return self._refuse("utimens", path)
+
+    def setxattr(self, path, name, value, options, position=0):
+        return self._refuse("setxattr", path)
+
+    def removexattr(self, path, name):
+        return self._refuse("removexattr", path)
+
+    def fallocate(self, path, mode, offset, size, fh):
+        return self._refuse("fallocate", path)
+
+
+def _raise_read_only() -> None:
+    raise E.ReadOnly("searchfs is read-only")
+
+
+def run_fuse(operations: SearchfsOperations, mountpoint: str, *, foreground: bool = True, **options: Any) -> None:
+    """Block serving `operations` at `mountpoint` until unmounted (multi-threaded)."""
+    mfusepy.FUSE(
+        operations,
+        mountpoint,
+        foreground=foreground,
+        nothreads=False,
+        encoding=ENCODING,
+        errors=ERRORS,
+        **options,
+    )

@@ -1,0 +1,520 @@
+"""The view alone (no FUSE): grammar, listings, names, probes, caching, single-flight, manifests.
+
+`FakeBackend` here is also what tests/test_fs_mount.py mounts (in a child process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from typing import Optional
+
+import pytest
+
+from searchfs.config import Settings
+from searchfs.errors import ModelUnavailable, NotFound, QueryError, ReadOnly
+from searchfs.records import FACETS, Hit
+from searchfs.search.query import Query
+from searchfs.fs import names as N
+from searchfs.fs.view import (
+    DIR,
+    FILE,
+    LINK,
+    Exists,
+    NoEntry,
+    NotADir,
+    SingleFlightLRU,
+    View,
+)
+
+
+# ------------------------------------------------------------------------------------- fake backend
+
+
+class FakeBackend:
+    """An in-memory library. Photos: (root, relpath) -> facets. Scores are a hash of (query, path)."""
+
+    def __init__(self, roots: dict[str, bytes], settings: Optional[Settings] = None, delay: float = 0.0):
+        self.settings = settings or Settings(home=__import__("pathlib").Path("/nonexistent"))
+        self.roots = dict(roots)
+        self.photos: dict[tuple[str, bytes], dict] = {}
+        self.gen = 1
+        self.delay = delay
+        self.search_calls: list[Query] = []
+        self.fail: Optional[Exception] = None
+        self.saved: list[str] = []
+        self._lock = threading.Lock()
+        self._ids: dict[tuple[str, bytes], int] = {}
+
+    def add(self, root: str, relpath: bytes, **facets) -> None:
+        self.photos[(root, relpath)] = facets
+        self._ids.setdefault((root, relpath), len(self._ids) + 1)
+
+    # Backend protocol
+    def generation(self) -> int:
+        return self.gen
+
+    def root_names(self) -> list[str]:
+        return list(self.roots)
+
+    def root_path(self, name: str) -> bytes:
+        if name not in self.roots:
+            raise NotFound(name)
+        return self.roots[name]
+
+    def list_tree(self, root: str, relpath: bytes) -> list[tuple[bytes, bool]]:
+        if root not in self.roots:
+            raise NotFound(root)
+        prefix = relpath + b"/" if relpath else b""
+        out: dict[bytes, bool] = {}
+        for r, p in self.photos:
+            if r == root and p.startswith(prefix):
+                rest = p[len(prefix):]
+                head, sep, _ = rest.partition(b"/")
+                out[head] = bool(sep) or out.get(head, False)
+        if relpath and not out:
+            raise NotFound(relpath)
+        return sorted(out.items())
+
+    def is_photo(self, root: str, relpath: bytes) -> bool:
+        return (root, relpath) in self.photos
+
+    def _score(self, key: str, path: bytes) -> float:
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape") + b"\0" + path).digest()
+        return int.from_bytes(digest[:4], "little") / 2**32 * 2 - 1
+
+    def _match(self, facets: dict, flt) -> bool:
+        value = facets.get(flt.key)
+        if value is None:
+            return False
+        if flt.op == "match":
+            return str(flt.value).casefold() in str(value).casefold()
+        if flt.op == "range":
+            if isinstance(flt.lo, str) or isinstance(flt.hi, str):
+                value = str(value)
+            else:
+                value = float(value)
+            return (flt.lo is None or value >= flt.lo) and (flt.hi is None or value <= flt.hi)
+        if isinstance(flt.value, float):
+            return abs(float(value) - flt.value) < 1e-9
+        return str(value).casefold() == str(flt.value).casefold()
+
+    def search(self, query: Query) -> list[Hit]:
+        with self._lock:
+            self.search_calls.append(query)
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        rows = []
+        for (root, relpath), facets in self.photos.items():
+            if query.similar_to == (root, relpath):
+                continue
+            if query.similar_to is not None and query.similar_to not in self.photos:
+                raise NotFound(f"not an indexed photo: {query.similar_to!r}")
+            if not all(self._match(facets, f) for f in query.filters):
+                continue
+            if query.text is not None:
+                score: Optional[float] = self._score(query.text, relpath)
+            elif query.similar_to is not None:
+                score = self._score(repr(query.similar_to), relpath)
+            else:
+                score = None
+            if score is not None and query.min_score is not None and score < query.min_score:
+                continue
+            rows.append((score, root, relpath))
+        if query.ranked:
+            rows.sort(key=lambda r: (-r[0], r[1], r[2]))
+        else:
+            rows.sort(key=lambda r: (r[1], r[2]))
+        rows = rows[: query.limit or self.settings.search_limit]
+        return [
+            Hit(rank=i, score=s, root=r, relpath=p, abspath=os.path.join(self.roots[r], p),
+                file_id=self._ids[(r, p)], content_id=self._ids[(r, p)])
+            for i, (s, r, p) in enumerate(rows, start=1)
+        ]
+
+    def facet_values(self, key: str) -> list[tuple[str, int]]:
+        counts: dict[str, int] = {}
+        for facets in self.photos.values():
+            if key in facets:
+                counts[str(facets[key])] = counts.get(str(facets[key]), 0) + 1
+        return sorted(counts.items())
+
+    def saved_queries(self) -> list[str]:
+        return list(self.saved)
+
+    def save_query(self, text: str) -> None:
+        if text not in self.saved:
+            self.saved.append(text)
+
+    def forget_query(self, text: str) -> None:
+        if text not in self.saved:
+            raise NotFound(f"no saved query {text!r}")
+        self.saved.remove(text)
+
+
+LONG = ("x" * 300).encode() + b".jpg"
+LONG_UTF8 = ("é" * 200).encode() + b".jpeg"
+NON_UTF8 = b"caf\xe9-\xff.jpg"
+
+
+def populate(backend: FakeBackend) -> FakeBackend:
+    """The photo set shared with the mount tests."""
+    backend.add("Photos", b"2019/a.jpg", camera="Canon EOS 40D", year=2019, lens="EF 50mm f/1.8", iso=100)
+    backend.add("Photos", b"2019/b.jpg", camera="Nikon D90", year=2019, iso=400)
+    backend.add("Photos", b"2020/a.jpg", camera="Canon EOS 5D", year=2020, lens="EF 50mm f/1.8")  # dup basename
+    backend.add("Photos", b"2020/" + LONG, camera="Canon EOS 5D", year=2020)
+    backend.add("Photos", b"2021/" + LONG_UTF8, camera="Nikon D90", year=2021)
+    backend.add("Photos", b"2021/" + NON_UTF8, camera="Nikon D90", year=2021, keyword="caf\udce9")
+    backend.add("Photos", b"top.png", year=2018, format="PNG")
+    backend.add("Other", b"x/folder.jpg", year=2018)  # a real photo with a probe-like name
+    return backend
+
+
+@pytest.fixture
+def backend(tmp_path) -> FakeBackend:
+    return populate(FakeBackend({"Photos": b"/photos", "Other": b"/other"}))
+
+
+@pytest.fixture
+def view(backend) -> View:
+    return View(backend)
+
+
+def names(view: View, path: bytes) -> list[bytes]:
+    return [e.name for e in view.readdir(path)]
+
+
+# --------------------------------------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize("text", ["f/2.8", "a%2Fb", "100%", "a\u2215b/c", "%25", "plain", "é/ü", "caf\udce9", "/", "%"])
+def test_escape_round_trip(text):
+    seg = N.escape_segment(text)
+    assert "/" not in seg
+    assert N.unescape_segment(seg) == text
+
+
+def test_unescape_accepts_percent_slash_and_stray_percent():
+    assert N.unescape_segment("f%2F2.8") == "f/2.8"
+    assert N.unescape_segment("f\u22152.8") == "f/2.8"
+    assert N.unescape_segment("100% sure") == "100% sure"
+
+
+def test_fit_name_long_utf8_and_bytes():
+    for base in (LONG, LONG_UTF8, b"\xff" * 300 + b".jpg", ("日本" * 100).encode() + b".heic"):
+        name = N.fit_name("001_", base)
+        assert len(name) <= 255
+        assert name.startswith(b"001_")
+        assert name.endswith(base[base.rfind(b"."):])
+        if base.decode("utf-8", "strict") if _utf8(base) else False:
+            name.decode("utf-8")  # never a split sequence
+    assert N.fit_name("1_", b"short.jpg") == b"1_short.jpg"
+    assert N.fit_name("1_", NON_UTF8) == b"1_" + NON_UTF8
+
+
+def _utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def test_result_names_unique_with_duplicate_ranks():
+    out = N.result_names([(1, b"a.jpg"), (1, b"a.jpg"), (3, b"a.jpg")], 2)
+    assert len(set(out)) == 3
+    assert out[0] == b"01_a.jpg"
+
+
+def test_probe_names():
+    for probe in (b".hidden", b".Trash-1000", b".Trash", b"autorun.inf", b"Desktop.ini", b"Thumbs.db",
+                  b".DS_Store", b".xdg-volume-info", b".directory", b"folder.jpg", b"Folder.jpg",
+                  b".folder.png", b"@eaDir", b"AlbumArtSmall.jpg", b".thumbnails"):
+        assert N.is_probe(probe), probe
+    for fine in (b"dog", b"camera=Canon", b"01_a.jpg", b"folder"):
+        assert not N.is_probe(fine)
+
+
+# ------------------------------------------------------------------------------------------- grammar
+
+
+def test_root(view):
+    entries = view.readdir(b"/")
+    assert [(e.name, e.kind) for e in entries] == [(b"query", DIR), (b"exif", DIR), (b"similar", DIR), (b"README.txt", FILE)]
+    readme = view.read(b"/README.txt", 1 << 20, 0)
+    assert b"query/<text>/" in readme and b"exif/" in readme
+    assert view.getattr(b"/README.txt").size == len(readme)
+    assert view.getattr(b"/").kind == DIR
+
+
+def test_query_folder_exists_without_search(view, backend):
+    for path in (b"/query/dog", b"/query/a dog on a beach", b"/query/dog/exif/camera=Canon", b"/query/dog/limit=3",
+                 b"/query/dog/camera=canon/min=0.1", b"/exif/camera=Canon/year=2019..2021/query/dog"):
+        assert view.getattr(path).kind == DIR, path
+    assert backend.search_calls == []
+
+
+def test_query_listing_links_and_manifest(view, backend):
+    entries = view.readdir(b"/query/dog")
+    assert len(backend.search_calls) == 1
+    links = [e for e in entries if e.kind == LINK]
+    assert len(links) == len(backend.photos)
+    assert [e.name for e in links] == sorted(e.name for e in links)  # sorts in rank order
+    assert {e.name for e in entries if e.kind == FILE} == {b".results.tsv", b".results.json"}
+    first = links[0].name
+    assert first.startswith(b"01_")  # limit 50: width 2
+    hit_paths = [view.readlink(b"/query/dog/" + e.name) for e in links]
+    assert set(hit_paths) == {os.path.join(b"/photos" if r == "Photos" else b"/other", p) for r, p in backend.photos}
+    attr = view.getattr(b"/query/dog/" + first)
+    assert attr.kind == LINK and attr.size == len(hit_paths[0])
+    tsv = view.read(b"/query/dog/.results.tsv", 1 << 20, 0).decode("utf-8", "surrogateescape").splitlines()
+    assert tsv[0] == "rank\tscore\tpath"
+    assert len(tsv) == len(links) + 1
+    rank, score, path = tsv[1].split("\t")
+    assert rank == "1" and len(score.split(".")[1]) == 4 and path.encode("utf-8", "surrogateescape") == hit_paths[0]
+    data = json.loads(view.read(b"/query/dog/.results.json", 1 << 20, 0))
+    assert data[0]["rank"] == 1 and data[0]["name"].encode("utf-8", "surrogateescape") == first
+    assert len(backend.search_calls) == 1  # everything above reused the listing
+    assert b"dog" in names(view, b"/query")  # recent
+
+
+def test_names_long_non_utf8_duplicates(view, backend):
+    links = [e.name for e in view.readdir(b"/exif/year=2018..2021") if e.kind == LINK]
+    assert all(len(n) <= 255 for n in links)
+    assert len(set(links)) == len(links)
+    assert sum(n.endswith(b"_a.jpg") for n in links) == 2
+    assert any(n.endswith(NON_UTF8) for n in links)
+    assert any(n.endswith(b".jpeg") and "é" in n.decode() for n in links)
+    for n in links:
+        assert view.readlink(b"/exif/year=2018..2021/" + n).startswith(b"/")
+
+
+def test_metadata_only_scores_empty(view, backend):
+    tsv = view.read(b"/exif/camera=canon/.results.tsv", 4096, 0).decode().splitlines()
+    assert len(tsv) == 4
+    assert all(line.split("\t")[1] == "" for line in tsv[1:])
+
+
+def test_exif_listings_and_escaping(view, backend):
+    assert names(view, b"/exif") == [f.key.encode() for f in FACETS]
+    lens = names(view, b"/exif/lens")
+    assert lens == ["lens=EF 50mm f\u22151.8".encode()]
+    for spelled in (lens[0], b"lens=EF 50mm f%2F1.8"):
+        for path in (b"/exif/lens/" + spelled, b"/exif/" + spelled):
+            links = [e for e in view.readdir(path) if e.kind == LINK]
+            assert len(links) == 2, path
+    assert names(view, b"/exif/year") == [b"year=2018", b"year=2019", b"year=2020", b"year=2021"]
+    years = [e for e in view.readdir(b"/exif/year=2019..2020") if e.kind == LINK]
+    assert len(years) == 4
+    keyword = names(view, b"/exif/keyword")
+    assert keyword == [b"keyword=caf\xe9"]  # non-UTF-8 value round-trips
+    assert len([e for e in view.readdir(b"/exif/keyword/" + keyword[0]) if e.kind == LINK]) == 1
+
+
+def test_bad_names_are_enoent(view, backend):
+    for path in (b"/nope", b"/exif/nokey", b"/exif/nokey=1", b"/exif/year=abc", b"/exif/year/camera=Canon",
+                 b"/exif/camera=", b"/query/dog/limit=0", b"/query/dog/limit=x", b"/query/dog/min=7",
+                 b"/query/dog/query/cat", b"/query/dog/similar/Photos/2019/a.jpg", b"/query/dog/nonsense",
+                 b"/similar/Nope", b"/similar/Photos/1999", b"/similar/Photos/2019/zzz.jpg", b"/query/ ",
+                 b"/query/caf\xe9"):
+        with pytest.raises((NoEntry, QueryError, NotFound)):
+            view.getattr(path)
+    with pytest.raises(NotADir):
+        view.getattr(b"/README.txt/x")
+    assert backend.search_calls == []
+
+
+def test_similar_tree_and_results(view, backend):
+    assert names(view, b"/similar") == [b"Photos", b"Other"]
+    assert names(view, b"/similar/Photos") == [b"2019", b"2020", b"2021", b"top.png"]
+    assert all(e.kind == DIR for e in view.readdir(b"/similar/Photos/2019"))  # photos are folders
+    assert names(view, b"/similar/Other/x") == [b"folder.jpg"]  # real photo, not a probe here
+    links = [e.name for e in view.readdir(b"/similar/Photos/2019/a.jpg") if e.kind == LINK]
+    assert len(links) == len(backend.photos) - 1
+    assert backend.search_calls[-1].similar_to == ("Photos", b"2019/a.jpg")
+    assert all(not n.endswith(b"_a.jpg") or view.readlink(b"/similar/Photos/2019/a.jpg/" + n) != b"/photos/2019/a.jpg"
+               for n in links)
+    nested = view.readdir(b"/similar/Photos/2019/a.jpg/exif/year=2020")
+    q = backend.search_calls[-1]
+    assert q.similar_to == ("Photos", b"2019/a.jpg") and [str(f) for f in q.filters] == ["year=2020"]
+    assert len([e for e in nested if e.kind == LINK]) == 2
+    assert view.getattr(b"/similar/Photos/2021/" + NON_UTF8).kind == DIR
+
+
+def test_nesting_is_and_and_unlisted(view, backend):
+    a = view.readdir(b"/exif/camera=Canon/year=2019..2021/query/dog")
+    q = backend.search_calls[-1]
+    assert q.text == "dog" and sorted(str(f) for f in q.filters) == ["camera=Canon", "year=2019..2021"]
+    assert len([e for e in a if e.kind == LINK]) == 3
+    view.readdir(b"/query/dog/exif/camera=Canon")
+    assert backend.search_calls[-1].text == "dog"
+    b = view.readdir(b"/query/dog/camera=nikon/limit=1")
+    assert [e.name[:2] for e in b if e.kind == LINK] == [b"1_"]
+    c = view.readdir(b"/exif/year=2019/similar/Photos/2020/a.jpg")
+    assert backend.search_calls[-1].similar_to == ("Photos", b"2020/a.jpg")
+    assert len([e for e in c if e.kind == LINK]) == 2
+    view.readdir(b"/query/dog/min=0.5")
+    assert backend.search_calls[-1].min_score == 0.5
+    # nested names are not listed: only links and manifests
+    assert {e.kind for e in view.readdir(b"/query/dog")} == {LINK, FILE}
+    # navigation folders inside a result folder
+    assert names(view, b"/query/dog/exif") == names(view, b"/exif")
+    assert names(view, b"/query/dog/exif/camera") == names(view, b"/exif/camera")
+    assert names(view, b"/exif/year=2019/similar") == [b"Photos", b"Other"]
+
+
+def test_limit_sets_width_and_defaults(backend):
+    backend.settings = backend.settings.replace(search_limit=5, search_min_score=-0.5)
+    view = View(backend)
+    links = [e.name for e in view.readdir(b"/query/cat") if e.kind == LINK]
+    assert backend.search_calls[-1].limit == 5 and backend.search_calls[-1].min_score == -0.5
+    assert links and all(n[:1].isdigit() and n[1:2] == b"_" for n in links)  # width 1 for limit 5
+    links = [e.name for e in view.readdir(b"/query/cat/limit=1000") if e.kind == LINK]
+    assert links[0].startswith(b"0001_")
+
+
+def test_probes_never_search(view, backend):
+    probes = [b".hidden", b".Trash-0", b".Trash", b"autorun.inf", b"desktop.ini", b".xdg-volume-info",
+              b".directory", b"Thumbs.db", b".DS_Store", b".thumbnails", b"folder.jpg", b"Folder.jpg",
+              b".folder.png", b".git"]
+    for parent in (b"/", b"/query", b"/query/dog", b"/exif", b"/exif/camera", b"/exif/camera=Canon",
+                   b"/similar/Photos/2019/a.jpg", b"/query/dog/limit=5"):
+        for probe in probes:
+            with pytest.raises(NoEntry):
+                view.getattr(parent.rstrip(b"/") + b"/" + probe)
+    assert backend.search_calls == []
+
+
+def test_entry_lookup_needs_entry_shape(view, backend):
+    with pytest.raises(NoEntry):
+        view.getattr(b"/query/dog/whatever.jpg")
+    assert backend.search_calls == []
+    with pytest.raises(NoEntry):
+        view.getattr(b"/query/dog/99_nothing.jpg")  # looks like an entry: searches, then ENOENT
+    assert len(backend.search_calls) == 1
+
+
+def test_cache_by_generation(view, backend):
+    view.readdir(b"/query/dog")
+    view.readdir(b"/query/dog")
+    view.readdir(b"/query/dog/")  # same folder
+    assert len(backend.search_calls) == 1
+    backend.gen += 1
+    view.readdir(b"/query/dog")
+    assert len(backend.search_calls) == 2
+    backend.add("Photos", b"2022/new.jpg", year=2022)
+    backend.gen += 1
+    assert any(n.endswith(b"_new.jpg") for n in names(view, b"/query/dog"))
+    assert names(view, b"/similar/Photos")[-2:] == [b"2022", b"top.png"]
+
+
+def test_cache_is_bounded():
+    lru: SingleFlightLRU = SingleFlightLRU(3)
+    for i in range(10):
+        lru.get(i, lambda i=i: i)
+    assert len(lru) == 3
+    assert lru.peek(9) == 9 and lru.peek(0) is None
+
+
+def test_single_flight(backend):
+    backend.delay = 0.3
+    view = View(backend)
+    results, errors = [], []
+
+    def lister():
+        try:
+            results.append(names(view, b"/query/slow"))
+        except Exception as exc:  # pragma: no cover
+            errors.append(exc)
+
+    threads = [threading.Thread(target=lister) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not errors
+    assert len(results) == 8 and all(r == results[0] for r in results)
+    assert len(backend.search_calls) == 1
+
+
+def test_single_flight_shares_errors_and_does_not_cache_them(backend):
+    backend.delay = 0.2
+    backend.fail = ModelUnavailable("no weights")
+    view = View(backend)
+    errors = []
+
+    def lister():
+        try:
+            view.readdir(b"/query/x")
+        except ModelUnavailable as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=lister) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(errors) == 4 and len(backend.search_calls) == 1
+    backend.fail = None
+    backend.delay = 0
+    assert names(view, b"/query/x")
+    assert len(backend.search_calls) == 2
+
+
+def test_inodes_stable_unique(view):
+    paths = [b"/", b"/query", b"/query/dog", b"/exif", b"/exif/camera", b"/similar", b"/similar/Photos"]
+    inos = [view.getattr(p).ino for p in paths]
+    assert len(set(inos)) == len(inos)
+    assert inos == [view.getattr(p).ino for p in paths]
+    assert View(view.backend).getattr(b"/query/dog").ino == inos[2]  # stable across mounts
+    entries = view.readdir(b"/query")
+    for e in entries:
+        assert e.ino == view.getattr(b"/query/" + e.name).ino
+    assert view.getattr(b"/").ino == 1
+
+
+def test_saved_and_recent_queries(view, backend):
+    view.mkdir(b"/query/cats on a sofa")
+    assert backend.saved == ["cats on a sofa"]
+    with pytest.raises(Exists):
+        view.mkdir(b"/query/cats on a sofa")
+    view.mkdir(b"/query/+AC%2FDC")
+    assert backend.saved[-1] == "AC/DC"
+    assert view.getattr(b"/query/+AC\xe2\x88\x95DC").kind == DIR  # the mkdir spelling exists once saved
+    with pytest.raises(NoEntry):
+        view.getattr(b"/query/+unsaved")
+    listed = names(view, b"/query")
+    assert listed[:2] == [b"cats on a sofa", "AC\u2215DC".encode()]
+    for i in range(25):
+        view.readdir(b"/query/q%d" % i)
+    listed = names(view, b"/query")
+    assert len(listed) == 2 + 20 and b"q24" in listed and b"q0" not in listed
+    view.rmdir(b"/query/cats on a sofa")
+    view.rmdir(b"/query/q24")  # recent only
+    listed = names(view, b"/query")
+    assert b"cats on a sofa" not in listed and b"q24" not in listed
+    view.rmdir(b"/query/never")  # nothing to forget: a no-op
+    for bad in (b"/exif/x", b"/query/dog/sub", b"/similar/y", b"/z"):
+        with pytest.raises(ReadOnly):
+            view.mkdir(bad)
+        with pytest.raises(ReadOnly):
+            view.rmdir(bad)
+
+
+def test_open_for_write_is_read_only(view):
+    with pytest.raises(ReadOnly):
+        view.open(b"/README.txt", os.O_WRONLY)
+    view.open(b"/README.txt", os.O_RDONLY)
+    assert view.read(b"/README.txt", 5, 2) == view.readme[2:7]
+
+
+def test_search_errors_propagate(view, backend):
+    backend.fail = ModelUnavailable("weights missing")
+    with pytest.raises(ModelUnavailable):
+        view.readdir(b"/query/dog")
+    assert view.getattr(b"/query/dog").kind == DIR  # stat still fine
