@@ -77,8 +77,13 @@ def cli(ctx, config, library, verbose):
         searchfs search "red flower" -n 20
         searchfs mount ~/Pictures ~/search && ls ~/search/query/red\\ flower/
     """
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    # The level sits on the stderr handler, not on the loggers: the mount daemon adds its own file handler
+    # at INFO, and those records must not reach stderr (which is that same log file for a background mount).
+    handler = logging.StreamHandler()
+    handler.setLevel(max(logging.WARNING - 10 * verbose, logging.DEBUG))
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     ctx.obj = Context(config, library, verbose)
 
 
@@ -304,6 +309,7 @@ def mount(ctx, paths, foreground, allow_other, no_watch, debug):
         known = lib.add_roots(roots) if roots else lib.roots()
         if not known:
             raise click.UsageError("no photo folders: searchfs mount ~/Pictures ~/search")
+        mounting.clear_stale(os.path.abspath(mountpoint))  # left by a killed daemon
         mounting.check_mountpoint(os.path.abspath(mountpoint), [root.path for root in known])
     if not foreground:
         command = [sys.executable, "-m", "searchfs"] + _global_args(ctx) + ["mount", "--foreground"]

@@ -267,7 +267,7 @@ class Indexer:
             return
         model = self.embedder.model_id
         done, failed_ids, total = 0, set(), self.catalog.count_needing(model)
-        while batch := [row for row in self.catalog.contents_needing_embedding(model, WORK_BATCH) if row[0] not in failed_ids]:
+        while batch := [row for row in self.catalog.contents_needing_embedding(model, WORK_BATCH) if row not in failed_ids]:
             try:
                 results = self.embedder.embed_images([path for _, path in batch])
             except ModelUnavailable as exc:
@@ -289,8 +289,10 @@ class Indexer:
                     ids.append(content_id)
                     vectors.append(result)
                     report.embedded += 1
-                elif isinstance(result, FileNotFoundError):
-                    failed_ids.add(content_id)  # vanished since the scan; the next scan or event settles it
+                elif not os.path.exists(path):
+                    # Moved or deleted since it was listed: not the file's fault. Its new path (if any) is
+                    # tried in the next round; this one is not tried again.
+                    failed_ids.add((content_id, path))
                 else:
                     reason = str(result) or type(result).__name__
                     self.catalog.quarantine(conn, content_id, reason)

@@ -1,0 +1,485 @@
+"""Reduce a burst of file-system events to the fewest changes that have the same effect.
+
+Pure: no I/O and no watchdog. The watcher turns watchdog events into `RawEvent`s, holds them until the
+files they touch are complete (`ready`), and hands each burst to `coalesce`.
+
+How it works: the raw events are replayed on a virtual tree that only holds the paths the events name.
+Every node knows its *identity*: the path it had before the burst (None when it was created during the
+burst). Nodes nobody mentioned are implicit and travel with their parent, which is how a folder move
+covers everything inside it. The final tree is then compared with the identities to get moves (identity
+now somewhere else), deletes (identity gone), upserts (file content changed) and rescans (new folders).
+Moves and deletes are finally ordered so that each one is safe to apply after the ones before it.
+
+What a consumer must do with each `Change` (paths are absolute bytes):
+
+- ``upsert p``: the file at p is new or its content changed; read it.
+- ``rescan p`` (a folder): make everything at and below p match the disk (a folder that appeared).
+- ``move s -> d``: rename s and everything below it to d, keeping the content; whatever was known at d
+  (or below it) is replaced, as rename(2) does. d never lies below s.
+- ``delete p``: p and everything below it is gone.
+
+Known limit: inotify does not say when a rename replaced a file nobody mentioned before, so in
+"mv a b" (over an existing b) followed by "mv b c", the old b is not reported; a reconcile finds it.
+
+The order of the returned list is the order to apply them in: moves and deletes first, then rescans and
+upserts, which read the disk as it is at the end of the burst.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Optional, Sequence
+
+RAW_KINDS = ("created", "modified", "closed", "deleted", "moved")
+CHANGE_KINDS = ("upsert", "delete", "move", "rescan")
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    kind: str  # "created" | "modified" | "closed" | "deleted" | "moved"
+    path: bytes
+    dest: Optional[bytes] = None
+    is_dir: bool = False
+    time: float = 0.0
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str  # "upsert" | "delete" | "move" | "rescan"
+    path: bytes
+    dest: Optional[bytes] = None
+    is_dir: bool = False
+
+
+def ready(pending: Mapping[bytes, float], closed: set[bytes], now: float, settle: float) -> set[bytes]:
+    """The written files that are complete: closed after writing, or quiet for `settle` seconds.
+
+    `pending` maps a path to the time of its last write event.
+    """
+    return {path for path, last in pending.items() if path in closed or now - last >= settle}
+
+
+def coalesce(events: Sequence[RawEvent]) -> list[Change]:
+    tree = _Tree()
+    for event in events:
+        tree.apply(event)
+    return _plan(tree)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Paths
+
+
+def _join(parent: bytes, name: bytes) -> bytes:
+    return parent + name if parent.endswith(b"/") else parent + b"/" + name
+
+
+def _parts(path: bytes) -> list[bytes]:
+    return [part for part in path.split(b"/") if part]
+
+
+def _ancestors(path: bytes) -> Iterator[bytes]:
+    """Proper ancestors of an absolute path, nearest first, ending with b"/"."""
+    while path != b"/":
+        path = os.path.dirname(path)
+        yield path
+
+
+def _is_under(path: bytes, top: bytes) -> bool:
+    """True when `path` is strictly below `top`."""
+    return path != top and path.startswith(top if top.endswith(b"/") else top + b"/")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The virtual tree
+
+
+class _Node:
+    __slots__ = ("name", "parent", "children", "gone", "pinned", "orig", "is_dir", "dirty")
+
+    def __init__(self, name: bytes, parent: Optional["_Node"], is_dir: bool) -> None:
+        self.name = name
+        self.parent = parent
+        self.children: dict[bytes, _Node] = {}
+        self.gone: set[bytes] = set()  # names that were deleted or moved away: they no longer exist
+        self.pinned = False  # identity stored in `orig` rather than derived from the parent's
+        self.orig: Optional[bytes] = None
+        self.is_dir = is_dir
+        self.dirty = False
+
+    def identity(self) -> Optional[bytes]:
+        """The path this node had before the burst; None if it was created during the burst."""
+        if self.pinned:
+            return self.orig
+        base = self.parent.identity() if self.parent is not None else None
+        return None if base is None else _join(base, self.name)
+
+
+class _Tree:
+    def __init__(self) -> None:
+        self.root = _Node(b"", None, True)
+        self.root.pinned, self.root.orig = True, b"/"
+        self.doomed: list[tuple[bytes, bool]] = []  # identities that no longer exist, with is_dir
+        self.moved_dirs: dict[bytes, _Node] = {}  # folder moves by source path, to recognise echoes
+
+    # -- lookups ---------------------------------------------------------------------------------------
+
+    def lookup(self, path: bytes, is_dir: bool, materialise: bool = True) -> Optional[_Node]:
+        """The node at `path`, or None when nothing is there.
+
+        A path no event has named yet exists implicitly if it lies in a folder that existed before the
+        burst; it gets a node (or, with `materialise` false, the answer is the root as a stand-in).
+        """
+        node = self.root
+        parts = _parts(path)
+        for i, name in enumerate(parts):
+            child = node.children.get(name)
+            if child is None:
+                # Only folders that existed before the burst hold things we were not told about.
+                if name in node.gone or not node.is_dir or node.identity() is None:
+                    return None
+                if not materialise:
+                    return self.root
+                child = _Node(name, node, is_dir if i == len(parts) - 1 else True)
+                node.children[name] = child
+            node = child
+        return node
+
+    def known(self, path: bytes) -> Optional[_Node]:
+        """The node at `path` if an event has named it (or a folder it is in) and it is still there."""
+        node: Optional[_Node] = self.root
+        for name in _parts(path):
+            node = node.children.get(name) if node is not None else None
+        return node
+
+    def ensure_dir(self, path: bytes) -> _Node:
+        """The folder at `path`; a folder we were told nothing about is taken to be new."""
+        node = self.lookup(path, True)
+        if node is not None and node.is_dir:
+            return node
+        parent = self.ensure_dir(os.path.dirname(path))
+        if node is not None:  # a file where a folder must be: events were lost; replace it
+            self.remove(node)
+        return self.attach_new(parent, os.path.basename(path), True)
+
+    def path_of(self, node: _Node) -> Optional[bytes]:
+        """Where a node is now; None if it has been deleted or moved away with something else."""
+        names = []
+        while node is not self.root:
+            parent = node.parent
+            if parent is None or parent.children.get(node.name) is not node:
+                return None
+            names.append(node.name)
+            node = parent
+        return b"/" + b"/".join(reversed(names))
+
+    def is_echo(self, src: bytes, dest: bytes) -> bool:
+        """Is this the move of a child that its folder's move, already applied, implies?"""
+        for top in _ancestors(src):
+            node = self.moved_dirs.get(top)
+            if node is not None:
+                now = self.path_of(node)
+                return now is not None and _join(now, src[len(top) + 1:]) == dest
+        return False
+
+    # -- edits ---------------------------------------------------------------------------------------
+
+    def attach(self, parent: _Node, name: bytes, node: _Node) -> None:
+        node.parent, node.name = parent, name
+        parent.children[name] = node
+        parent.gone.discard(name)
+
+    def attach_new(self, parent: _Node, name: bytes, is_dir: bool) -> _Node:
+        node = _Node(name, parent, is_dir)
+        node.pinned, node.orig, node.dirty = True, None, True
+        self.attach(parent, name, node)
+        return node
+
+    def detach(self, node: _Node) -> None:
+        assert node.parent is not None
+        if not node.pinned:  # it leaves its parent, so its identity can no longer be derived from it
+            node.orig, node.pinned = node.identity(), True
+        del node.parent.children[node.name]
+        node.parent.gone.add(node.name)
+
+    def remove(self, node: _Node) -> None:
+        """Delete a node: its identity and every identity moved below it are gone."""
+        top = node.identity()
+        if top is not None:
+            self.doomed.append((top, node.is_dir))
+        stack = list(node.children.values())
+        while stack:
+            child = stack.pop()
+            if child.pinned and child.orig is not None:
+                self.doomed.append((child.orig, child.is_dir))
+            stack.extend(child.children.values())
+        self.detach(node)
+
+    # -- events --------------------------------------------------------------------------------------
+
+    def apply(self, event: RawEvent) -> None:
+        if event.kind == "created":
+            self.created(event.path, event.is_dir)
+        elif event.kind in ("modified", "closed"):
+            if not event.is_dir:  # a folder's own metadata is of no interest
+                self.written(event.path)
+        elif event.kind == "deleted":
+            node = self.lookup(event.path, event.is_dir)
+            if node is not None and node is not self.root:
+                self.remove(node)
+        elif event.kind == "moved":
+            if event.dest is None:
+                raise ValueError(f"moved event without dest: {event.path!r}")
+            self.moved(event.path, event.dest, event.is_dir)
+        else:
+            raise ValueError(f"unknown event kind {event.kind!r}")
+
+    def created(self, path: bytes, is_dir: bool) -> None:
+        # A creation of a path we have not heard of is new, even in a folder that existed: that is
+        # what "created" says. A path we have heard of is watchdog repeating itself, or a rewrite.
+        node = self.known(path)
+        if node is not None and node.is_dir == is_dir:
+            # Already there (watchdog repeats creations when it walks a new folder): a rewrite at most.
+            node.dirty = node.dirty or not is_dir
+            return
+        if node is not None:
+            self.remove(node)
+        self.attach_new(self.ensure_dir(os.path.dirname(path)), os.path.basename(path), is_dir)
+
+    def written(self, path: bytes) -> None:
+        node = self.lookup(path, False)
+        if node is None:  # written but never created: take it as new
+            self.created(path, False)
+        elif not node.is_dir:
+            node.dirty = True
+
+    def moved(self, src: bytes, dest: bytes, is_dir: bool) -> None:
+        if src == dest or _is_under(dest, src):
+            return
+        node = self.lookup(src, is_dir)
+        if node is None:
+            # The source is already gone: watchdog's echo of a child of a folder that was just moved
+            # (nothing to do), or something we cannot follow: take the destination as new.
+            if not self.is_echo(src, dest):
+                self.created(dest, is_dir)
+            return
+        if node.is_dir:
+            self.moved_dirs[src] = node
+        self.detach(node)
+        # Rename over something we know replaces it. inotify does not say whether a path nobody
+        # mentioned existed; it is taken to be free (a consumer's move replaces whatever is there).
+        target = self.known(dest)
+        if target is not None:
+            self.remove(target)
+        self.attach(self.ensure_dir(os.path.dirname(dest)), os.path.basename(dest), node)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# From the final tree to ordered changes
+
+
+@dataclass
+class _Op:
+    id: int
+    kind: str  # "move" | "delete"
+    src: bytes
+    dest: Optional[bytes]
+    is_dir: bool
+
+
+def _plan(tree: _Tree) -> list[Change]:
+    moves, content, final = _walk(tree)
+    deletes = _deletes(tree.doomed, final, {op.src for op in moves})
+    ops = moves + deletes
+    for i, op in enumerate(ops):
+        op.id = i
+    structural, broken = _Scheduler(ops).run()
+    content.extend(Change("rescan" if op.is_dir else "upsert", op.dest or b"", is_dir=op.is_dir) for op in broken)
+    return structural + _drop_covered(content)
+
+
+def _walk(tree: _Tree) -> tuple[list[_Op], list[Change], dict[bytes, bool]]:
+    """Moves, upserts and rescans the final tree calls for, and the kind of every path it names."""
+    moves: list[_Op] = []
+    content: list[Change] = []
+    final: dict[bytes, bool] = {}
+    stack = [(tree.root, b"/", b"/", False)]  # node, path, identity, inside a new folder
+    while stack:
+        node, path, ident, in_new = stack.pop()
+        for name in sorted(node.children, reverse=True):  # reversed so the stack pops them in order
+            child = node.children[name]
+            child_path = _join(path, name)
+            expected = None if ident is None else _join(ident, name)
+            child_ident = child.orig if child.pinned else expected
+            final[child_path] = child.is_dir
+            if child_ident is not None and child_ident != expected:
+                moves.append(_Op(0, "move", child_ident, child_path, child.is_dir))
+            child_in_new = in_new
+            if not in_new and child_ident is None:
+                content.append(Change("rescan" if child.is_dir else "upsert", child_path, is_dir=child.is_dir))
+                child_in_new = child.is_dir
+            elif not in_new and child.dirty and not child.is_dir:
+                content.append(Change("upsert", child_path))
+            stack.append((child, child_path, child_ident, child_in_new))
+    return moves, content, final
+
+
+def _deletes(doomed: list[tuple[bytes, bool]], final: dict[bytes, bool], move_srcs: set[bytes]) -> list[_Op]:
+    """One delete per gone identity, leaving out those inside another and those simply replaced."""
+    gone = {path for path, _ in doomed}
+    ops: list[_Op] = []
+    seen: set[bytes] = set()
+    for path, is_dir in doomed:
+        if path in seen or _covered(path, gone, move_srcs):
+            continue
+        seen.add(path)
+        # Something of the same kind now sits at the same place and nothing above it moves: the upsert,
+        # rescan or move (which replaces) that puts it there also disposes of the old one.
+        replaced = final.get(path) == is_dir and not any(a in move_srcs for a in _ancestors(path))
+        if not replaced:
+            ops.append(_Op(0, "delete", path, None, is_dir))
+    return ops
+
+
+def _covered(path: bytes, gone: set[bytes], move_srcs: set[bytes]) -> bool:
+    """Does the delete of a folder above `path` take it along? Not if it was moved out first."""
+    for a in _ancestors(path):
+        if a in move_srcs:
+            return False
+        if a in gone:
+            return True
+    return False
+
+
+def _drop_covered(content: list[Change]) -> list[Change]:
+    rescans = {c.path for c in content if c.kind == "rescan"}
+    kept = [c for c in content if not any(a in rescans for a in _ancestors(c.path))]
+    return [c for c in kept if c.kind == "rescan"] + [c for c in kept if c.kind != "rescan"]
+
+
+class _Scheduler:
+    """Order moves and deletes so each is valid when applied after the previous ones.
+
+    Sources are kept in current coordinates (rewritten as folders above them move); destinations are
+    final paths. A move waits until nothing still to be moved or deleted sits at, above or below its
+    destination, and until moves into folders above its destination are done; a delete waits until what
+    survives inside it has been moved out. A cycle of waits (a swap) is broken by turning one move into a
+    delete plus a rescan/upsert of its destination.
+    """
+
+    def __init__(self, ops: list[_Op]) -> None:
+        self.ops = {op.id: op for op in ops}
+        self.next_id = len(ops)
+        self.src_at: dict[bytes, set[int]] = {}
+        self.src_below: dict[bytes, set[int]] = {}
+        self.dest_at: dict[bytes, set[int]] = {}
+        self.waiters: dict[int, list[int]] = {}
+        self.blocked_by: dict[int, int] = {}
+        self.queue: deque[int] = deque()
+        for op in ops:
+            self._index(op, True)
+            self.queue.append(op.id)
+        self.out: list[Change] = []
+        self.broken: list[_Op] = []
+
+    def run(self) -> tuple[list[Change], list[_Op]]:
+        while self.ops:
+            if not self.queue:
+                self._break_cycle()
+                continue
+            op = self.ops.get(self.queue.popleft())
+            if op is None:
+                continue
+            if op.kind == "move" and op.dest is not None and _is_under(op.dest, op.src):
+                # e.g. a file whose place a new folder took, and which went into it: say it plainly
+                self._convert(op)
+                continue
+            blocker = self._blocker(op)
+            if blocker is None:
+                self._execute(op)
+            else:
+                self.blocked_by[op.id] = blocker
+                self.waiters.setdefault(blocker, []).append(op.id)
+        return self.out, self.broken
+
+    def _index(self, op: _Op, add: bool) -> None:
+        def edit(table: dict[bytes, set[int]], key: bytes) -> None:
+            if add:
+                table.setdefault(key, set()).add(op.id)
+            else:
+                table[key].discard(op.id)
+
+        edit(self.src_at, op.src)
+        for a in _ancestors(op.src):
+            edit(self.src_below, a)
+        if op.kind == "move" and op.dest is not None:
+            edit(self.dest_at, op.dest)
+
+    def _other(self, table: dict[bytes, set[int]], key: bytes, me: int) -> Optional[int]:
+        for i in table.get(key, ()):
+            if i != me:
+                return i
+        return None
+
+    def _blocker(self, op: _Op) -> Optional[int]:
+        if op.kind == "delete":
+            for i in self.src_below.get(op.src, ()):
+                if self.ops[i].kind == "move":
+                    return i
+            return None
+        dest = op.dest or b""
+        checks = [(self.src_at, dest), (self.src_below, dest)]
+        for a in _ancestors(dest):
+            checks += [(self.src_at, a), (self.dest_at, a)]
+        for table, key in checks:
+            found = self._other(table, key, op.id)
+            if found is not None:  # ids start at 0, so no `or` here
+                return found
+        return None
+
+    def _finish(self, op: _Op) -> None:
+        self._index(op, False)
+        del self.ops[op.id]
+        self.blocked_by.pop(op.id, None)
+        self.queue.extend(self.waiters.pop(op.id, []))
+
+    def _execute(self, op: _Op) -> None:
+        self._finish(op)
+        if op.kind == "delete":
+            self.out.append(Change("delete", op.src, is_dir=op.is_dir))
+            return
+        assert op.dest is not None
+        self.out.append(Change("move", op.src, op.dest, op.is_dir))
+        moved = set(self.src_at.get(op.src, ())) | set(self.src_below.get(op.src, ()))
+        for i in moved:
+            other = self.ops[i]
+            self._index(other, False)
+            other.src = op.dest + other.src[len(op.src):]
+            self._index(other, True)
+            if other.kind == "move" and other.src == other.dest:  # back where it belongs
+                self._finish(other)
+
+    def _break_cycle(self) -> None:
+        start = min(self.ops)
+        path: list[int] = []
+        seen: set[int] = set()
+        current = start
+        while current not in seen:
+            seen.add(current)
+            path.append(current)
+            current = self.blocked_by[current]
+        cycle = path[path.index(current):]
+        self._convert(self.ops[min(i for i in cycle if self.ops[i].kind == "move")])
+
+    def _convert(self, victim: _Op) -> None:
+        """Give up on moving `victim`: delete it where it is and read it afresh where it ends up."""
+        self._finish(victim)
+        self.broken.append(victim)
+        if not any(self.ops[i].kind == "delete" for a in [victim.src, *_ancestors(victim.src)] for i in self.src_at.get(a, ())):
+            delete = _Op(self.next_id, "delete", victim.src, None, victim.is_dir)
+            self.next_id += 1
+            self.ops[delete.id] = delete
+            self._index(delete, True)
+            self.queue.append(delete.id)

@@ -1,0 +1,621 @@
+"""Watch the photo roots and hand the indexer coalesced batches of changes.
+
+The only module that imports watchdog. Per root: one watchdog observer (inotify, or polling on network
+file systems), whose events are filtered like the scan, held until the files they touch are complete,
+coalesced and passed to `ChangeSink.apply` in large batches.
+
+One supervisor thread owns every decision: it flushes batches, notices lost events and dead observers,
+follows roots going offline and coming back, and asks for periodic full rescans. Watchdog threads only
+append to a buffer or raise a flag, so the sink is only ever called from the supervisor thread.
+
+Lost events and how they are noticed (each leads to a warning and `sink.reconcile(root, reason)`):
+
+- "overflow": the kernel's inotify queue overflowed (IN_Q_OVERFLOW). watchdog 7 handles it inside
+  `InotifyWatchGroup.on_queue_overflow` (it rebuilds the watches) and emits no event, so we subclass the
+  watch group to hear about it.
+- "watch-limit": inotify_add_watch failed with ENOSPC (fs.inotify.max_user_watches). watchdog raises for
+  the root but silently skips sub-folders, so the subclass reports those too; the root falls back to
+  polling.
+- "inotify-unavailable": no inotify instance could be created (EMFILE); polling.
+- "observer-died": a watchdog thread is no longer alive; the observer is restarted.
+- "root-replaced": the root folder is a different directory than before (remounted, recreated); inotify
+  watches follow inodes, so the observer is restarted.
+- "online": the root came back after being offline. "start" and "periodic" need no explanation.
+
+A root that disappears (folder missing, or a mount point whose file system was unmounted) is reported
+with `sink.set_online(root, False)` and nothing else: no deletes for its files.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import logging
+import os
+import re
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+)
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
+from watchdog.observers.polling import PollingObserver
+
+from .coalesce import Change, RawEvent, coalesce, ready
+
+log = logging.getLogger(__name__)
+
+# What we ask watchdog for. Leaving out opens, read-only closes and folder "modified" events keeps the
+# indexer's own reads from echoing back and keeps the kernel queue short during large copies.
+EVENT_FILTER: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileAttribEvent, FileClosedEvent,
+    FileDeletedEvent, DirDeletedEvent, FileMovedEvent, DirMovedEvent,
+]
+
+# File systems where inotify misses changes made by other machines: poll them instead.
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "virtiofs", "ceph", "glusterfs",
+              "lustre", "gpfs", "davfs", "fuse"}
+
+BATCH_CHANGES = 10_000  # most changes per sink.apply call
+FLUSH_EVENTS = 30_000  # flush a burst still in progress once this many raw events are buffered
+RESTART_BACKOFF = 5.0  # seconds between attempts to restart a dead observer
+MAX_EVENTS = 500_000  # beyond this, drop the buffer and ask for a rescan rather than use more memory
+
+
+class ChangeSink(Protocol):
+    def apply(self, root: str, changes: list[Change]) -> None: ...
+
+    def reconcile(self, root: str, reason: str) -> None: ...
+
+    def set_online(self, root: str, online: bool) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------------------
+# watchdog hooks: hear about overflows and watch-limit failures
+
+
+class _WatchGroup(InotifyWatchGroup):
+    """watchdog's watch group, reporting what it otherwise only logs or ignores."""
+
+    def __init__(self, *args, on_lost: Callable[[str, Optional[BaseException]], None], **kwargs) -> None:
+        self.on_lost = on_lost  # set before the dataclass __init__, which already adds the watches
+        super().__init__(*args, **kwargs)
+
+    def on_queue_overflow(self) -> None:
+        super().on_queue_overflow()
+        self.on_lost("overflow", None)
+
+    def _add_callback(self, path: bytes) -> None:
+        # Same as watchdog's, but a sub-folder that cannot be watched is reported, not skipped.
+        try:
+            wd = self._inotify_fd.add_callback(path, self.event_mask, self._callback, self._id)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EMFILE):
+                self.on_lost("watch-limit", exc)
+            if path == self.path:
+                raise
+            return
+        self._active_callbacks_by_path[path] = wd
+        self._active_callbacks_by_watch[wd] = path
+
+
+class _Emitter(InotifyEmitter):
+    def __init__(self, *args, on_lost: Callable[[str, Optional[BaseException]], None], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_lost = on_lost
+
+    def on_thread_start(self) -> None:  # InotifyEmitter.on_thread_start with our watch group
+        self._inotify = _WatchGroup(
+            self._inotify_fd,
+            os.fsencode(self.watch.path),
+            is_recursive=self.watch.is_recursive,
+            event_mask=self.get_event_mask_from_filter(),
+            follow_symlink=self.watch.follow_symlink,
+            on_lost=self._on_lost,
+        )
+
+
+class _InotifyObserver(InotifyObserver):
+    """An inotify observer with its own inotify instance whose losses reach `on_lost`."""
+
+    def __init__(self, on_lost: Callable[[str, Optional[BaseException]], None]) -> None:
+        super().__init__()
+        self._emitter_class = _Emitter
+        self._emitter_kwargs["on_lost"] = on_lost
+
+    def threads_alive(self) -> bool:
+        fd_thread = getattr(self, "_inotify_fd", None)
+        return self.is_alive() and all(e.is_alive() for e in self.emitters) and (fd_thread is None or fd_thread.is_alive())
+
+
+def _threads_alive(observer: BaseObserver) -> bool:
+    if isinstance(observer, _InotifyObserver):
+        return observer.threads_alive()
+    return observer.is_alive() and all(e.is_alive() for e in observer.emitters)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Mounts
+
+
+def _mounts() -> dict[bytes, str]:
+    """Mount point -> file system type, from /proc/self/mountinfo (which, unlike st_dev, sees bind mounts)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            data = f.read()
+    except OSError:
+        return {}
+    table = {}
+    for line in data.splitlines():
+        left, _, right = line.partition(b" - ")
+        fields = left.split(b" ")
+        if len(fields) > 4 and right:
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+            table[point] = right.split(b" ")[0].decode("ascii", "replace")
+    return table
+
+
+def _fs_type(path: bytes, mounts: dict[bytes, str]) -> str:
+    """Type of the file system `path` is on: that of the longest mount point above it."""
+    best = b""
+    for point in mounts:
+        if (path == point or path.startswith(point.rstrip(b"/") + b"/")) and len(point) > len(best):
+            best = point
+    return mounts.get(best, "")
+
+
+def is_network_fs(fs_type: str) -> bool:
+    return fs_type in NETWORK_FS or fs_type.startswith("fuse.")
+
+
+@dataclass(frozen=True)
+class _Probe:
+    identity: tuple[int, int]  # st_dev, st_ino of the root folder
+    is_mount: bool
+    fs_type: str
+
+
+def _probe(path: bytes) -> Optional[_Probe]:
+    """What the root is now; None if it is not there (or not a folder)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return None
+    real = os.path.realpath(path)
+    mounts = _mounts()
+    return _Probe((st.st_dev, st.st_ino), real in mounts, _fs_type(real, mounts))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Filtering and event conversion
+
+
+class _Filter:
+    """The scan's rules: exclude patterns against each path component, hidden names unless asked for."""
+
+    def __init__(self, root: bytes, exclude: tuple[str, ...], hidden: bool) -> None:
+        self.prefix = root.rstrip(b"/") + b"/"
+        self.hidden = hidden
+        self.excluded = re.compile("|".join(fnmatch.translate(p) for p in exclude) or r"(?!)")
+
+    def wanted(self, path: bytes) -> bool:
+        if not path.startswith(self.prefix):
+            return False  # the root itself, or outside it
+        for part in path[len(self.prefix):].split(b"/"):
+            if (not self.hidden and part.startswith(b".")) or self.excluded.match(os.fsdecode(part)):
+                return False
+        return True
+
+
+_KINDS = {"created": "created", "modified": "modified", "attrib": "modified", "closed": "closed",
+          "deleted": "deleted", "moved": "moved"}
+
+
+def to_raw(event: FileSystemEvent, keep: _Filter, now: float) -> Optional[RawEvent]:
+    kind = _KINDS.get(event.event_type)
+    if kind is None or (event.is_directory and kind in ("modified", "closed")):
+        return None
+    src = os.fsencode(event.src_path)
+    is_dir = event.is_directory
+    if kind != "moved":
+        return RawEvent(kind, src, is_dir=is_dir, time=now) if keep.wanted(src) else None
+    dest = os.fsencode(event.dest_path)
+    src_ok, dest_ok = keep.wanted(src), keep.wanted(dest)
+    if src_ok and dest_ok:
+        return RawEvent("moved", src, dest, is_dir, now)
+    if dest_ok:  # e.g. a download renamed from "x.jpg.part" to "x.jpg": new to us
+        return RawEvent("created", dest, is_dir=is_dir, time=now)
+    if src_ok:
+        return RawEvent("deleted", src, is_dir=is_dir, time=now)
+    return None
+
+
+def _under(path: bytes, top: bytes) -> bool:
+    return path.startswith(top.rstrip(b"/") + b"/")
+
+
+def split_ready(events: list[RawEvent], now: float, settle: float) -> tuple[list[RawEvent], list[RawEvent]]:
+    """Split a buffer into events that can go now and events to hold (files still being written).
+
+    An event is held when it touches a file that is not complete, or a path above or below one, or
+    any path an earlier held event touched: so nothing released depends on something held back.
+    """
+    pending: dict[bytes, float] = {}
+    closed: set[bytes] = set()
+    names: dict[bytes, set[bytes]] = {}  # every name a pending file had in this buffer
+    for ev in events:
+        if ev.kind in ("created", "modified") and not ev.is_dir:
+            pending[ev.path] = ev.time
+            names.setdefault(ev.path, {ev.path})
+            closed.discard(ev.path)
+        elif ev.kind == "closed":
+            pending.setdefault(ev.path, ev.time)
+            names.setdefault(ev.path, {ev.path})
+            closed.add(ev.path)
+        elif ev.kind in ("deleted", "moved"):
+            gone = [p for p in pending if p == ev.path or (ev.is_dir and _under(p, ev.path))]
+            for p in gone:
+                when, old_names = pending.pop(p), names.pop(p)
+                if ev.kind == "moved" and ev.dest is not None:  # the writer may go on under the new name
+                    new = ev.dest + p[len(ev.path):]
+                    pending[new] = when
+                    names[new] = old_names | {new}
+                    if p in closed:
+                        closed.add(new)
+                closed.discard(p)
+    unready = set(pending) - ready(pending, closed, now, settle)
+    if not unready:
+        return events, []
+    held_paths = set().union(*(names[p] for p in unready))
+    above = {a for p in held_paths for a in _parents(p)}
+    go: list[RawEvent] = []
+    held: list[RawEvent] = []
+    for ev in events:
+        paths = [ev.path] if ev.dest is None else [ev.path, ev.dest]
+        if any(p in held_paths or p in above or any(a in held_paths for a in _parents(p)) for p in paths):
+            held.append(ev)
+            for p in paths:
+                held_paths.add(p)
+                above.update(_parents(p))
+        else:
+            go.append(ev)
+    return go, held
+
+
+def _parents(path: bytes) -> list[bytes]:
+    out = []
+    while path not in (b"/", b""):
+        path = os.path.dirname(path)
+        out.append(path)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The watcher
+
+
+@dataclass
+class _Root:
+    name: str
+    path: bytes
+    keep: _Filter
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    mode: str = "offline"  # "inotify" | "polling" | "offline"
+    observer: Optional[BaseObserver] = None
+    polling_reason: Optional[str] = None  # why this root polls even though inotify was wanted
+    probe: Optional[_Probe] = None  # what the root was when last seen online
+    expect_mount: bool = False  # it was a mount point: an empty folder in its place means unmounted
+    buffer: list[RawEvent] = field(default_factory=list)
+    first_event: float = 0.0
+    last_event: float = 0.0
+    lost: Optional[str] = None  # set by watchdog threads, handled by the supervisor
+    last_reconcile: Optional[float] = None  # wall-clock time, for status
+    last_reconcile_at: float = 0.0  # watcher clock, for scheduling
+    last_reconcile_reason: Optional[str] = None
+    restarts: int = 0
+    next_restart_at: float = 0.0
+    last_error: Optional[str] = None
+    batches: int = 0
+
+
+class Watcher:
+    def __init__(self, roots: dict[str, bytes], sink: ChangeSink, settings, *,
+                 clock: Callable[[], float] = time.monotonic, force_polling: bool = False) -> None:
+        self._sink = sink
+        self._settings = settings
+        self._clock = clock
+        self._force_polling = force_polling
+        self._settle = float(settings.watch_settle_seconds)
+        self._quiet = self._settle / 2  # a burst is over when nothing happened for this long
+        self._max_delay = max(5.0, 5 * self._settle)  # ... or when it has gone on for this long
+        self._tick = min(0.25, max(0.02, self._settle / 4))
+        exclude, hidden = tuple(settings.index_exclude), bool(settings.index_hidden)
+        self._roots = {name: _Root(name, os.fsencode(path), _Filter(os.fsencode(path), exclude, hidden))
+                       for name, path in roots.items()}
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._start_lock = threading.Lock()
+
+    # -- public ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None:
+                raise RuntimeError("watcher already started")
+            self._stop.clear()
+            for root in self._roots.values():
+                self._guarded(root, self._bring_up, root)
+            self._thread = threading.Thread(target=self._run, name="searchfs-watch", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5) -> None:
+        with self._start_lock:
+            deadline = time.monotonic() + timeout
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join(max(0.0, deadline - time.monotonic()))
+                if self._thread.is_alive():
+                    log.warning("watch supervisor did not stop within %.1fs", timeout)
+                self._thread = None
+            for root in self._roots.values():
+                if root.mode != "offline":
+                    self._guarded(root, self._flush, root, True)
+                self._stop_observer(root, max(0.1, deadline - time.monotonic()))
+
+    def status(self) -> dict:
+        out = {}
+        for root in self._roots.values():
+            with root.lock:
+                out[root.name] = {
+                    "path": os.fsdecode(root.path),
+                    "mode": root.mode,
+                    "pending": len(root.buffer),
+                    "last_reconcile": root.last_reconcile,
+                    "last_reconcile_reason": root.last_reconcile_reason,
+                    "restarts": root.restarts,
+                    "last_error": root.last_error,
+                    "polling_reason": root.polling_reason,
+                    "batches": root.batches,
+                }
+        return out
+
+    # -- supervisor ----------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._tick):
+            for root in self._roots.values():
+                if self._stop.is_set():
+                    break
+                self._guarded(root, self._supervise, root)
+
+    def _guarded(self, root: _Root, fn: Callable, *args) -> None:
+        """Run one step; whatever goes wrong is logged and kept for status, never fatal to the thread."""
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - the watcher must not silently stop
+            log.exception("watcher: root %s: %s failed", root.name, getattr(fn, "__name__", fn))
+            with root.lock:
+                root.last_error = f"{type(exc).__name__}: {exc}"
+
+    def _supervise(self, root: _Root) -> None:
+        if not self._follow_root(root):
+            return
+        self._check_losses(root)
+        self._flush(root)
+        period = float(self._settings.watch_reconcile_minutes) * 60
+        if period > 0 and self._clock() - root.last_reconcile_at >= period:
+            self._reconcile(root, "periodic")
+
+    def _follow_root(self, root: _Root) -> bool:
+        """Notice the root going away, coming back or being replaced. True if it is online."""
+        probe = _probe(root.path)
+        if root.mode == "offline":
+            if probe is not None and (probe.is_mount or not root.expect_mount):
+                self._bring_up(root, probe, "online")
+            return root.mode != "offline"
+        if probe is None or (root.expect_mount and not probe.is_mount):
+            self._take_down(root, "missing" if probe is None else "unmounted")
+            return False
+        if root.probe is not None and probe.identity != root.probe.identity:
+            log.warning("watcher: root %s is a different folder now; restarting its watch", root.name)
+            root.probe = probe
+            root.expect_mount = root.expect_mount or probe.is_mount
+            self._restart(root, "root-replaced")
+        return True
+
+    def _bring_up(self, root: _Root, probe: Optional[_Probe] = None, reason: str = "start") -> None:
+        probe = probe or _probe(root.path)
+        if probe is None:
+            log.warning("watcher: root %s (%s) is not there; waiting for it", root.name, os.fsdecode(root.path))
+            with root.lock:
+                root.mode = "offline"
+            self._call(root, self._sink.set_online, root.name, False)
+            return
+        root.probe = probe
+        root.expect_mount = root.expect_mount or probe.is_mount
+        self._start_observer(root)
+        if reason == "online":
+            log.warning("watcher: root %s is back online", root.name)
+        self._call(root, self._sink.set_online, root.name, True)
+        self._reconcile(root, reason)
+
+    def _take_down(self, root: _Root, why: str) -> None:
+        log.warning("watcher: root %s is offline (%s); keeping its catalog entries", root.name, why)
+        self._stop_observer(root, 2.0)
+        with root.lock:
+            root.mode = "offline"
+            root.buffer = []  # whatever the disappearance looked like, it is not a deletion
+            root.lost = None
+        self._call(root, self._sink.set_online, root.name, False)
+
+    def _check_losses(self, root: _Root) -> None:
+        with root.lock:
+            lost, root.lost = root.lost, None
+        if lost is not None:
+            log.warning("watcher: root %s lost events (%s); rescanning", root.name, lost)
+            if lost == "watch-limit" and root.mode == "inotify":
+                root.polling_reason = lost
+                self._restart(root, lost, count=False)
+            else:
+                self._drop_buffer(root)
+                self._reconcile(root, lost)
+        elif root.observer is None or not _threads_alive(root.observer):
+            if self._clock() >= root.next_restart_at:  # back off, or a broken start would spin
+                log.warning("watcher: root %s: its watchdog observer is not running; restarting", root.name)
+                root.next_restart_at = self._clock() + RESTART_BACKOFF
+                self._restart(root, "observer-died")
+
+    def _restart(self, root: _Root, reason: str, count: bool = True) -> None:
+        self._stop_observer(root, 2.0)
+        self._drop_buffer(root)
+        if count:
+            with root.lock:
+                root.restarts += 1
+        self._start_observer(root)
+        self._reconcile(root, reason)
+
+    def _drop_buffer(self, root: _Root) -> None:
+        with root.lock:  # the rescan that follows covers whatever the buffer said
+            root.buffer = []
+
+    # -- observers ---------------------------------------------------------------------------------------
+
+    def _start_observer(self, root: _Root) -> None:
+        polling = self._force_polling or root.polling_reason is not None
+        if not polling and root.probe is not None and is_network_fs(root.probe.fs_type):
+            root.polling_reason = f"network file system ({root.probe.fs_type})"
+            log.info("watcher: root %s is on %s; polling every %ss", root.name, root.probe.fs_type,
+                     self._settings.watch_poll_seconds)
+            polling = True
+        if not polling:
+            try:
+                self._launch(root, _InotifyObserver(self._loss_reporter(root)), "inotify")
+                return
+            except OSError as exc:
+                reason = "watch-limit" if exc.errno == errno.ENOSPC else "inotify-unavailable"
+                log.warning("watcher: root %s: cannot use inotify (%s); polling instead", root.name, exc)
+                root.polling_reason = reason
+                with root.lock:
+                    root.last_error = f"{reason}: {exc}"
+        self._launch(root, PollingObserver(timeout=float(self._settings.watch_poll_seconds)), "polling")
+
+    def _launch(self, root: _Root, observer: BaseObserver, mode: str) -> None:
+        handler = _Handler(self, root)
+        try:
+            observer.schedule(handler, os.fsdecode(root.path), recursive=True, event_filter=EVENT_FILTER)
+            observer.start()
+        except BaseException:
+            _halt(observer, 1.0)
+            raise
+        with root.lock:
+            root.observer, root.mode = observer, mode
+
+    def _stop_observer(self, root: _Root, timeout: float) -> None:
+        with root.lock:
+            observer, root.observer = root.observer, None
+        if observer is not None:
+            _halt(observer, timeout)
+
+    def _loss_reporter(self, root: _Root) -> Callable[[str, Optional[BaseException]], None]:
+        def report(reason: str, exc: Optional[BaseException]) -> None:  # called on a watchdog thread
+            with root.lock:
+                if root.lost is None or reason == "watch-limit":
+                    root.lost = reason
+                if exc is not None:
+                    root.last_error = f"{reason}: {exc}"
+        return report
+
+    # -- events ------------------------------------------------------------------------------------------
+
+    def _receive(self, root: _Root, event: FileSystemEvent) -> None:
+        now = self._clock()
+        raw = to_raw(event, root.keep, now)
+        if raw is None:
+            return
+        with root.lock:
+            if not root.buffer:
+                root.first_event = now
+            root.last_event = now
+            root.buffer.append(raw)
+            if len(root.buffer) > MAX_EVENTS and root.lost is None:
+                root.lost = "buffer-full"
+
+    def _flush(self, root: _Root, final: bool = False) -> None:
+        now = self._clock()
+        with root.lock:
+            if not root.buffer:
+                return
+            due = (final or now - root.last_event >= self._quiet or now - root.first_event >= self._max_delay
+                   or len(root.buffer) >= FLUSH_EVENTS)
+            if not due:
+                return
+            events, root.buffer = root.buffer, []
+        go, held = split_ready(events, now, self._settle)
+        if held:
+            with root.lock:
+                root.buffer = held + root.buffer
+                root.first_event = held[0].time
+        changes = coalesce(go) if go else []
+        for start in range(0, len(changes), BATCH_CHANGES):
+            with root.lock:
+                root.batches += 1
+            self._call(root, self._sink.apply, root.name, changes[start:start + BATCH_CHANGES])
+
+    def _reconcile(self, root: _Root, reason: str) -> None:
+        with root.lock:
+            root.last_reconcile, root.last_reconcile_at = time.time(), self._clock()
+            root.last_reconcile_reason = reason
+        self._call(root, self._sink.reconcile, root.name, reason)
+
+    def _call(self, root: _Root, fn: Callable, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - a failing sink must not stop the watcher
+            log.exception("watcher: root %s: sink.%s failed", root.name, getattr(fn, "__name__", "?"))
+            with root.lock:
+                root.last_error = f"sink: {type(exc).__name__}: {exc}"
+
+
+class _Handler:
+    """watchdog handler: converts and buffers, on watchdog's dispatch thread. Must never raise."""
+
+    def __init__(self, watcher: Watcher, root: _Root) -> None:
+        self._watcher = watcher
+        self._root = root
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        try:
+            self._watcher._receive(self._root, event)
+        except Exception:  # noqa: BLE001 - an exception here would kill watchdog's thread
+            log.exception("watcher: cannot handle %r", event)
+
+
+def _halt(observer: BaseObserver, timeout: float) -> None:
+    try:
+        observer.stop()
+    except Exception:  # noqa: BLE001 - stopping half-dead observers may fail; join anyway
+        log.debug("observer.stop failed", exc_info=True)
+    if observer.is_alive():
+        observer.join(timeout)
+    for emitter in list(observer.emitters):
+        if emitter.is_alive():
+            emitter.join(timeout)
+    fd_thread = getattr(observer, "_inotify_fd", None)
+    if fd_thread is not None and fd_thread.is_alive():
+        fd_thread.join(timeout)

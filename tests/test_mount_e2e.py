@@ -1,0 +1,147 @@
+"""The product end to end: `searchfs index`, `searchfs mount` (a real FUSE mount of the real Library,
+daemon in the background), then the shell. The mount and `searchfs search` must agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from photos import make_library, make_photo
+
+pytestmark = pytest.mark.mount
+if not (os.path.exists("/dev/fuse") and (shutil.which("fusermount") or shutil.which("fusermount3"))):
+    pytestmark = [pytestmark, pytest.mark.skip(reason="needs /dev/fuse and fusermount")]
+
+T = 30
+
+
+def searchfs(*args, env, check=True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "searchfs", *args], env=env, capture_output=True, text=True, timeout=120)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def sh(script: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", script], capture_output=True, timeout=T, **kw)
+
+
+def listing(path: Path) -> list[str]:
+    done = subprocess.run(["ls", "-1", str(path)], capture_output=True, text=True, timeout=T)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+@pytest.fixture
+def env(home, tiny_model, tmp_path):
+    environment = dict(os.environ)
+    environment.update({"SEARCHFS_" + k.upper(): v for k, v in tiny_model.items()})
+    environment["SEARCHFS_WATCH_SETTLE_SECONDS"] = "0.3"
+    return environment
+
+
+@pytest.fixture
+def mounted(env, tmp_path):
+    photos = tmp_path / "photos"
+    make_library(photos, 6)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    searchfs("index", str(photos), "--no-progress", env=env)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    searchfs("mount", str(photos), str(mnt), env=env)
+    yield photos, mnt, env
+    searchfs("umount", str(mnt), env=env, check=False)
+    if os.path.ismount(mnt):
+        subprocess.run(["fusermount", "-uz", str(mnt)], capture_output=True)
+    log = Path(env["SEARCHFS_HOME"]) / "logs" / "mount.log"
+    bad = [line for line in log.read_text(errors="replace").splitlines() if " WARNING " in line or " ERROR " in line]
+    assert not bad, "\n".join(bad)
+
+
+def test_mount_and_search_agree(mounted):
+    photos, mnt, env = mounted
+    for text in ("red flower", "a dog on a beach"):
+        cli = [h["path"] for h in json.loads(searchfs("search", text, "--json", env=env).stdout)]
+        links = [os.readlink(mnt / "query" / text / name) for name in listing(mnt / "query" / text)]
+        assert links == cli and len(cli) == 6
+        manifest = (mnt / "query" / text / ".results.tsv").read_text().splitlines()
+        assert manifest[0] == "rank\tscore\tpath" and [row.split("\t")[2] for row in manifest[1:]] == cli
+
+
+def test_exif_folders_and_combinations(mounted):
+    photos, mnt, env = mounted
+    assert "camera" in listing(mnt / "exif")
+    assert listing(mnt / "exif" / "camera") == ["camera=Apple iPhone 12", "camera=Canon EOS 40D", "camera=NIKON D70"]
+    canon = [os.path.basename(os.readlink(mnt / "exif" / "camera=Canon" / n)) for n in listing(mnt / "exif" / "camera=Canon")]
+    assert sorted(canon) == ["IMG_0000.jpg", "IMG_0003.jpg"]
+    combined = mnt / "exif" / "camera=canon" / "year=2021..2022" / "query" / "dog"
+    assert [os.path.basename(os.readlink(combined / n)) for n in listing(combined)] == ["IMG_0003.jpg"]
+    cli = json.loads(searchfs("search", "dog", "--where", "camera=canon", "--where", "year=2021..2022", "--json", env=env).stdout)
+    assert [h["path"] for h in cli] == [os.readlink(combined / n) for n in listing(combined)]
+    limited = mnt / "query" / "dog" / "limit=2"
+    assert len(listing(limited)) == 2
+
+
+def test_similar_mirrors_the_tree(mounted):
+    photos, mnt, env = mounted
+    root = mnt / "similar" / "photos"
+    assert listing(root) == ["album0", "album1"]  # the broken file is quarantined, not offered
+    like = root / "album0" / "IMG_0000.jpg"
+    targets = [os.readlink(like / n) for n in listing(like)]
+    assert len(targets) == 5 and str(photos / "album0" / "IMG_0000.jpg") not in targets
+
+
+def test_cp_copies_real_photos_and_writes_are_refused(mounted, tmp_path):
+    photos, mnt, env = mounted
+    album = tmp_path / "album"
+    album.mkdir()
+    done = sh(f'cp "{mnt}/query/sunset beach/"* "{album}/"')
+    assert done.returncode == 0, done.stderr
+    copied = sorted(album.iterdir())
+    assert len(copied) == 6 and all(p.is_file() and not p.is_symlink() for p in copied)
+    assert not sh(f'touch "{mnt}/query/x/new.jpg"').returncode == 0
+    assert b"Read-only" in sh(f'rm "{mnt}/query/sunset beach/01_"*').stderr
+
+
+def test_kill9_then_mount_again(mounted):
+    photos, mnt, env = mounted
+    pid = int(json.loads((Path(env["SEARCHFS_HOME"]) / "libraries" / "default" / "daemon.json").read_text())["pid"])
+    os.kill(pid, 9)
+    deadline = time.monotonic() + T
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        except ProcessLookupError:
+            break
+    searchfs("mount", str(photos), str(mnt), env=env)  # clears the stale mount, takes the writer lock again
+    assert len(listing(mnt / "query" / "anything")) == 6
+
+
+def test_live_changes_show_on_the_next_listing(mounted):
+    photos, mnt, env = mounted
+    folder = mnt / "exif" / "camera=Leica"
+    assert listing(folder) == []
+    make_photo(photos / "new" / "L1.jpg", (5, 250, 5), seed=42, make="Leica", model="Leica M11")
+    assert _eventually(lambda: [os.path.basename(os.readlink(folder / n)) for n in listing(folder)] == ["L1.jpg"])
+    os.rename(photos / "new", photos / "renamed")
+    assert _eventually(lambda: [os.readlink(folder / n) for n in listing(folder)] == [str(photos / "renamed" / "L1.jpg")])
+    os.remove(photos / "renamed" / "L1.jpg")
+    assert _eventually(lambda: listing(folder) == [])
+    status = json.loads(searchfs("status", "--json", env=env).stdout)
+    assert status["watcher"]["since_start"]["embedded"] == 1  # the rename cost no embedding
+
+
+def _eventually(check, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return check()
