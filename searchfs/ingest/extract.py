@@ -1,0 +1,623 @@
+"""Metadata extraction: exiftool output -> facets (the `exif/<key>/` vocabulary of records.FACETS).
+
+exiftool runs once per extractor in `-stay_open` batch mode (through pyexiftool) with `-n`, so numbers
+arrive as numbers and keys are the flat names `exiftool -j -n FILE` prints (no `-G` group prefixes).
+
+How tags become facets (`normalize`):
+
+- make, model: `Make`, `Model`, surrounding whitespace removed, otherwise as written.
+- camera: make and model without repetition. When the model already starts with a word of the make it
+  is used alone ("Canon" + "Canon EOS 40D" -> "Canon EOS 40D", "NIKON CORPORATION" + "NIKON D70" ->
+  "NIKON D70"); otherwise the make comes first, with legal-form words such as CORPORATION, CO.,LTD,
+  Inc. or OPTICAL dropped ("Apple" + "iPhone 12" -> "Apple iPhone 12", "OLYMPUS OPTICAL CO.,LTD" +
+  "C2040Z" -> "OLYMPUS C2040Z"). Only one of them -> that one.
+- lens: `LensModel`, else `Lens`, else `LensID`. Under `-n` the last two are often bare numbers
+  ("18", "18 55 3.5 5.6") or raw lens-ID bytes ("63 48 2B 44 24 24 68 02"); those are not names and
+  are skipped.
+- date: "YYYY-MM-DD" from the first of `DateTimeOriginal`, `CreateDate`, `DateTimeCreated`,
+  `DateCreated`, `MediaCreateDate` that holds a real calendar day. "0000:00:00 ...", blank and
+  unparseable values are skipped (the next tag is tried); 1901 and future dates are kept. The clock
+  time is taken as written (camera local time); a time-zone suffix is ignored. Dates without a day
+  ("2015", "2015:06") are ignored. `date` has num = None; `year`, `month`, `hour` are numbers.
+- timeofday: night (0-5h), morning (6-11h), afternoon (12-17h), evening (18-23h); only when the date
+  carries a time.
+- iso: `ISO`. Several values ("0 200", or a list) -> the first positive one. ISO 0 means "unknown" in
+  EXIF and is skipped.
+- fnumber, exposure (seconds), focal (mm): `FNumber`, `ExposureTime`, `FocalLength`; only positive
+  values (an f-number of 0 is what a manual lens reports).
+- width, height: `ImageWidth`/`ImageHeight`, else `ImageSize` ("W H"), else `ExifImageWidth`/
+  `ExifImageHeight`; positive whole numbers only.
+- orientation: `Orientation`, 1..8 only.
+- format: `FileType` as exiftool names it (JPEG, PNG, HEIC, "Extended WEBP", TXT, ...).
+- lat, lon: `GPSLatitude`/`GPSLongitude` (signed degrees under `-n`), kept only as a pair of numbers
+  within range. 0,0 is kept: it is a real place and a real (if suspicious) recording.
+  has_gps: "yes" when lat/lon are present, "no" otherwise; always present.
+- keyword: one facet per value of `Keywords` and `Subject` (a list or a single string), de-duplicated
+  ignoring case, first spelling kept. A string with commas is one keyword: it is not split.
+- title: `Title`, `ObjectName`; description: `ImageDescription`, `Description`, `Caption-Abstract`.
+  Each distinct value (ignoring case) gives a facet. Blank values and camera boilerplate are skipped:
+  "OLYMPUS DIGITAL CAMERA", "SONY DSC", "<Digimax i50 MP3, ...>", a bare file number such as
+  "DSC00019" or "000015", a lone generic word ("image", "untitled"), or text equal to the make, model
+  or camera.
+
+Display text: numbers are written without a trailing ".0" (ISO "100", f-number "2.8", exposure
+"0.004") and without an exponent ("0.000125"). Text values are stripped of whitespace and NUL padding and cut
+at 1000 characters. Odd values (a string where a number belongs, a list, "(Binary data ...)",
+"base64:...") skip that field only; `normalize` never raises.
+
+Files exiftool can open but not parse (an empty file, a text file, a truncated JPEG) still get facets
+(at least has_gps, usually format). A reason string instead of facets means exiftool itself gave no
+answer for the file: not found, timed out, or exiftool crashed on it.
+
+Extraction (`ExifExtractor`): paths go to exiftool `batch` at a time. Each call has a deadline
+(`timeout`); a call that runs past it, or during which exiftool dies, kills exiftool, and the files of
+that call are retried one by one with a fresh exiftool, so only the file that hangs or crashes it gets
+a reason ("exiftool timed out after 30s", "exiftool failed: ..."). File names that exiftool's
+line-based, UTF-8 argument stream cannot carry (not UTF-8, control characters) are passed as an
+ASCII-named symlink in a private folder inside `scratch_dir`, removed after the call. Nothing is ever
+written next to the photos.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import itertools
+import json
+import math
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import warnings
+from typing import Any, Iterator, Optional, Sequence
+
+import exiftool
+
+from searchfs.errors import ExiftoolError
+from searchfs.records import Facet
+
+INSTALL_HINT = "install exiftool: apt install libimage-exiftool-perl / brew install exiftool"
+MAX_TEXT = 1000
+
+# ---------------------------------------------------------------------------------------------------
+# normalize: one exiftool -j -n object -> facets
+# ---------------------------------------------------------------------------------------------------
+
+
+def normalize(tags: dict) -> list[Facet]:
+    """Turn one `exiftool -j -n` object into facets. Pure; never raises."""
+    if not isinstance(tags, dict):
+        return []
+    facets: list[Facet] = []
+    for part in (_camera_facets, _lens_facets, _date_facets, _shot_facets, _image_facets, _gps_facets,
+                 _text_facets):
+        try:
+            facets.extend(part(tags))
+        except Exception:  # a tag shape nobody foresaw costs that group of facets, not the whole file
+            continue
+    return facets
+
+
+def format_number(value: float) -> str:
+    """Display form of a number: "100", "2.8", "0.004"; no ".0", no exponent."""
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    text = f"{value:.10f}".rstrip("0").rstrip(".")
+    return text if text not in ("0", "-0") else f"{value:.6g}"  # smaller than 1e-10: keep it visible
+
+
+def _number(value: Any) -> Optional[float]:
+    """A finite number from an int, float or numeric string; None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _numbers(value: Any) -> list[float]:
+    """All numbers of a value that may be a list or a space-separated string ("0 200")."""
+    items = value if isinstance(value, list) else value.split() if isinstance(value, str) else [value]
+    return [n for n in map(_number, items) if n is not None]
+
+
+def _num_facet(key: str, value: float) -> Facet:
+    return Facet(key, format_number(value), float(value))
+
+
+def _positive(tags: dict, key: str, name: str) -> list[Facet]:
+    value = _number(tags.get(name))
+    return [_num_facet(key, value)] if value is not None and value > 0 else []
+
+
+def _text(value: Any) -> Optional[str]:
+    """A display string from a string or number; None for blanks, lists and binary markers."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = _number(value)
+        return format_number(number) if number is not None else None
+    if not isinstance(value, str):
+        return None
+    text = value.replace("\x00", " ").strip()
+    if not text or text.startswith(("(Binary data", "base64:")):
+        return None
+    return text[:MAX_TEXT]
+
+
+def _first_text(tags: dict, *names: str) -> Optional[str]:
+    for name in names:
+        text = _text(tags.get(name))
+        if text:
+            return text
+    return None
+
+
+# --- camera ---
+
+# Trailing words of a maker's name that only say what kind of company it is.
+_COMPANY_WORDS = {"co", "co.", "corp", "corp.", "corporation", "company", "ltd", "ltd.", "limited", "inc",
+                  "inc.", "ab", "ag", "gmbh", "llc", "plc", "optical", "imaging", "electric", "computer"}
+
+
+def _camera_facets(tags: dict) -> list[Facet]:
+    make, model = _text(tags.get("Make")), _text(tags.get("Model"))
+    facets = [Facet(key, value) for key, value in (("make", make), ("model", model)) if value]
+    camera = camera_name(make, model)
+    return facets + ([Facet("camera", camera)] if camera else [])
+
+
+def camera_name(make: Optional[str], model: Optional[str]) -> Optional[str]:
+    """Make and model without repetition; see the module docstring."""
+    if not make or not model:
+        return model or make
+    words = [w for w in re.split(r"[\s,]+", make) if w]
+    if any(_starts_with_word(model, word) for word in words if word.lower() not in _COMPANY_WORDS):
+        return model
+    while len(words) > 1 and words[-1].lower() in _COMPANY_WORDS:
+        words.pop()
+    return f"{' '.join(words).rstrip('.,')} {model}"
+
+
+def _starts_with_word(text: str, word: str) -> bool:
+    """True when `text` begins with `word` as a whole word ("HTC_TyTN_II" begins with "HTC")."""
+    word = word.rstrip(".,")
+    if not word or not text.casefold().startswith(word.casefold()):
+        return False
+    rest = text[len(word):]
+    return not rest or not rest[0].isalnum()
+
+
+# --- lens ---
+
+_NOT_A_LENS_NAME = re.compile(r"[\d\s.+-]*|([0-9A-F]{2}\s+){3,}[0-9A-F]{2}")  # "18 55 3.5 5.6", ID bytes
+
+
+def _lens_facets(tags: dict) -> list[Facet]:
+    for name in ("LensModel", "Lens", "LensID"):
+        text = _text(tags.get(name))
+        if text and not (name != "LensModel" and _NOT_A_LENS_NAME.fullmatch(text)) and text != "----":
+            return [Facet("lens", text)]
+    return []
+
+
+# --- date ---
+
+_DATE_TAGS = ("DateTimeOriginal", "CreateDate", "DateTimeCreated", "DateCreated", "MediaCreateDate")
+_DATE = re.compile(r"\s*(\d{4})[:\-](\d{2})[:\-](\d{2})(?:[ T](\d{2}):(\d{2}))?")
+
+
+def _date_facets(tags: dict) -> list[Facet]:
+    for name in _DATE_TAGS:
+        parsed = parse_date(tags.get(name))
+        if parsed:
+            day, hour = parsed
+            facets = [Facet("date", day.isoformat()), _num_facet("year", day.year), _num_facet("month", day.month)]
+            if hour is not None:
+                facets += [_num_facet("hour", hour), Facet("timeofday", time_of_day(hour))]
+            return facets
+    return []
+
+
+def parse_date(value: Any) -> Optional[tuple[dt.date, Optional[int]]]:
+    """(day, hour or None) from an exiftool date such as "2014:03:05 05:28:09+02:00"; None if not a day."""
+    match = _DATE.match(value) if isinstance(value, str) else None
+    if not match:
+        return None
+    year, month, day, hour, minute = match.groups()
+    try:
+        date = dt.date(int(year), int(month), int(day))  # rejects 0000:00:00 and 2019:02:30
+    except ValueError:
+        return None
+    valid_time = hour is not None and int(hour) < 24 and int(minute) < 60
+    return date, int(hour) if valid_time else None
+
+
+def time_of_day(hour: int) -> str:
+    return ("night", "morning", "afternoon", "evening")[hour // 6]
+
+
+# --- exposure, image, gps ---
+
+
+def _shot_facets(tags: dict) -> list[Facet]:
+    isos = [n for n in _numbers(tags.get("ISO")) if n > 0]
+    facets = [_num_facet("iso", isos[0])] if isos else []
+    facets += _positive(tags, "fnumber", "FNumber")
+    facets += _positive(tags, "exposure", "ExposureTime")
+    return facets + _positive(tags, "focal", "FocalLength")
+
+
+def _image_facets(tags: dict) -> list[Facet]:
+    width, height = _dimensions(tags)
+    facets = [_num_facet("width", width), _num_facet("height", height)] if width else []
+    orientation = _number(tags.get("Orientation"))
+    if orientation in (1, 2, 3, 4, 5, 6, 7, 8):
+        facets.append(_num_facet("orientation", orientation))
+    file_type = _text(tags.get("FileType"))
+    return facets + ([Facet("format", file_type)] if file_type else [])
+
+
+def _dimensions(tags: dict) -> tuple[Optional[float], Optional[float]]:
+    size = _numbers(tags.get("ImageSize")) if isinstance(tags.get("ImageSize"), str) else []
+    candidates = [
+        (_number(tags.get("ImageWidth")), _number(tags.get("ImageHeight"))),
+        tuple(size) if len(size) == 2 else (None, None),
+        (_number(tags.get("ExifImageWidth")), _number(tags.get("ExifImageHeight"))),
+    ]
+    for width, height in candidates:
+        if width and height and width > 0 and height > 0 and width == int(width) and height == int(height):
+            return width, height
+    return None, None
+
+
+def _gps_facets(tags: dict) -> list[Facet]:
+    lat, lon = _number(tags.get("GPSLatitude")), _number(tags.get("GPSLongitude"))
+    if lat is None or lon is None or abs(lat) > 90 or abs(lon) > 180:
+        return [Facet("has_gps", "no")]
+    return [_num_facet("lat", lat), _num_facet("lon", lon), Facet("has_gps", "yes")]
+
+
+# --- keywords, title, description ---
+
+_BOILERPLATE = re.compile(
+    r"[\w .,-]*\b(digital( still)? camera|dsc)"  # OLYMPUS DIGITAL CAMERA, KODAK Digital Still Camera, SONY DSC
+    r"|<.*>"  # Samsung: "<Digimax i50 MP3, Samsung #1 MP3>"
+    r"|[A-Z_]{0,5}\d+"  # a file number: DSC00019, 000015
+    r"|exif_jpeg_picture|default|untitled|image|picture|photo|camera",
+    re.IGNORECASE,
+)
+
+
+def _text_facets(tags: dict) -> list[Facet]:
+    keywords = _distinct(_values(tags.get("Keywords")) + _values(tags.get("Subject")))
+    titles = _distinct(_values(tags.get("Title")) + _values(tags.get("ObjectName")))
+    camera_words = {(_text(tags.get(name)) or "").casefold() for name in ("Make", "Model")}
+    camera_words.add((camera_name(_text(tags.get("Make")), _text(tags.get("Model"))) or "").casefold())
+    descriptions = [
+        text
+        for text in _distinct(sum((_values(tags.get(name)) for name in ("ImageDescription", "Description",
+                                                                         "Caption-Abstract")), []))
+        if not _BOILERPLATE.fullmatch(text) and text.casefold() not in camera_words
+    ]
+    return ([Facet("keyword", k) for k in keywords] + [Facet("title", t) for t in titles]
+            + [Facet("description", d) for d in descriptions])
+
+
+def _values(value: Any) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    return [text for text in map(_text, items) if text]
+
+
+def _distinct(values: list[str]) -> list[str]:
+    seen: dict[str, str] = {}
+    for value in values:
+        seen.setdefault(value.casefold(), value)
+    return list(seen.values())
+
+
+# ---------------------------------------------------------------------------------------------------
+# ExifExtractor: exiftool in -stay_open mode, with a per-call timeout and crash recovery
+# ---------------------------------------------------------------------------------------------------
+
+
+class _CallFailed(Exception):
+    """One exiftool call gave no usable answer; `reason` is the one-line text for the files in it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ExifExtractor:
+    """Reads metadata of many files through one long-lived exiftool process. Not thread-safe."""
+
+    def __init__(self, exiftool_path: str = "exiftool", timeout: float = 30.0, batch: int = 64,
+                 scratch_dir: pathlib.Path | None = None) -> None:
+        self.exiftool_path = exiftool_path
+        self.timeout = timeout
+        self.batch = max(1, int(batch))
+        self._scratch_root = pathlib.Path(scratch_dir) if scratch_dir is not None else None
+        self._link_dir: Optional[str] = None  # private folder for ASCII-named symlinks, made on demand
+        self._link_numbers = itertools.count()
+        self._tool: Optional[exiftool.ExifTool] = None
+
+    def __enter__(self) -> "ExifExtractor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def extract(self, paths: Sequence[bytes]) -> dict[bytes, list[Facet] | str]:
+        """Facets for each path, or a one-line reason why exiftool gave nothing for it."""
+        paths = list(paths)
+        results: dict[bytes, list[Facet] | str] = {}
+        for start in range(0, len(paths), self.batch):
+            results.update(self._extract_chunk(paths[start:start + self.batch]))
+        return results
+
+    def close(self) -> None:
+        tool, self._tool = self._tool, None
+        if tool is not None and _alive(tool):
+            with contextlib.suppress(Exception):
+                tool.terminate(timeout=5)
+        _reap(tool)
+        if self._link_dir is not None:
+            shutil.rmtree(self._link_dir, ignore_errors=True)
+            self._link_dir = None
+
+    # --- calls ---
+
+    def _extract_chunk(self, chunk: list[bytes]) -> dict[bytes, list[Facet] | str]:
+        try:
+            return self._call(chunk)
+        except _CallFailed as failure:
+            if len(chunk) == 1:
+                return {chunk[0]: failure.reason}
+        # One file hung or crashed exiftool: alone, it takes only its own facets down with it.
+        results: dict[bytes, list[Facet] | str] = {}
+        for path in chunk:
+            try:
+                results.update(self._call([path]))
+            except _CallFailed as failure:
+                results[path] = failure.reason
+        return results
+
+    def _call(self, paths: list[bytes]) -> dict[bytes, list[Facet] | str]:
+        tool = self._running_tool()
+        with self._arguments(paths) as (arguments, unlinkable):
+            if not arguments:
+                return unlinkable
+            stdout, stderr = self._execute(tool, [arg.encode("utf-8") for arg in arguments])
+            return {**unlinkable, **_parse_output(stdout, stderr, arguments)}
+
+    def _execute(self, tool: exiftool.ExifTool, params: list[bytes]) -> tuple[bytes, bytes]:
+        call = _GuardedCall(tool, params, self.timeout)
+        try:
+            return call.run()
+        finally:
+            if not call.healthy:
+                self._tool = None
+                _reap(tool, close_pipes=not call.stuck)
+
+    def _running_tool(self) -> exiftool.ExifTool:
+        if self._tool is not None and not _alive(self._tool):
+            self._discard_tool()  # died between calls (killed, out of memory): start a fresh one
+        if self._tool is None:
+            self._tool = self._start_tool()
+        return self._tool
+
+    def _start_tool(self) -> exiftool.ExifTool:
+        try:
+            tool = exiftool.ExifTool(executable=self.exiftool_path, common_args=["-n"], encoding="utf-8")
+            tool.run()
+        except FileNotFoundError as error:
+            raise ExiftoolError(f"exiftool not found ({self.exiftool_path}): {INSTALL_HINT}") from error
+        except Exception as error:
+            raise ExiftoolError(f"exiftool did not start ({_one_line(error)}): {INSTALL_HINT}") from error
+        return tool
+
+    def _discard_tool(self) -> None:
+        tool, self._tool = self._tool, None
+        _reap(tool)
+
+    # --- file names ---
+
+    @contextlib.contextmanager
+    def _arguments(self, paths: list[bytes]) -> Iterator[tuple[dict[str, bytes], dict[bytes, str]]]:
+        """({exiftool argument: original path}, {path: reason} for names that could not be aliased).
+
+        Names exiftool's argument stream can't carry get an ASCII symlink alias for the call's duration.
+        """
+        arguments: dict[str, bytes] = {}
+        unlinkable: dict[bytes, str] = {}
+        links: list[str] = []
+        try:
+            for path in paths:
+                argument = _plain_argument(path)
+                if argument is None:
+                    try:
+                        argument = self._link_to(path)
+                    except OSError as error:  # e.g. an unwritable scratch_dir: this file only
+                        unlinkable[path] = f"exiftool failed: cannot alias the file name ({_one_line(error)})"
+                        continue
+                    links.append(argument)
+                arguments[argument] = path
+            yield arguments, unlinkable
+        finally:
+            for link in links:
+                with contextlib.suppress(OSError):
+                    os.unlink(link)
+
+    def _link_to(self, path: bytes) -> str:
+        """An ASCII-named symlink in our private folder; the photo's own folder is never written."""
+        path = os.fsencode(path)
+        suffix = os.path.splitext(os.path.basename(path))[1]
+        suffix = suffix.decode("ascii") if re.fullmatch(rb"\.[A-Za-z0-9]{1,10}", suffix) else ""
+        link = os.path.join(self._links_folder(), f"{next(self._link_numbers)}{suffix}")
+        os.symlink(os.path.abspath(path), link)
+        return link
+
+    def _links_folder(self) -> str:
+        if self._link_dir is None:
+            if self._scratch_root is not None:
+                self._scratch_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # A folder of our own inside scratch_dir, so two extractors never share link names.
+            root = str(self._scratch_root) if self._scratch_root is not None else None
+            self._link_dir = tempfile.mkdtemp(prefix="searchfs-exiftool-", dir=root)
+        return self._link_dir
+
+
+def _plain_argument(path: bytes) -> Optional[str]:
+    """The path as exiftool's argument stream can carry it (one UTF-8 line, absolute), or None."""
+    try:
+        text = os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not text.startswith("/") or any(ch < " " or ch == "\x7f" for ch in text):
+        return None  # a newline would split the argument; a relative path could read as an option
+    return text
+
+
+def _parse_output(stdout: bytes, stderr: bytes, arguments: dict[str, bytes]) -> dict[bytes, list[Facet] | str]:
+    try:
+        objects = json.loads(stdout.decode("utf-8", "replace")) if stdout.strip() else []
+    except ValueError as error:
+        raise _CallFailed("exiftool failed: its output was not JSON") from error
+    if not isinstance(objects, list):
+        raise _CallFailed("exiftool failed: its output was not a JSON list")
+    results: dict[bytes, list[Facet] | str] = {}
+    for item in objects:
+        if isinstance(item, dict) and item.get("SourceFile") in arguments:
+            results[arguments[item["SourceFile"]]] = normalize(item)
+    errors = stderr.decode("utf-8", "replace").splitlines()
+    for argument, path in arguments.items():
+        if path not in results:
+            results[path] = _error_for(argument, errors)
+    return results
+
+
+def _error_for(argument: str, stderr_lines: list[str]) -> str:
+    """exiftool's own words for a file it skipped: "Error: File not found - /x/y.jpg"."""
+    for line in stderr_lines:
+        if line.startswith("Error: ") and line.endswith(f" - {argument}"):
+            return f"exiftool failed: {line[len('Error: '):-len(argument) - 3]}"
+    return "exiftool failed: no metadata returned"
+
+
+class _GuardedCall:
+    """One pyexiftool call with a deadline, run in a worker thread so that the caller never hangs.
+
+    pyexiftool has no per-call timeout, and its read loop neither times out nor stops at end of file
+    (it spins on empty reads), so killing exiftool alone would not free the thread that waits on it.
+    When the call runs past its deadline, or exiftool dies mid-call, exiftool is killed and its pipe
+    descriptors are replaced, atomically with dup2, by a descriptor of a directory: select() reports
+    that readable and read() fails with EISDIR, which ends pyexiftool's loop. Should the loop still be
+    blocked (a child of exiftool holding the pipe open), the worker is abandoned; its descriptors are
+    then left open on purpose, so that it can never read from a pipe of a later exiftool.
+    """
+
+    POLL_SECONDS = 0.05
+    GRACE_SECONDS = 2.0
+
+    def __init__(self, tool: exiftool.ExifTool, params: list[bytes], timeout: float) -> None:
+        self.healthy = False  # exiftool can take the next call
+        self.stuck = False  # the worker was abandoned in pyexiftool's read loop
+        self._tool, self._params, self._timeout = tool, params, timeout
+        self._process: subprocess.Popen = tool._process  # pyexiftool has no public process handle
+        self._outcome: dict[str, Any] = {}
+
+    def run(self) -> tuple[bytes, bytes]:
+        worker = threading.Thread(target=self._work, name="exiftool-call", daemon=True)
+        worker.start()
+        try:
+            reason = self._wait(worker)
+        except BaseException:  # Ctrl-C while waiting: stop exiftool so that the worker ends too
+            self._stop(worker)
+            raise
+        if reason:
+            self._stop(worker)
+            raise _CallFailed(reason)
+        if "error" in self._outcome:
+            raise _CallFailed(f"exiftool failed: {_one_line(self._outcome['error'])}") from self._outcome["error"]
+        self.healthy = True
+        return self._outcome["stdout"], self._tool.last_stderr or b""
+
+    def _work(self) -> None:
+        try:
+            self._outcome["stdout"] = self._tool.execute(b"-j", *self._params, raw_bytes=True)
+        except BaseException as error:  # reported by run(), in the caller's thread
+            self._outcome["error"] = error
+
+    def _wait(self, worker: threading.Thread) -> Optional[str]:
+        """None when the call ended by itself, else why it had to be stopped."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            worker.join(self.POLL_SECONDS)
+            if not worker.is_alive():
+                return None
+            status = self._process.poll()
+            if status is not None:
+                how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+                return f"exiftool failed: it {how}"
+            if time.monotonic() >= deadline:
+                return f"exiftool timed out after {self._timeout:g}s"
+
+    def _stop(self, worker: threading.Thread) -> None:
+        self._kill_and_unblock()
+        worker.join(self.GRACE_SECONDS)
+        self.stuck = worker.is_alive()
+
+    def _kill_and_unblock(self) -> None:
+        with contextlib.suppress(OSError):
+            self._process.kill()
+        blocker = os.open("/", os.O_RDONLY)
+        try:
+            for stream in (self._process.stdout, self._process.stderr):
+                os.dup2(blocker, stream.fileno())
+        finally:
+            os.close(blocker)
+
+
+def _alive(tool: exiftool.ExifTool) -> bool:
+    process = tool._process
+    return process is not None and process.poll() is None
+
+
+def _reap(tool: Optional[exiftool.ExifTool], close_pipes: bool = True) -> None:
+    """Kill a discarded exiftool, close its pipes, and let pyexiftool notice it is gone."""
+    process = tool._process if tool is not None else None
+    if process is None:
+        return
+    with contextlib.suppress(OSError):
+        process.kill()
+    process.wait()
+    for stream in (process.stdin, process.stdout, process.stderr) if close_pipes else (process.stdin,):
+        with contextlib.suppress(OSError):
+            stream.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyexiftool warns "process ... died" while resetting its state
+        tool.running  # noqa: B018 - the property resets pyexiftool's state, so its __del__ stays quiet
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text[:200]
+
+
+def exiftool_version(exiftool_path: str = "exiftool") -> str | None:
+    """exiftool's version ("12.57"), or None when it is missing or does not run (for `searchfs doctor`)."""
+    try:
+        done = subprocess.run([exiftool_path, "-ver"], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    version = done.stdout.strip()
+    return version if done.returncode == 0 and version else None
