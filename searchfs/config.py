@@ -44,7 +44,7 @@ class Settings:
 
     # [model]
     model_name: str = "ViT-B-32"
-    model_pretrained: str = "laion2b_s34b_b79k"  # an open_clip tag or a path to a checkpoint file
+    model_pretrained: str = "datacomp_xl_s13b_b90k"  # an open_clip tag or a path to a checkpoint file
     model_config_file: str = ""  # an open_clip model config (JSON) for architectures open_clip lacks
     model_device: str = "auto"  # auto | cpu | cuda | mps
     model_batch_size: int = 16

@@ -335,3 +335,14 @@ def test_large_burst_is_fast():
     assert time.monotonic() - start < 10
     assert sum(c.kind == "upsert" for c in out) == 20_000
     assert sum(c.kind == "move" for c in out) == 7_000
+
+
+def test_ready_waits_for_the_close_of_an_open_file_but_not_for_metadata_news():
+    from searchfs.ingest.coalesce import ready
+
+    pending = {b"/r/open.jpg": 0.0, b"/r/touched.jpg": 0.0, b"/r/closed.jpg": 0.0}
+    assert ready(pending, {b"/r/closed.jpg"}, now=10.0, settle=1.0, open_files={b"/r/open.jpg"}, open_limit=120.0) == {
+        b"/r/touched.jpg",
+        b"/r/closed.jpg",
+    }
+    assert b"/r/open.jpg" in ready(pending, set(), now=121.0, settle=1.0, open_files={b"/r/open.jpg"}, open_limit=120.0)

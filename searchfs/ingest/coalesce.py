@@ -32,13 +32,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Optional, Sequence
 
-RAW_KINDS = ("created", "modified", "closed", "deleted", "moved")
+RAW_KINDS = ("created", "modified", "attrib", "closed", "deleted", "moved")
 CHANGE_KINDS = ("upsert", "delete", "move", "rescan")
 
 
 @dataclass(frozen=True)
 class RawEvent:
-    kind: str  # "created" | "modified" | "closed" | "deleted" | "moved"
+    kind: str  # "created" | "modified" | "attrib" | "closed" | "deleted" | "moved"
     path: bytes
     dest: Optional[bytes] = None
     is_dir: bool = False
@@ -53,12 +53,26 @@ class Change:
     is_dir: bool = False
 
 
-def ready(pending: Mapping[bytes, float], closed: set[bytes], now: float, settle: float) -> set[bytes]:
+def ready(
+    pending: Mapping[bytes, float],
+    closed: set[bytes],
+    now: float,
+    settle: float,
+    open_files: frozenset[bytes] | set[bytes] = frozenset(),
+    open_limit: float = float("inf"),
+) -> set[bytes]:
     """The written files that are complete: closed after writing, or quiet for `settle` seconds.
 
-    `pending` maps a path to the time of its last write event.
+    `pending` maps a path to the time of its last event. `open_files` are files whose content was
+    written and whose close has not been seen yet: where closes are reported (inotify), such a file waits
+    for its close, however long its writer pauses, up to `open_limit` seconds of quiet (a writer that
+    never closes). A file whose only news is metadata (touch, chmod) waits `settle`.
     """
-    return {path for path, last in pending.items() if path in closed or now - last >= settle}
+    return {
+        path
+        for path, last in pending.items()
+        if path in closed or now - last >= (open_limit if path in open_files else settle)
+    }
 
 
 def coalesce(events: Sequence[RawEvent]) -> list[Change]:
@@ -222,7 +236,7 @@ class _Tree:
     def apply(self, event: RawEvent) -> None:
         if event.kind == "created":
             self.created(event.path, event.is_dir)
-        elif event.kind in ("modified", "closed"):
+        elif event.kind in ("modified", "attrib", "closed"):
             if not event.is_dir:  # a folder's own metadata is of no interest
                 self.written(event.path)
         elif event.kind == "deleted":

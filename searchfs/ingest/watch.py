@@ -71,6 +71,7 @@ NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "vir
               "lustre", "gpfs", "davfs", "fuse"}
 
 BATCH_CHANGES = 10_000  # most changes per sink.apply call
+OPEN_WRITE_LIMIT = 120.0  # seconds of quiet after which a written, never-closed file is taken as it is
 FLUSH_EVENTS = 30_000  # flush a burst still in progress once this many raw events are buffered
 RESTART_BACKOFF = 5.0  # seconds between attempts to restart a dead observer
 MAX_EVENTS = 500_000  # beyond this, drop the buffer and ask for a rescan rather than use more memory
@@ -223,48 +224,63 @@ class _Filter:
         return True
 
 
-_KINDS = {"created": "created", "modified": "modified", "attrib": "modified", "closed": "closed",
+_KINDS = {"created": "created", "modified": "modified", "attrib": "attrib", "closed": "closed",
           "deleted": "deleted", "moved": "moved"}
 
 
-def to_raw(event: FileSystemEvent, keep: _Filter, now: float) -> Optional[RawEvent]:
+def to_raw(event: FileSystemEvent, keep: _Filter, now: float) -> list[RawEvent]:
     kind = _KINDS.get(event.event_type)
-    if kind is None or (event.is_directory and kind in ("modified", "closed")):
-        return None
+    if kind is None or (event.is_directory and kind in ("modified", "attrib", "closed")):
+        return []
     src = os.fsencode(event.src_path)
     is_dir = event.is_directory
     if kind != "moved":
-        return RawEvent(kind, src, is_dir=is_dir, time=now) if keep.wanted(src) else None
+        return [RawEvent(kind, src, is_dir=is_dir, time=now)] if keep.wanted(src) else []
     dest = os.fsencode(event.dest_path)
     src_ok, dest_ok = keep.wanted(src), keep.wanted(dest)
     if src_ok and dest_ok:
-        return RawEvent("moved", src, dest, is_dir, now)
-    if dest_ok:  # e.g. a download renamed from "x.jpg.part" to "x.jpg": new to us
-        return RawEvent("created", dest, is_dir=is_dir, time=now)
+        return [RawEvent("moved", src, dest, is_dir, now)]
+    if dest_ok:
+        # e.g. a download renamed from "x.jpg.part" to "x.jpg": new to us, and complete (its writer
+        # closed it under the excluded name), so a close goes with it.
+        created = RawEvent("created", dest, is_dir=is_dir, time=now)
+        return [created] if is_dir else [created, RawEvent("closed", dest, time=now)]
     if src_ok:
-        return RawEvent("deleted", src, is_dir=is_dir, time=now)
-    return None
+        return [RawEvent("deleted", src, is_dir=is_dir, time=now)]
+    return []
 
 
 def _under(path: bytes, top: bytes) -> bool:
     return path.startswith(top.rstrip(b"/") + b"/")
 
 
-def split_ready(events: list[RawEvent], now: float, settle: float) -> tuple[list[RawEvent], list[RawEvent]]:
+def split_ready(
+    events: list[RawEvent], now: float, settle: float, open_limit: Optional[float] = None
+) -> tuple[list[RawEvent], list[RawEvent]]:
     """Split a buffer into events that can go now and events to hold (files still being written).
+
+    With `open_limit` (inotify, which reports closes) a file written and not yet closed is held until
+    its close, or `open_limit` seconds of quiet; without it (polling) `settle` seconds of quiet do.
 
     An event is held when it touches a file that is not complete, or a path above or below one, or
     any path an earlier held event touched: so nothing released depends on something held back.
     """
     pending: dict[bytes, float] = {}
     closed: set[bytes] = set()
+    written: set[bytes] = set()  # content written, close not seen yet
     names: dict[bytes, set[bytes]] = {}  # every name a pending file had in this buffer
     for ev in events:
         if ev.kind in ("created", "modified") and not ev.is_dir:
             pending[ev.path] = ev.time
             names.setdefault(ev.path, {ev.path})
             closed.discard(ev.path)
+            if ev.kind == "modified":  # bytes written: wait for the close. A bare "created" may be a
+                written.add(ev.path)   # file moved in from outside, complete, whose close never comes
+        elif ev.kind == "attrib" and not ev.is_dir:  # touch, chmod, or cp -p setting times after close
+            pending[ev.path] = ev.time
+            names.setdefault(ev.path, {ev.path})
         elif ev.kind == "closed":
+            written.discard(ev.path)
             pending.setdefault(ev.path, ev.time)
             names.setdefault(ev.path, {ev.path})
             closed.add(ev.path)
@@ -278,8 +294,13 @@ def split_ready(events: list[RawEvent], now: float, settle: float) -> tuple[list
                     names[new] = old_names | {new}
                     if p in closed:
                         closed.add(new)
+                    if p in written:
+                        written.add(new)
                 closed.discard(p)
-    unready = set(pending) - ready(pending, closed, now, settle)
+                written.discard(p)
+    if open_limit is None:
+        written.clear()
+    unready = set(pending) - ready(pending, closed, now, settle, written, open_limit or settle)
     if not unready:
         return events, []
     held_paths = set().union(*(names[p] for p in unready))
@@ -545,14 +566,14 @@ class Watcher:
 
     def _receive(self, root: _Root, event: FileSystemEvent) -> None:
         now = self._clock()
-        raw = to_raw(event, root.keep, now)
-        if raw is None:
+        raws = to_raw(event, root.keep, now)
+        if not raws:
             return
         with root.lock:
             if not root.buffer:
                 root.first_event = now
             root.last_event = now
-            root.buffer.append(raw)
+            root.buffer.extend(raws)
             if len(root.buffer) > MAX_EVENTS and root.lost is None:
                 root.lost = "buffer-full"
 
@@ -566,7 +587,8 @@ class Watcher:
             if not due:
                 return
             events, root.buffer = root.buffer, []
-        go, held = split_ready(events, now, self._settle)
+        open_limit = OPEN_WRITE_LIMIT if root.mode == "inotify" else None
+        go, held = split_ready(events, now, self._settle, open_limit)
         if held:
             with root.lock:
                 root.buffer = held + root.buffer

@@ -1,0 +1,410 @@
+"""Live sync, for real: a SyncDaemon with its watchdog watcher on real folders, the real indexer
+(exiftool, the tiny open_clip model, SQLite), no FUSE. Every check goes through the Library API
+(search, status, quarantine) and the daemon's status, polling against a deadline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from photos import make_library, make_photo
+
+from searchfs.daemon import SyncDaemon
+from searchfs.ingest.scan import hash_file
+from searchfs.library import Library
+
+SETTLE = 0.3  # watch_settle_seconds for these tests
+T = 30.0  # deadline for anything to show up
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def wait_for(check, what: str, timeout: float = T, every: float = 0.05):
+    """Poll `check` until it returns something truthy; fail with `what` and its last value otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
+        time.sleep(every)
+
+
+def leica(lib: Library) -> list[str]:
+    return sorted(hit.path for hit in lib.search(where=["camera=Leica"]))
+
+
+def since(daemon: SyncDaemon) -> dict:
+    return daemon.status()["since_start"]
+
+
+def catalog_files(lib: Library) -> dict[str, bool]:
+    """Every file in the catalog -> whether it has an embedding for the current model."""
+    rows = lib.catalog.read().execute(
+        """SELECT r.path, f.relpath, EXISTS (SELECT 1 FROM embeddings e WHERE e.content_id = f.content_id
+                                               AND e.model = ?)
+           FROM files f JOIN roots r ON r.id = f.root_id""",
+        (lib.model_id,),
+    ).fetchall()
+    return {os.fsdecode(os.path.join(bytes(p), bytes(rel))): bool(e) for p, rel, e in rows}
+
+
+def settled(daemon: SyncDaemon, quiet: float = 3 * SETTLE, timeout: float = T) -> None:
+    """Wait until the watcher holds no events and the writer has no jobs, and it stays so for `quiet`."""
+    deadline = time.monotonic() + timeout
+    calm_since = None
+    while time.monotonic() < deadline:
+        status = daemon.status()
+        busy = daemon._jobs.unfinished_tasks or any(r["pending"] for r in (status["watch"] or {}).values())
+        if busy:
+            calm_since = None
+        elif calm_since is None:
+            calm_since = time.monotonic()
+        elif time.monotonic() - calm_since >= quiet:
+            return
+        time.sleep(0.05)
+    pytest.fail("the daemon did not settle")
+
+
+def leica_photo(path: Path, seed: int, **kw) -> Path:
+    return make_photo(path, (10 + seed * 7 % 240, 250 - seed * 13 % 240, 90), seed=seed, make="Leica",
+                      model="Leica M11", **kw)
+
+
+@pytest.fixture
+def start_daemon(settings, request):
+    """start_daemon(*roots, started=callback, **settings) -> (daemon, library): roots added, daemon started
+    with its watcher (`started` is called right after `SyncDaemon.start`), the start-up reconcile done. The daemon is always stopped and the library closed afterwards."""
+
+    def start(*roots: Path, started=lambda: None, **overrides):
+        lib = Library(settings.replace(watch_settle_seconds=SETTLE, **overrides))
+        request.addfinalizer(lib.close)
+        lib.add_roots(roots)
+        daemon = SyncDaemon(lib, watch=True)
+        request.addfinalizer(daemon.stop)
+        try:
+            daemon.start()
+        finally:
+            started()  # the watcher's inotify instances exist now
+        assert daemon.wait_idle(T), "the start-up reconcile did not finish"
+        return daemon, lib
+
+    return start
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    root = Path(os.path.realpath(tmp_path)) / "photos"
+    make_library(root, 3)
+    return root
+
+
+@pytest.fixture
+def outside(tmp_path) -> Path:
+    """A folder on the same file system as the root, but not in any root."""
+    path = Path(os.path.realpath(tmp_path)) / "outside"
+    path.mkdir()
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# new files
+
+
+def test_a_photo_copied_in_becomes_searchable(start_daemon, photos, outside):
+    daemon, lib = start_daemon(photos)
+    assert since(daemon)["embedded"] == 3 and leica(lib) == []
+    original = leica_photo(outside / "L1.jpg", 1)
+    shutil.copy(original, photos / "album0" / "L1.jpg")
+    copy = str(photos / "album0" / "L1.jpg")
+    wait_for(lambda: leica(lib) == [copy], "the copy to be found by camera")
+    hits = lib.search(image=original, limit=1)
+    assert hits[0].path == copy and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    settled(daemon)
+    assert since(daemon)["embedded"] == 4 and lib.status().files == 4
+
+
+def test_a_slow_write_is_indexed_once_with_its_final_content(start_daemon, photos, outside):
+    daemon, lib = start_daemon(photos)
+    base = dict(since(daemon))
+    original = leica_photo(outside / "slow.jpg", 2, size=(320, 240))
+    data = original.read_bytes()
+    target = photos / "slow.jpg"
+    with open(target, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+        handle.flush()
+        time.sleep(SETTLE * 3)  # longer than the settle time, with the file still open
+        handle.write(data[len(data) // 2 :])
+    wait_for(lambda: leica(lib) == [str(target)], "the slowly written photo to be found")
+    settled(daemon)
+    now = since(daemon)
+    assert now["embedded"] - base["embedded"] == 1
+    # Under inotify a written file waits for its close, however long the writer pauses: the half file
+    # is never read, so nothing is quarantined and the photo is read and embedded exactly once.
+    assert now["quarantined"] - base["quarantined"] == 0
+    assert now["new"] + now["changed"] - base["new"] - base["changed"] == 1
+    assert [q for q in lib.quarantine() if q["path"] == str(target)] == []
+    digest = lib.catalog.read().execute(
+        "SELECT c.hash FROM files f JOIN contents c ON c.id = f.content_id WHERE f.relpath = ?", (b"slow.jpg",)
+    ).fetchone()[0]
+    assert digest == hash_file(os.fsencode(target))[0] == hash_file(os.fsencode(original))[0]
+    hits = lib.search(image=original, limit=1)
+    assert hits[0].path == str(target) and hits[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# moves cost no embedding
+
+
+def test_moving_a_file_and_a_folder_costs_no_embedding(start_daemon, photos):
+    for i in range(4):
+        leica_photo(photos / "trip" / f"L{i}.jpg", 10 + i)
+    daemon, lib = start_daemon(photos)
+    embedded = since(daemon)["embedded"]
+    assert embedded == 7 and len(leica(lib)) == 4
+
+    os.rename(photos / "trip" / "L0.jpg", photos / "album1" / "moved.jpg")
+    expect = sorted([str(photos / "album1" / "moved.jpg")] + [str(photos / "trip" / f"L{i}.jpg") for i in (1, 2, 3)])
+    wait_for(lambda: leica(lib) == expect, "the moved file at its new path")
+
+    os.rename(photos / "trip", photos / "2024 trip")
+    expect = sorted([str(photos / "album1" / "moved.jpg")] + [str(photos / "2024 trip" / f"L{i}.jpg") for i in (1, 2, 3)])
+    wait_for(lambda: leica(lib) == expect, "the moved folder's photos at their new paths")
+
+    settled(daemon)
+    assert since(daemon)["embedded"] == embedded
+    assert lib.status().files == 7 and all(catalog_files(lib).values())
+
+
+def test_a_folder_renamed_twice_quickly_costs_no_embedding(start_daemon, photos):
+    for i in range(5):
+        leica_photo(photos / "a" / "deep" / f"L{i}.jpg", 20 + i)
+    daemon, lib = start_daemon(photos)
+    embedded = since(daemon)["embedded"]
+    os.rename(photos / "a", photos / "b")
+    os.rename(photos / "b", photos / "c")
+    expect = sorted(str(photos / "c" / "deep" / f"L{i}.jpg") for i in range(5))
+    wait_for(lambda: leica(lib) == expect, "the photos under the folder's last name")
+    settled(daemon)
+    assert since(daemon)["embedded"] == embedded
+    assert sorted(p for p in catalog_files(lib) if "/deep/" in p) == expect
+
+
+# ---------------------------------------------------------------------------------------------------------
+# deletes
+
+
+def test_rm_and_rm_r_remove_from_search_and_status(start_daemon, photos):
+    leica_photo(photos / "L.jpg", 30)
+    for i in range(4):
+        leica_photo(photos / "gone" / "sub" / f"L{i}.jpg", 31 + i)
+    daemon, lib = start_daemon(photos)
+    assert lib.status().files == 8 and len(leica(lib)) == 5
+
+    os.remove(photos / "L.jpg")
+    wait_for(lambda: len(leica(lib)) == 4 and lib.status().files == 7, "the removed file to go")
+    assert str(photos / "L.jpg") not in catalog_files(lib)
+
+    shutil.rmtree(photos / "gone")
+    wait_for(lambda: leica(lib) == [] and lib.status().files == 3, "the removed folder's files to go")
+    status = lib.status()
+    assert status.indexed == 3 and status.pending == 0 and [r.files for r in status.roots] == [3]
+    assert not any("/gone/" in p for p in catalog_files(lib))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# across the root's edge
+
+
+def test_moved_out_is_gone_and_moved_back_in_is_not_embedded_again(start_daemon, photos, outside):
+    leica_photo(photos / "L.jpg", 40)
+    daemon, lib = start_daemon(photos)
+    embedded = since(daemon)["embedded"]
+    assert leica(lib) == [str(photos / "L.jpg")]
+
+    os.rename(photos / "L.jpg", outside / "L.jpg")
+    wait_for(lambda: leica(lib) == [] and lib.status().files == 3, "the file moved out to go")
+
+    os.rename(outside / "L.jpg", photos / "album0" / "back.jpg")
+    wait_for(lambda: leica(lib) == [str(photos / "album0" / "back.jpg")], "the file moved back in")
+    settled(daemon)
+    assert since(daemon)["embedded"] == embedded  # its content (and vector) was still known
+
+    # A folder never seen before, moved in from outside: new content, embedded once each.
+    for i in range(3):
+        leica_photo(outside / "new" / f"N{i}.jpg", 41 + i)
+    os.rename(outside / "new", photos / "new")
+    wait_for(lambda: len(leica(lib)) == 4, "the folder moved in")
+    settled(daemon)
+    assert since(daemon)["embedded"] == embedded + 3
+    assert lib.status().files == 7
+
+
+# ---------------------------------------------------------------------------------------------------------
+# many events
+
+
+def _jpeg_variants(template: bytes, count: int):
+    """`count` different files from one JPEG: a COM segment right after SOI carries the number."""
+    assert template[:2] == b"\xff\xd8"
+    for i in range(count):
+        payload = b"searchfs burst %06d" % i
+        yield template[:2] + b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload + template[2:]
+
+
+@pytest.mark.slow
+def test_a_burst_of_2000_files_all_end_up_indexed_and_copies_share_one_embedding(start_daemon, photos, outside):
+    daemon, lib = start_daemon(photos)
+    template = make_photo(outside / "t.jpg", (120, 60, 200), size=(32, 32), make="Burst", model="Burst 2000").read_bytes()
+    started = time.monotonic()
+    for i, data in enumerate(_jpeg_variants(template, 2000)):
+        folder = photos / "burst" / f"{i // 500}"
+        if i % 500 == 0:
+            folder.mkdir(parents=True)
+        (folder / f"B{i:04d}.jpg").write_bytes(data)
+    (photos / "burst" / "same").mkdir()
+    for i in range(200):  # and 200 copies of one more photo: one content, one embedding
+        (photos / "burst" / "same" / f"S{i:03d}.jpg").write_bytes(template)
+    wait_for(lambda: len(lib.search(where=["camera=Burst"])) == 2200, "all 2200 burst files to be searchable",
+             timeout=90, every=0.5)
+    settled(daemon)
+    took = time.monotonic() - started
+    files = catalog_files(lib)
+    assert len(files) == 2203 and all(files.values())
+    assert since(daemon)["embedded"] == 3 + 2000 + 1 and since(daemon)["quarantined"] == 0
+    print(f"2200 files indexed live in {took:.1f}s")
+
+
+@pytest.fixture
+def small_inotify_queue(request):
+    """Lower fs.inotify.max_queued_events while the daemon's inotify instance is created (the kernel
+    reads it once, at inotify_init), and put it back right after: it is a system-wide setting."""
+    knob = Path("/proc/sys/fs/inotify/max_queued_events")
+    try:
+        old = knob.read_text()
+        knob.write_text(old)
+    except OSError as exc:
+        pytest.skip(f"cannot change {knob}: {exc}")
+
+    def restore():
+        knob.write_text(old)
+
+    request.addfinalizer(restore)
+
+    class Knob:
+        def lower(self, value: int) -> None:
+            knob.write_text(str(value))
+
+        restore_now = staticmethod(restore)
+
+    return Knob()
+
+
+def test_an_inotify_queue_overflow_is_caught_up_by_a_reconcile(start_daemon, photos, small_inotify_queue):
+    small_inotify_queue.lower(16)
+    daemon, lib = start_daemon(photos, started=small_inotify_queue.restore_now)
+    template = leica_photo(photos.parent / "outside-t.jpg", 50, size=(32, 32)).read_bytes()
+    expect = []
+    for i, data in enumerate(_jpeg_variants(template, 300)):
+        path = photos / "flood" / f"F{i:03d}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        expect.append(str(path))
+    wait_for(lambda: daemon.status()["last_reconcile"].get(lib.roots()[0].name, {}).get("reason") == "overflow",
+             "a reconcile for the overflow")
+    wait_for(lambda: leica(lib) == sorted(expect), "every flooded file to be searchable")
+    settled(daemon)
+    files = catalog_files(lib)
+    assert len(files) == 303 and all(files.values())
+    assert since(daemon)["embedded"] == 303
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a root that is a mount point
+
+
+def _run(*cmd) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+
+
+def _is_mount_point(path: Path) -> bool:
+    """From /proc/self/mountinfo: os.path.ismount cannot see a bind mount from the same file system."""
+    with open("/proc/self/mountinfo", "rb") as handle:
+        points = {line.split(b" ")[4] for line in handle.read().splitlines()}
+    return os.fsencode(path).replace(b" ", b"\\040") in points
+
+
+def _umount(path: Path) -> None:
+    for _ in range(50):
+        if not _is_mount_point(path) or _run("umount", str(path)).returncode == 0:
+            return
+        time.sleep(0.1)
+    _run("umount", "-l", str(path))
+
+
+def test_an_unmounted_root_goes_offline_keeps_its_photos_and_comes_back(start_daemon, tmp_path, request):
+    base = Path(os.path.realpath(tmp_path))
+    source, mnt = base / "disk", base / "mnt"
+    make_library(source, 4)
+    leica_photo(source / "L.jpg", 60)
+    mnt.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    done = _run("mount", "--bind", str(source), str(mnt))
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind mount: {done.stderr.strip()}")
+    request.addfinalizer(lambda: _umount(mnt))
+    assert _is_mount_point(mnt)
+
+    daemon, lib = start_daemon(mnt)
+    name = lib.roots()[0].name
+    embedded = since(daemon)["embedded"]
+    assert embedded == 5 and lib.status().files == 5 and leica(lib) == [str(mnt / "L.jpg")]
+
+    _umount(mnt)
+    assert not _is_mount_point(mnt)
+    wait_for(lambda: daemon.status()["offline_roots"] == [name], "the root to be reported offline")
+    status = lib.status()
+    assert [(r.online, r.files) for r in status.roots] == [(False, 5)] and status.files == 5
+    assert leica(lib) == []  # not shown while offline, but not deleted either
+    assert daemon.status()["watch"][name]["mode"] == "offline"
+
+    assert _run("mount", "--bind", str(source), str(mnt)).returncode == 0
+    wait_for(lambda: daemon.status()["offline_roots"] == [] and lib.roots()[0].online, "the root to come back")
+    wait_for(lambda: leica(lib) == [str(mnt / "L.jpg")], "its photos to be searchable again")
+    settled(daemon)
+    assert [(r.online, r.files) for r in lib.status().roots] == [(True, 5)]
+    assert since(daemon)["embedded"] == embedded and since(daemon)["removed"] == 0
+    assert daemon.status()["watch"][name]["mode"] == "inotify"
+
+    # And it is watched again: a new photo on the remounted disk shows up.
+    leica_photo(mnt / "L2.jpg", 61)
+    wait_for(lambda: len(leica(lib)) == 2, "a photo added after the remount")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bad files
+
+
+def test_bad_files_are_quarantined_and_the_daemon_goes_on(start_daemon, photos):
+    daemon, lib = start_daemon(photos)
+    (photos / "empty.jpg").write_bytes(b"")
+    (photos / "page.jpg").write_text("<html><body>not a photo</body></html>")
+    bad = {str(photos / "empty.jpg"), str(photos / "page.jpg")}
+    wait_for(lambda: {q["path"] for q in lib.quarantine()} == bad, "both bad files to be quarantined")
+    assert all(q["reason"] for q in lib.quarantine())
+
+    leica_photo(photos / "after" / "L.jpg", 70)
+    wait_for(lambda: leica(lib) == [str(photos / "after" / "L.jpg")], "a good file dropped in afterwards")
+    settled(daemon)
+    status = lib.status()
+    assert status.files == 6 and status.indexed == 4 and status.quarantined == 2 and status.pending == 0
+    assert since(daemon)["quarantined"] == 2 and daemon._thread.is_alive()

@@ -1,0 +1,548 @@
+"""searchfs.ingest.embed through the real open_clip code path, with the tiny random-weights model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from photos import make_photo
+from searchfs.errors import ImageError, ModelUnavailable
+from searchfs.ingest import embed
+from searchfs.ingest.embed import Embedder, load_image, model_id, weights_status
+
+CORPUS = Path("/work/shared/corpus")
+
+
+@pytest.fixture(scope="module")
+def module_settings(tiny_model, tmp_path_factory):
+    from searchfs.config import Settings
+
+    return Settings(home=tmp_path_factory.mktemp("home"), model_batch_size=4, **tiny_model)
+
+
+@pytest.fixture(scope="module")
+def embedder(module_settings):
+    """One loaded model for the module (loading is the slow part); text tests make their own."""
+    instance = Embedder(module_settings)
+    instance.load()
+    yield instance
+    instance.close()
+
+
+def one(embedder: Embedder, path) -> np.ndarray:
+    result = embedder.embed_images([os.fsencode(path)])[0]
+    assert isinstance(result, np.ndarray), result
+    return result
+
+
+def halves(size=(96, 64)) -> Image.Image:
+    """A picture whose rotation changes what the model sees: red left half, blue right, a noisy stripe."""
+    image = Image.new("RGB", size, (220, 30, 30))
+    image.paste((30, 30, 220), (size[0] // 2, 0, size[0], size[1]))
+    image.paste((250, 250, 20), (0, 0, size[0], size[1] // 5))
+    return image
+
+
+def cosine(a, b) -> float:
+    return float(np.dot(a, b))
+
+
+# ---------------------------------------------------------------------------------------------- vectors
+
+
+def test_vectors_normalized_and_deterministic(embedder, tmp_path):
+    paths = [os.fsencode(make_photo(tmp_path / f"p{i}.jpg", seed=i)) for i in range(6)]
+    first = embedder.embed_images(paths)
+    again = embedder.embed_images(list(reversed(paths)))[::-1]
+    assert embedder.dim == 32
+    for a, b in zip(first, again):
+        assert a.dtype == np.float32 and a.shape == (32,)
+        assert abs(np.linalg.norm(a) - 1) < 1e-5
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert not np.allclose(first[0], first[1])
+
+
+def test_same_picture_under_another_name(embedder, tmp_path):
+    original = make_photo(tmp_path / "IMG_0001.jpg", seed=3)
+    copy = tmp_path / "other dir" / "renamed copy.JPG"
+    copy.parent.mkdir()
+    shutil.copyfile(original, copy)
+    np.testing.assert_array_equal(one(embedder, original), one(embedder, copy))
+
+
+def test_str_and_bytes_paths_and_non_utf8_names(embedder, tmp_path):
+    source = make_photo(tmp_path / "a.png", seed=1)
+    odd = os.fsencode(tmp_path) + b"/caf\xe9.png"  # Latin-1 name, not valid UTF-8
+    shutil.copyfile(source, odd)
+    np.testing.assert_array_equal(one(embedder, str(source)), one(embedder, odd))
+
+
+def test_embed_pil_matches_files(embedder, tmp_path):
+    path = make_photo(tmp_path / "a.png", seed=5)
+    with Image.open(path) as image:
+        vectors = embedder.embed_pil([image.copy(), image.convert("RGBA")])
+    assert vectors.shape == (2, 32) and vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors[0], one(embedder, path), atol=1e-6)
+    np.testing.assert_allclose(vectors[1], vectors[0], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- orientation
+
+
+def test_orientation_applied(embedder, tmp_path):
+    stored = tmp_path / "stored.png"
+    rotated = tmp_path / "rotated.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": exif_transpose turns the stored pixels by 270 degrees
+    halves().save(stored, exif=exif.tobytes())
+    halves().transpose(Image.Transpose.ROTATE_270).save(rotated)
+    np.testing.assert_allclose(one(embedder, stored), one(embedder, rotated), atol=1e-6)
+    halves().save(tmp_path / "plain.png")
+    assert cosine(one(embedder, tmp_path / "plain.png"), one(embedder, rotated)) < 0.9999
+
+
+def test_orientation_applied_to_jpeg(embedder, tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    halves((400, 300)).save(tmp_path / "stored.jpg", quality=95, exif=exif.tobytes())
+    halves((400, 300)).transpose(Image.Transpose.ROTATE_270).save(tmp_path / "rotated.jpg", quality=95)
+    assert load_image(tmp_path / "stored.jpg").size == (300, 400)
+    assert cosine(one(embedder, tmp_path / "stored.jpg"), one(embedder, tmp_path / "rotated.jpg")) > 0.995
+
+
+@pytest.mark.parametrize("orientation", [0, 9, 255])
+def test_broken_orientation_tag_is_ignored(embedder, tmp_path, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    halves().save(tmp_path / "odd.jpg", exif=exif.tobytes())
+    halves().save(tmp_path / "plain.jpg")
+    np.testing.assert_allclose(one(embedder, tmp_path / "odd.jpg"), one(embedder, tmp_path / "plain.jpg"), atol=1e-6)
+
+
+def test_garbage_exif_block_is_ignored(tmp_path):
+    halves().save(tmp_path / "bad.jpg", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff garbage")
+    assert load_image(tmp_path / "bad.jpg").size == (96, 64)
+
+
+# ---------------------------------------------------------------------------------------------- formats
+
+
+@pytest.mark.parametrize("suffix", [".png", ".webp", ".gif", ".tif", ".jpg"])
+def test_formats(embedder, tmp_path, suffix):
+    path = make_photo(tmp_path / f"photo{suffix}", (30, 160, 60), size=(120, 80))
+    reference = make_photo(tmp_path / "reference.png", (30, 160, 60), size=(120, 80))
+    assert cosine(one(embedder, path), one(embedder, reference)) > 0.99
+
+
+def test_heic(embedder, tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    if not pillow_heif.libheif_info().get("HEIF"):
+        pytest.skip("pillow-heif has no HEIF encoder here")
+    path = tmp_path / "IMG_0001.HEIC"
+    halves((160, 120)).save(path, format="HEIF", quality=95)
+    halves((160, 120)).save(tmp_path / "ref.png")
+    assert load_image(path).size == (160, 120)
+    assert cosine(one(embedder, path), one(embedder, tmp_path / "ref.png")) > 0.99
+
+
+def test_animated_gif_uses_first_frame(embedder, tmp_path):
+    frames = [Image.new("RGB", (64, 64), color) for color in [(200, 20, 20), (20, 20, 200), (20, 200, 20)]]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(tmp_path / "first.png")
+    assert cosine(one(embedder, tmp_path / "anim.gif"), one(embedder, tmp_path / "first.png")) > 0.999
+
+
+def test_modes_convert_to_rgb(embedder, tmp_path):
+    base = halves((80, 80))
+    base.save(tmp_path / "rgb.png")
+    base.convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "palette.png")
+    base.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    base.convert("CMYK").save(tmp_path / "cmyk.tif")
+    base.convert("L").save(tmp_path / "grey.png")
+    base.convert("LA").save(tmp_path / "grey_alpha.png")
+    base.convert("1").save(tmp_path / "bilevel.png")
+    for name in ["palette.png", "cmyk.jpg", "cmyk.tif", "grey.png", "grey_alpha.png", "bilevel.png"]:
+        image = load_image(tmp_path / name)
+        assert image.mode == "RGB" and image.size == (80, 80), name
+        assert isinstance(embedder.embed_images([os.fsencode(tmp_path / name)])[0], np.ndarray)
+    assert cosine(one(embedder, tmp_path / "palette.png"), one(embedder, tmp_path / "rgb.png")) > 0.99
+    assert cosine(one(embedder, tmp_path / "cmyk.tif"), one(embedder, tmp_path / "rgb.png")) > 0.999
+
+
+def test_transparency_is_composited_over_white(embedder, tmp_path):
+    Image.new("RGBA", (64, 64), (255, 0, 0, 0)).save(tmp_path / "clear.png")
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(tmp_path / "white.png")
+    assert load_image(tmp_path / "clear.png").getpixel((5, 5)) == (255, 255, 255)
+    np.testing.assert_allclose(one(embedder, tmp_path / "clear.png"), one(embedder, tmp_path / "white.png"), atol=1e-6)
+
+
+def test_sixteen_bit_grey_is_rescaled_not_clipped(embedder, tmp_path):
+    grey = np.tile(np.arange(0, 256, 4, dtype=np.uint16), (64, 1))
+    Image.fromarray(grey.astype(np.uint8), "L").save(tmp_path / "grey8.png")
+    Image.fromarray(grey * 257).save(tmp_path / "grey16.png")  # I;16 PNG
+    with Image.open(tmp_path / "grey16.png") as check:
+        assert check.mode.startswith("I")
+    assert np.asarray(load_image(tmp_path / "grey16.png"))[0, 10, 0] == 40
+    np.testing.assert_allclose(one(embedder, tmp_path / "grey16.png"), one(embedder, tmp_path / "grey8.png"), atol=1e-6)
+
+
+def test_jpeg_draft_decodes_big_photos_small(tmp_path):
+    halves((4000, 3000)).save(tmp_path / "big.jpg", quality=90)
+    image = load_image(tmp_path / "big.jpg", target=224)
+    assert image.mode == "RGB"
+    assert min(image.size) >= 448 and image.size[0] < 4000  # reduced DCT scale, still above the model size
+
+
+# ---------------------------------------------------------------------------------------------- broken files
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 30)) + chunk(b"IEND", b"")
+
+
+def write_broken(folder: Path) -> dict[str, str]:
+    """Broken files and the start of the reason each must give."""
+    good = make_photo(folder / "source.jpg", seed=7, size=(320, 240)).read_bytes()
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "random.jpg").write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (folder / "page.jpg").write_text("<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head></html>\n")
+    (folder / "huge.png").write_bytes(png_claiming(100000, 100000))
+    (folder / "notes.png").write_text("just some notes, not a picture\n")
+    return {
+        "empty.jpg": "empty file",
+        "truncated.jpg": "truncated image: ",
+        "random.jpg": "not an image (unrecognised format)",
+        "page.jpg": "not an image (HTML text)",
+        "huge.png": "too large: 100000x100000 pixels exceeds the 178956970-pixel limit",
+        "notes.png": "not an image (text)",
+    }
+
+
+def test_broken_files_give_reasons_and_spare_the_batch(embedder, tmp_path):
+    reasons = write_broken(tmp_path)
+    names = []
+    for i, bad in enumerate(reasons):  # interleave good and bad files across several batches of 4
+        names += [f"good{i}.jpg", bad]
+        make_photo(tmp_path / f"good{i}.jpg", seed=i)
+    results = embedder.embed_images([os.fsencode(tmp_path / name) for name in names])
+    assert len(results) == len(names)
+    for name, result in zip(names, results):
+        if name in reasons:
+            assert isinstance(result, ImageError), name
+            assert str(result).startswith(reasons[name]), (name, str(result))
+            assert "\n" not in str(result)
+        else:
+            assert isinstance(result, np.ndarray), (name, result)
+            np.testing.assert_allclose(result, one(embedder, tmp_path / name), atol=1e-6)
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(ImageError, match="cannot read file"):
+        load_image(tmp_path / "gone.jpg")
+    with pytest.raises(ImageError, match="cannot read file"):
+        load_image(tmp_path)  # a directory
+
+
+def test_max_pixels_per_call(tmp_path, monkeypatch):
+    path = make_photo(tmp_path / "p.jpg", size=(96, 64))
+    with pytest.raises(ImageError, match=r"too large: 96x64 pixels exceeds the 5000-pixel limit"):
+        load_image(path, max_pixels=5000)
+    # A limit above Pillow's global one is honoured without touching the global.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageError, match="exceeds the 2000-pixel limit"):
+        load_image(path)
+    assert load_image(path, max_pixels=10_000).size == (96, 64)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
+def test_no_files_written_and_no_handles_left(embedder, tmp_path):
+    folder = tmp_path / "photos"
+    make_photo(folder / "a.jpg", seed=1)
+    write_broken(folder)
+    os.chmod(folder, 0o555)  # read-only source folder, like the real ones
+    try:
+        before = sorted(os.listdir(folder))
+        fds_before = set(os.listdir("/proc/self/fd"))
+        embedder.embed_images([os.fsencode(folder / name) for name in before])
+        assert sorted(os.listdir(folder)) == before
+        leaked = [os.readlink(f"/proc/self/fd/{fd}") for fd in set(os.listdir("/proc/self/fd")) - fds_before
+                  if os.path.exists(f"/proc/self/fd/{fd}")]
+        assert not [target for target in leaked if str(folder) in target]
+    finally:
+        os.chmod(folder, 0o755)
+
+
+def test_empty_batch(embedder):
+    assert embedder.embed_images([]) == []
+    assert embedder.embed_pil([]).shape == (0, 32)
+
+
+# ---------------------------------------------------------------------------------------------- text cache
+
+
+def test_text_cache_avoids_model_calls_and_loading(module_settings, tmp_path):
+    cache = tmp_path / "cache" / "text.sqlite"
+    first = Embedder(module_settings, cache)
+    vectors = first.embed_text(["a red car", "a dog on a beach", "a red car"])
+    assert vectors.shape == (3, 32) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+    calls = first.model_calls
+    np.testing.assert_array_equal(first.embed_text(["a dog on a beach"])[0], vectors[1])
+    assert first.model_calls == calls  # in-memory hit
+    first.close()
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+
+    fresh = Embedder(module_settings, cache)
+    np.testing.assert_array_equal(fresh.embed_text(["a red car", "a dog on a beach"]), vectors[:2])
+    assert not fresh.loaded and fresh.model_calls == 0  # persistent hit: model never loaded
+    fresh.embed_text(["something new"])
+    assert fresh.loaded and fresh.model_calls == 1
+
+
+def test_text_cache_is_per_model(module_settings, tmp_path):
+    cache = tmp_path / "text.sqlite"
+    Embedder(module_settings, cache).embed_text(["a cat"])
+    with sqlite3.connect(cache) as conn:
+        rows = conn.execute("SELECT model_id, text, length(vector) FROM text_embedding").fetchall()
+    assert rows == [(model_id(module_settings), "a cat", 32 * 4)]
+
+
+def test_corrupt_cache_is_ignored(module_settings, tmp_path):
+    cache = tmp_path / "text.sqlite"
+    cache.write_bytes(b"this is not a database" * 100)
+    vectors = Embedder(module_settings, cache).embed_text(["a cat"])
+    assert vectors.shape == (1, 32)
+
+
+def test_locked_cache_is_ignored_quickly(module_settings, tmp_path):
+    cache = tmp_path / "text.sqlite"
+    Embedder(module_settings, cache).embed_text(["warm up"])
+    holder = sqlite3.connect(cache, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        vectors = Embedder(module_settings, cache).embed_text(["a cat", "warm up"])
+        assert vectors.shape == (2, 32)
+        assert time.monotonic() - started < 30
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_text_without_cache_path(module_settings):
+    instance = Embedder(module_settings)
+    a = instance.embed_text(["a cat"])
+    np.testing.assert_array_equal(instance.embed_text(["a cat"]), a)
+    assert instance.model_calls == 1
+
+
+def test_text_and_image_share_a_space(embedder, tmp_path):
+    scores = embedder.embed_pil([halves()]) @ embedder.embed_text(["a red and blue picture"]).T
+    assert scores.shape == (1, 1) and -1.0 <= float(scores[0, 0]) <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def test_load_is_lazy_idempotent_and_thread_safe(module_settings):
+    instance = Embedder(module_settings)
+    assert not instance.loaded and instance.model_id.startswith("searchfs-tiny/file:")
+    threads = [threading.Thread(target=instance.load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    model = instance._model
+    instance.load()
+    assert instance._model is model and instance.device == "cpu" and instance.dim == 32
+
+
+def test_missing_checkpoint(module_settings, tmp_path):
+    settings = module_settings.replace(model_pretrained=str(tmp_path / "nope.pt"))
+    instance = Embedder(settings)  # cheap: nothing is checked yet
+    with pytest.raises(ModelUnavailable, match=r"searchfs-tiny.*not found.*nope\.pt.*set \[model\] pretrained"):
+        instance.load()
+    # The id of absent weights matches no stored embedding, and asking for it never fails: metadata
+    # indexing and exif/ go on while the weights are missing.
+    assert model_id(settings) == "searchfs-tiny/file:unavailable"
+    ok, message = weights_status(settings)
+    assert not ok and "nope.pt" in message
+
+
+def test_unknown_model_name(module_settings):
+    settings = module_settings.replace(model_name="ViT-Q-99", model_config_file="", model_pretrained="openai")
+    with pytest.raises(ModelUnavailable, match=r"unknown model 'ViT-Q-99'.*\[model\] name"):
+        Embedder(settings).load()
+    assert not weights_status(settings)[0]
+
+
+def test_unknown_tag(module_settings):
+    settings = module_settings.replace(model_name="ViT-B-32", model_config_file="", model_pretrained="nosuchtag")
+    with pytest.raises(ModelUnavailable, match=r"'nosuchtag' is not a pretrained tag of ViT-B-32.*laion2b_s34b_b79k"):
+        Embedder(settings).load()
+
+
+def test_checkpoint_for_another_architecture(module_settings, tiny_model, tmp_path):
+    import open_clip
+
+    config = json.loads(Path(tiny_model["model_config_file"]).read_text())
+    config["vision_cfg"]["width"] = 48
+    other = tmp_path / "searchfs-tiny-wide.json"
+    other.write_text(json.dumps(config))
+    settings = module_settings.replace(model_name="searchfs-tiny-wide", model_config_file=str(other))
+    with pytest.raises(ModelUnavailable, match=r"does not fit model searchfs-tiny-wide.*\[model\] name"):
+        Embedder(settings).load()
+    assert "searchfs-tiny-wide" in open_clip.list_models()
+
+
+def test_corrupt_checkpoint(module_settings, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint" * 1000)
+    with pytest.raises(ModelUnavailable, match="searchfs-tiny"):
+        Embedder(module_settings.replace(model_pretrained=str(bad))).load()
+
+
+def test_uncached_tag_fails_fast_offline(module_settings, offline_hub):
+    settings = module_settings.replace(model_name="ViT-B-32", model_config_file="", model_pretrained="laion2b_s34b_b79k")
+    started = time.monotonic()
+    with pytest.raises(ModelUnavailable, match=r"ViT-B-32/laion2b_s34b_b79k.*searchfs doctor --fetch"):
+        Embedder(settings).load()
+    assert time.monotonic() - started < 10
+    ok, message = weights_status(settings)
+    assert not ok and "not in the local cache" in message and "searchfs doctor --fetch" in message
+
+
+def test_unreachable_hub_fails_fast(module_settings, offline_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://127.0.0.1")  # nothing listens on 443: refused at once
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    settings = module_settings.replace(model_name="ViT-B-32", model_config_file="", model_pretrained="openai")
+    started = time.monotonic()
+    with pytest.raises(ModelUnavailable, match=r"ViT-B-32/openai are not cached and .* is unreachable"):
+        Embedder(settings).load()
+    assert time.monotonic() - started < 10
+
+
+def fake_hub_cache(root: Path, repo: str, filename: str) -> Path:
+    """The huggingface cache layout for one file of `repo` (what hf_hub_download leaves behind)."""
+    folder = root / ("models--" + repo.replace("/", "--"))
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    weights = folder / "snapshots" / ("0" * 40) / filename
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"x")
+    return weights
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hf"
+
+
+def test_cached_tag_is_found_without_network(module_settings, offline_hub):
+    """A tag whose weights sit in the huggingface cache resolves to that file, with the tag's preprocessing."""
+    weights = fake_hub_cache(offline_hub, "timm/MobileCLIP2-S0-OpenCLIP", "open_clip_model.safetensors")
+    settings = module_settings.replace(model_name="MobileCLIP2-S0", model_config_file="", model_pretrained="dfndr2b")
+    assert weights_status(settings) == (True, f"weights for MobileCLIP2-S0/dfndr2b are cached at {weights}")
+    path, overrides = embed.resolve_weights(settings)
+    assert path == str(weights)
+    assert overrides["image_mean"] == (0.0, 0.0, 0.0) and overrides["image_std"] == (1.0, 1.0, 1.0)
+    assert "force_quick_gelu" not in overrides
+    assert model_id(settings) == "MobileCLIP2-S0/dfndr2b"
+
+
+def test_cached_openai_tag_keeps_quick_gelu(module_settings, offline_hub):
+    weights = fake_hub_cache(offline_hub, "timm/vit_base_patch32_clip_224.openai", "open_clip_pytorch_model.bin")
+    settings = module_settings.replace(model_name="ViT-B-32", model_config_file="", model_pretrained="openai")
+    path, overrides = embed.resolve_weights(settings)
+    assert path == str(weights) and overrides["force_quick_gelu"] is True
+
+
+def test_config_file_registers_its_stem(module_settings, tiny_model):
+    settings = module_settings.replace(model_name="my-tiny")
+    with pytest.raises(ModelUnavailable, match=r"config_file registers 'searchfs-tiny'"):
+        Embedder(settings).load()
+
+
+def test_model_id_stable_when_checkpoint_moves(module_settings, tmp_path):
+    original = model_id(module_settings)
+    moved = tmp_path / "elsewhere" / "renamed.pt"
+    moved.parent.mkdir()
+    shutil.copyfile(module_settings.model_pretrained, moved)
+    assert model_id(module_settings.replace(model_pretrained=str(moved))) == original
+    with open(moved, "r+b") as handle:  # different weights, different id
+        handle.seek(-1, os.SEEK_END)
+        last = handle.read(1)
+        handle.seek(-1, os.SEEK_END)
+        handle.write(bytes([last[0] ^ 0xFF]))
+    assert model_id(module_settings.replace(model_pretrained=str(moved))) != original
+    assert model_id(module_settings.replace(model_name="ViT-B-32", model_pretrained="openai")) == "ViT-B-32/openai"
+
+
+def test_model_id_does_not_import_torch(module_settings):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from searchfs.ingest.embed import model_id; from searchfs.config import Settings;"
+        f"print(model_id(Settings(home='/tmp', model_name='x', model_pretrained={module_settings.model_pretrained!r})));"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parent.parent).stdout.split()
+    assert out[0].startswith("x/file:") and out[1] == "False"
+
+
+def test_weights_status_for_a_good_checkpoint(module_settings):
+    ok, message = weights_status(module_settings)
+    assert ok and module_settings.model_pretrained in message
+
+
+# ---------------------------------------------------------------------------------------------- real corpus
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CORPUS / "MANIFEST.tsv").is_file(), reason="no shared corpus")
+def test_shared_corpus(embedder):
+    with open(CORPUS / "MANIFEST.tsv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    paths = [os.fsencode(CORPUS / row["path"]) for row in rows]
+    results = embedder.embed_images(paths)
+    assert len(results) == len(rows)
+    decoded_by_pillow_but_not_us = []
+    for row, result in zip(rows, results):
+        assert isinstance(result, (np.ndarray, ImageError)), (row["path"], result)
+        if isinstance(result, ImageError):
+            message = str(result)
+            assert message and "\n" not in message and len(message) < 300, row["path"]
+            if row["pillow_decode"].startswith("ok"):
+                decoded_by_pillow_but_not_us.append((row["path"], message))
+        else:
+            assert abs(np.linalg.norm(result) - 1) < 1e-4
+    assert not decoded_by_pillow_but_not_us

@@ -1,0 +1,423 @@
+"""The vector index: exact and HNSW search, updates, files and stamps, concurrency."""
+
+from __future__ import annotations
+
+import json
+import stat
+import threading
+
+import numpy as np
+import pytest
+
+from searchfs.store import vectors as vectors_module
+from searchfs.store.vectors import VectorIndex
+
+MODEL = "ViT-B-32/laion2b"
+DIM = 32
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered(rng: np.random.Generator, n: int, dim: int = DIM, latent: int = 16, clusters: int = 64) -> np.ndarray:
+    """Clusters in a low-dimensional subspace plus noise, like embeddings of a photo library."""
+    world = np.random.default_rng(5)  # same subspace and centres for the library and its queries
+    projection = world.standard_normal((latent, dim)).astype(np.float32) / np.sqrt(latent)
+    centres = world.standard_normal((clusters, latent)).astype(np.float32)
+    z = centres[rng.integers(0, clusters, n)] + 0.6 * rng.standard_normal((n, latent)).astype(np.float32)
+    x = z @ projection + rng.standard_normal((n, dim)).astype(np.float32) * (0.5 / np.sqrt(dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def like_queries(rng: np.random.Generator, vecs: np.ndarray, count: int, spread: float) -> np.ndarray:
+    """Library vectors pushed away by a random direction: 0.5 ~ similar-image, 2.0 ~ text query."""
+    x = vecs[rng.integers(0, len(vecs), count)] + spread * unit(rng, count, vecs.shape[1])
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def brute_force(ids, vecs, q, k, keep=None):
+    scores = vecs @ (q / np.linalg.norm(q))
+    if keep is not None:
+        scores = np.where(keep, scores, -np.inf)
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [(int(ids[i]), float(scores[i])) for i in order if np.isfinite(scores[i])]
+
+
+def assert_same_hits(got, want):
+    """Same ranked scores; ids may differ only where two scores tie to float rounding."""
+    assert len(got) == len(want) and len({i for i, _ in got}) == len(got)
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-5)
+    for (got_id, got_score), (want_id, want_score) in zip(got, want):
+        assert got_id == want_id or abs(got_score - want_score) < 1e-5
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+@pytest.fixture
+def small(rng):
+    ids = rng.choice(10**6, 2000, replace=False).astype(np.int64)
+    vecs = unit(rng, 2000)
+    return ids, vecs
+
+
+@pytest.fixture(scope="module")
+def big():
+    """20k clustered 64-d vectors indexed with HNSW (exact_below lowered), and the same data as arrays."""
+    rng = np.random.default_rng(11)
+    ids = np.arange(20_000, dtype=np.int64) * 3 + 1
+    vecs = clustered(rng, 20_000, dim=64)
+    index = VectorIndex.build(ids, vecs, MODEL, exact_below=1000)
+    assert index.stats["kind"] == "hnsw"
+    return ids, vecs, index
+
+
+# ------------------------------------------------------------------ exact search
+
+
+def test_exact_top_k_equals_brute_force(small, rng):
+    ids, vecs = small
+    index = VectorIndex.build(ids, vecs, MODEL)
+    assert index.stats["kind"] == "exact" and len(index) == 2000
+    for q in unit(rng, 5):
+        for k in (1, 10, 50, 2000, 5000):
+            assert_same_hits(index.search(q, k), brute_force(ids, vecs, q, k))
+
+
+def test_query_need_not_be_normalized(small, rng):
+    ids, vecs = small
+    index = VectorIndex.build(ids, vecs, MODEL)
+    q = unit(rng, 1)[0]
+    assert_same_hits(index.search(q * 7.5, 10), brute_force(ids, vecs, q, 10))
+
+
+def test_allowed_exclude_min_score_exact(small, rng):
+    ids, vecs = small
+    index = VectorIndex.build(ids, vecs, MODEL)
+    q = unit(rng, 1)[0]
+    allowed = np.concatenate([rng.choice(ids, 300, replace=False), [-5, 10**9]])  # unknown ids ignored
+    exclude = rng.choice(allowed[:300], 50, replace=False)
+    keep = np.isin(ids, allowed) & ~np.isin(ids, exclude)
+    assert_same_hits(index.search(q, 20, allowed=allowed, exclude=exclude), brute_force(ids, vecs, q, 20, keep))
+    assert_same_hits(index.search(q, 20, exclude=exclude), brute_force(ids, vecs, q, 20, ~np.isin(ids, exclude)))
+    hits = index.search(q, 2000, min_score=0.2)
+    assert hits and all(s >= 0.2 for _, s in hits)
+    assert len(hits) == int(np.sum(vecs @ q >= 0.2))
+    assert index.search(q, 10, allowed=np.array([], np.int64)) == []
+    assert index.search(q, 0) == []
+
+
+def test_empty_index_and_bad_input(rng):
+    index = VectorIndex(DIM, MODEL)
+    assert len(index) == 0 and index.search(unit(rng, 1)[0], 5) == [] and index.vector(1) is None
+    with pytest.raises(ValueError):
+        index.add(np.array([1, 1]), unit(rng, 2))  # duplicate ids
+    with pytest.raises(ValueError):
+        index.add(np.array([1]), unit(rng, 1, DIM + 1))  # wrong dimension
+    with pytest.raises(ValueError):
+        index.search(np.zeros(DIM, np.float32), 5)
+    assert len(index) == 0
+
+
+# ------------------------------------------------------------------ updates
+
+
+def test_add_replace_remove(small, rng):
+    ids, vecs = small
+    index = VectorIndex.build(ids[:1000], vecs[:1000], MODEL)
+    index.add(ids[1000:], vecs[1000:])
+    assert len(index) == 2000 and ids[1500] in index and 123456789 not in index
+    np.testing.assert_array_equal(index.ids(), np.sort(ids))
+    assert not index.ids().flags.writeable  # callers cannot change what readers see
+    assert 1.5 not in index and "x" not in index and 2**70 not in index
+
+    new = unit(rng, 10)
+    index.add(ids[:10], new)  # replace
+    np.testing.assert_allclose(index.vector(int(ids[3])), new[3])
+    assert index.search(new[3], 1)[0][0] == ids[3]
+    assert len(index) == 2000
+
+    index.remove(np.concatenate([ids[:500], [777_777_777]]))  # unknown id ignored
+    assert len(index) == 1500 and ids[0] not in index and index.vector(int(ids[0])) is None
+    live_ids, live_vecs = ids[500:], vecs[500:]
+    q = unit(rng, 1)[0]
+    assert_same_hits(index.search(q, 30), brute_force(live_ids, live_vecs, q, 30))
+    assert index.stats["dead_rows"] < 0.25 * 2010  # compacted after the large removal
+
+
+def test_replace_then_remove_everything(small):
+    ids, vecs = small
+    index = VectorIndex.build(ids, vecs, MODEL)
+    index.add(ids, vecs[::-1])
+    index.remove(ids)
+    assert len(index) == 0 and index.search(vecs[0], 5) == []
+    index.add(ids[:3], vecs[:3])
+    assert index.search(vecs[1], 1)[0][0] == ids[1]
+
+
+def test_grows_from_exact_to_hnsw_and_back(rng):
+    vecs = unit(rng, 1500)
+    ids = np.arange(1500, dtype=np.int64)
+    index = VectorIndex.build(ids[:900], vecs[:900], MODEL, exact_below=1000)
+    assert index.stats["kind"] == "exact"
+    index.add(ids[900:], vecs[900:])
+    assert index.stats["kind"] == "hnsw" and index.stats["M"] == vectors_module.HNSW_M
+    index.remove(ids[:200])
+    assert index.stats["deleted"] == 200 and 5 not in index
+    assert all(i >= 200 for i, _ in index.search(vecs[5], 50))
+    index.add(ids[:50], vecs[:50])  # re-adding deleted ids reuses their graph nodes
+    assert index.stats["deleted"] == 150 and index.search(vecs[5], 1)[0][0] == 5
+    index.remove(ids[:800])  # more than REBUILD_DELETED_FRACTION deleted, and under exact_below
+    assert index.stats["kind"] == "exact" and len(index) == 700
+    q = unit(rng, 1)[0]
+    assert_same_hits(index.search(q, 10), brute_force(ids[800:], vecs[800:], q, 10))
+
+
+def test_hnsw_rebuilds_when_many_deleted(rng):
+    vecs = unit(rng, 3000)
+    ids = np.arange(3000, dtype=np.int64)
+    index = VectorIndex.build(ids, vecs, MODEL, exact_below=1000)
+    index.remove(ids[:700])  # 700 / 3000 > 0.2: rebuilt without the deleted nodes
+    assert index.stats["kind"] == "hnsw" and index.stats["deleted"] == 0 and len(index) == 2300
+    assert index.search(vecs[2500], 1)[0][0] == 2500
+
+
+# ------------------------------------------------------------------ HNSW quality
+
+
+def recall(got, want):
+    return len({i for i, _ in got} & {i for i, _ in want}) / max(len(want), 1)
+
+
+@pytest.mark.parametrize("spread", [0.5, 2.0], ids=["image-like", "text-like"])
+@pytest.mark.parametrize("k", [10, 50, 200])
+def test_hnsw_recall_against_exact(big, k, spread):
+    ids, vecs, index = big
+    queries = like_queries(np.random.default_rng(k), vecs, 30, spread)
+    r = np.mean([recall(index.search(q, k), brute_force(ids, vecs, q, k)) for q in queries])
+    assert r >= 0.98
+
+
+def test_hnsw_scores_are_cosine(big):
+    ids, vecs, index = big
+    q = vecs[123]
+    hits = index.search(q, 5)
+    assert hits[0][0] == ids[123] and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    for content_id, score in hits:
+        assert score == pytest.approx(float(vecs[(content_id - 1) // 3] @ q), abs=1e-5)
+
+
+@pytest.mark.parametrize("share", [0.001, 0.03, 0.6])
+def test_hnsw_allowed_is_correct_top_k(big, share):
+    """Small allowed sets are scanned exactly, large ones go through hnswlib's filter."""
+    ids, vecs, index = big
+    rng = np.random.default_rng(3)
+    allowed = rng.choice(ids, int(len(ids) * share), replace=False)
+    exclude = allowed[:3]
+    keep = np.isin(ids, allowed) & ~np.isin(ids, exclude)
+    rs = []
+    for q in like_queries(rng, vecs, 20, 1.0):
+        got = index.search(q, 20, allowed=allowed, exclude=exclude)
+        assert not {i for i, _ in got} - set(allowed[3:].tolist())
+        rs.append(recall(got, brute_force(ids, vecs, q, 20, keep)))
+    assert np.mean(rs) >= 0.98
+
+
+def test_hnsw_exclude_and_min_score(big):
+    ids, vecs, index = big
+    q = vecs[500]
+    top = [i for i, _ in index.search(q, 10)]
+    got = index.search(q, 10, exclude=np.array(top[:5]))
+    assert len(got) == 10 and not set(top[:5]) & {i for i, _ in got}
+    assert all(s >= 0.7 for _, s in index.search(q, 200, min_score=0.7))
+
+
+# ------------------------------------------------------------------ files
+
+
+@pytest.fixture(params=["exact", "hnsw"])
+def saved(request, tmp_path, rng):
+    exact_below = 10**6 if request.param == "exact" else 500
+    ids = np.arange(1, 2001, dtype=np.int64) * 5
+    vecs = unit(rng, 2000)
+    index = VectorIndex.build(ids, vecs, MODEL, exact_below=exact_below)
+    index.remove(ids[:10])  # saved with a dead row / deleted node
+    folder = tmp_path / "vectors"
+    index.save(folder, generation=7)
+    return folder, index, exact_below
+
+
+def load(saved, **changes):
+    folder, _, exact_below = saved
+    args = {"model_id": MODEL, "generation": 7, "count": 1990, "exact_below": exact_below} | changes
+    return VectorIndex.load(folder, **args)
+
+
+def test_save_load_round_trip(saved, rng):
+    folder, index, _ = saved
+    loaded = load(saved)
+    assert loaded is not None and len(loaded) == 1990
+    assert loaded.stats["kind"] == index.stats["kind"] and loaded.stats["generation"] == 7
+    np.testing.assert_array_equal(loaded.ids(), index.ids())
+    np.testing.assert_array_equal(loaded.vector(100), index.vector(100))
+    for q in unit(rng, 3):
+        assert [i for i, _ in loaded.search(q, 10)] == [i for i, _ in index.search(q, 10)]
+    # a loaded (memory-mapped) index takes updates and saves again
+    assert loaded.stats["table_mapped"]
+    loaded.add(np.array([5, 99_999]), unit(rng, 2))
+    assert not loaded.stats["table_mapped"]
+    loaded.remove(np.array([100]))
+    loaded.save(folder, generation=8)
+    again = VectorIndex.load(folder, MODEL, generation=8, count=1991, exact_below=saved[2])
+    assert again is not None and 5 in again and 99_999 in again and 100 not in again
+
+
+def test_file_modes(saved):
+    folder, index, _ = saved
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    names = {p.name for p in folder.iterdir()}
+    expected = {"ids.npy", "vectors.npy", "stamp.json"} | ({"hnsw.bin"} if index.stats["kind"] == "hnsw" else set())
+    assert names == expected
+    for path in folder.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+    stamp = json.loads((folder / "stamp.json").read_text())
+    assert stamp["model_id"] == MODEL and stamp["count"] == 1990 and stamp["dim"] == DIM
+    assert stamp["generation"] == 7 and stamp["kind"] == index.stats["kind"]
+
+
+@pytest.mark.parametrize(
+    "changes", [{"model_id": "other-model"}, {"generation": 8}, {"count": 1991}], ids=["model", "generation", "count"]
+)
+def test_load_refuses_stale_stamp(saved, changes):
+    assert load(saved, **changes) is None
+
+
+def test_load_refuses_damaged_files(saved):
+    folder, index, _ = saved
+    for name in [p.name for p in folder.iterdir() if p.suffix != ".json"]:
+        path = folder / name
+        good = path.read_bytes()
+        path.write_bytes(good[: len(good) // 2])  # truncated
+        assert load(saved) is None, name
+        flipped = bytearray(good)
+        flipped[len(good) - 17] ^= 0x01  # one bit, same size
+        path.write_bytes(bytes(flipped))
+        assert load(saved) is None, name
+        path.unlink()  # missing
+        assert load(saved) is None, name
+        path.write_bytes(good)
+        assert load(saved) is not None, name
+
+
+def test_load_refuses_missing_or_garbled_stamp(saved, tmp_path):
+    folder, _, _ = saved
+    stamp = folder / "stamp.json"
+    text = stamp.read_text()
+    stamp.write_text(text[:40])
+    assert load(saved) is None
+    stamp.unlink()
+    assert load(saved) is None
+    assert VectorIndex.load(tmp_path / "nowhere", MODEL, 7, 1990) is None
+
+
+def test_crash_mid_save_keeps_old_index(saved, rng, monkeypatch):
+    folder, index, _ = saved
+    # a crash left a temp file behind: the old set still loads
+    (folder / ".vectors.npy.tmp-123-abcd").write_bytes(b"half written")
+    assert load(saved) is not None
+
+    # a crash after the new data files were renamed in, before the stamp: checksums fail => rebuild
+    index.add(np.array([424242]), unit(rng, 1))
+
+    def crash(folder, name, *args, **kwargs):
+        if name == "stamp.json":
+            raise OSError("power cut")
+        return real_write(folder, name, *args, **kwargs)
+
+    real_write = vectors_module._write_file
+    monkeypatch.setattr(vectors_module, "_write_file", crash)
+    with pytest.raises(OSError):
+        index.save(folder, generation=8)
+    monkeypatch.undo()
+    assert load(saved) is None
+    assert VectorIndex.load(folder, MODEL, 8, 1991, saved[2]) is None
+    index.save(folder, generation=8)  # the next save cleans up and succeeds
+    assert VectorIndex.load(folder, MODEL, 8, 1991, saved[2]) is not None
+    assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
+
+
+def test_load_builds_graph_when_exact_below_dropped(saved):
+    folder, index, _ = saved
+    loaded = load(saved, exact_below=100)
+    assert loaded is not None and loaded.stats["kind"] == "hnsw"
+    loaded = load(saved, exact_below=10**6)
+    assert loaded is not None and loaded.stats["kind"] == "exact"
+
+
+# ------------------------------------------------------------------ concurrency
+
+
+@pytest.mark.parametrize("exact_below", [10**6, 1500])
+def test_concurrent_searches_while_writing(rng, exact_below):
+    ids = np.arange(3000, dtype=np.int64)
+    vecs = unit(rng, 3000)
+    index = VectorIndex.build(ids[:2000], vecs[:2000], MODEL, exact_below=exact_below)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    universe = set(ids.tolist())
+
+    def reader(seed):
+        r = np.random.default_rng(seed)
+        try:
+            while not stop.is_set():
+                allowed = r.choice(ids, 400, replace=False) if r.random() < 0.3 else None
+                hits = index.search(unit(r, 1)[0], int(r.integers(1, 60)), allowed=allowed)
+                scores = [s for _, s in hits]
+                assert scores == sorted(scores, reverse=True)
+                assert {i for i, _ in hits} <= universe and len({i for i, _ in hits}) == len(hits)
+                assert all(-1.0001 <= s <= 1.0001 for s in scores)
+                if allowed is not None:
+                    assert {i for i, _ in hits} <= set(allowed.tolist())
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    def writer():
+        r = np.random.default_rng(99)
+        try:
+            for step in range(40):
+                batch = r.choice(ids, 100, replace=False)
+                index.add(batch, unit(r, 100))
+                index.remove(r.choice(ids, 80, replace=False))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    readers = [threading.Thread(target=reader, args=(s,)) for s in range(8)]
+    for t in readers:
+        t.start()
+    w = threading.Thread(target=writer)
+    w.start()
+    w.join(timeout=60)
+    stop.set()
+    for t in readers:
+        t.join(timeout=10)
+    assert not errors, errors[0]
+    assert not w.is_alive()
+    live = index.ids()
+    q = vecs[0]
+    table_vecs = np.stack([index.vector(int(i)) for i in live])
+    if index.stats["kind"] == "exact":
+        assert_same_hits(index.search(q, 10), brute_force(live, table_vecs, q, 10))
+    else:
+        assert recall(index.search(q, 10), brute_force(live, table_vecs, q, 10)) >= 0.9
+
+
+def test_stats(small):
+    ids, vecs = small
+    stats = VectorIndex.build(ids, vecs, MODEL).stats
+    assert stats["count"] == 2000 and stats["dim"] == DIM and stats["kind"] == "exact"
+    assert stats["generation"] is None and stats["model_id"] == MODEL
+    json.dumps(stats)
