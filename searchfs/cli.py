@@ -226,13 +226,31 @@ def status(ctx, as_json, show_all):
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(root.last_scan_at)) if root.last_scan_at else "never"
         state = "online" if root.online else "OFFLINE (photos kept)"
         click.echo(f"root    {root.name}: {root.path}  {root.files} photos, {state}, last scan {when}")
-    click.echo(f"vectors {json.dumps(report.vectors, default=str)}")
-    if watcher:
-        click.echo(f"watcher {json.dumps(watcher, default=str)}")
+    vectors = report.vectors
+    click.echo(f"vectors {vectors.get('state')}: {vectors.get('live_vectors')} searchable, {vectors.get('kind') or '-'} index")
+    for line in _watcher_lines(watcher):
+        click.echo(line)
     for item in report.quarantine:
         click.echo(f"  quarantined {item['path']}: {item['reason']}")
     if report.quarantined > len(report.quarantine):
         click.echo(f"  ... {report.quarantined - len(report.quarantine)} more: searchfs status --quarantine")
+
+
+def _watcher_lines(watcher: Optional[dict]) -> list[str]:
+    if not watcher:
+        return ["watcher none running (searchfs mount or searchfs watch keep the index in step)"]
+    lines = [f"watcher pid {watcher['pid']}: {watcher.get('pending_jobs', 0)} jobs queued"]
+    for name, root in (watcher.get("watch") or {}).items():
+        when = time.strftime("%H:%M:%S", time.localtime(root["last_reconcile"])) if root.get("last_reconcile") else "never"
+        why = f" ({root['polling_reason']})" if root.get("polling_reason") else ""
+        error = f", last error: {root['last_error']}" if root.get("last_error") else ""
+        lines.append(
+            f"        {name}: {root['mode']}{why}, {root.get('pending', 0)} events pending, "
+            f"last reconcile {when} ({root.get('last_reconcile_reason')}){error}"
+        )
+    done = watcher.get("since_start", {})
+    lines.append(f"        since start: {done.get('new', 0)} new, {done.get('removed', 0)} removed, {done.get('embedded', 0)} embedded")
+    return lines
 
 
 def _watcher_state(settings) -> Optional[dict]:

@@ -53,13 +53,16 @@ class SyncDaemon:
         self.totals = IndexReport()
         self._last_status = 0.0
         self._last_save = time.monotonic()
+        self._rechecks = 0  # re-checks of too-fresh files waiting on their timer
+        self._rechecks_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._lock.acquire()
         self._extractor = self.library.extractor()
-        self._indexer = self.library.indexer(self._extractor)
+        self._settle = self.library.settings.watch_settle_seconds
+        self._indexer = self.library.indexer(self._extractor, defer_fresh=self._settle)
         self._thread = threading.Thread(target=self._run, name="searchfs-writer", daemon=True)
         self._thread.start()
         roots = {root.name: root.path for root in self.library.roots()}
@@ -97,7 +100,7 @@ class SyncDaemon:
         """For tests and `watch --once`: block until every queued job is done."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._jobs.unfinished_tasks == 0:
+            if self._jobs.unfinished_tasks == 0 and self._rechecks == 0:
                 return True
             time.sleep(0.05)
         return False
@@ -137,6 +140,8 @@ class SyncDaemon:
             log.info("reconciling %s (%s)", root.display, job.reason)
             self._indexer.scan_root(root, report)
             self.last_reconcile[root.name] = (time.time(), job.reason)
+        elif job.kind == "recheck":
+            self._recheck(root, job.changes, report)
         elif job.kind == "offline":
             self.library.catalog.set_online(root.id, False)
             log.warning("root %s went offline: its photos are kept", root.display)
@@ -144,10 +149,37 @@ class SyncDaemon:
             self.library.catalog.set_online(root.id, True)
         else:
             self._apply_changes(root, job.changes, report)
+        self._recheck_later(root, report.deferred)
         if self._jobs.qsize() == 0 or report.new + report.changed > 64:
             self._indexer.process(report)
         self._add_totals(report)
         self._maybe_save_vectors()
+
+    def _recheck_later(self, root: Root, relpaths: list[bytes]) -> None:
+        """Files a scan found too fresh to read: look again once they have been quiet for a while."""
+        if relpaths and not self._stopping.is_set():
+            with self._rechecks_lock:
+                self._rechecks += 1
+            timer = threading.Timer(self._settle * 2, self._queue_recheck, [_Job("recheck", root.name, list(relpaths))])
+            timer.daemon = True
+            timer.start()
+
+    def _queue_recheck(self, job: _Job) -> None:
+        self._jobs.put(job)  # queued before the count drops, so wait_idle never sees a gap
+        with self._rechecks_lock:
+            self._rechecks -= 1
+
+    def _recheck(self, root: Root, relpaths: list[bytes], report: IndexReport) -> None:
+        fresh_after = time.time_ns() - int(self._settle * 1e9)
+        for relpath in relpaths:
+            try:
+                fresh = os.stat(os.path.join(root.path, relpath)).st_mtime_ns > fresh_after
+            except OSError:
+                continue  # gone again: the watcher or the next reconcile settles it
+            if fresh:
+                report.deferred.append(relpath)
+            else:
+                self._indexer.upsert_path(root, relpath, report)
 
     def _apply_changes(self, root: Root, changes: list, report: IndexReport) -> None:
         for change in changes:
@@ -214,7 +246,7 @@ class SyncDaemon:
     def status(self) -> dict:
         return {
             "pid": os.getpid(),
-            "pending_jobs": self._jobs.qsize(),
+            "pending_jobs": self._jobs.qsize() + self._rechecks,
             "watch": self._watcher.status() if self._watcher is not None else None,
             "last_reconcile": {k: {"at": v[0], "reason": v[1]} for k, v in self.last_reconcile.items()},
             "since_start": {k: v for k, v in self.totals.to_json().items() if k != "seconds"},

@@ -10,6 +10,7 @@ never loads torch at all.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import re
@@ -129,7 +130,7 @@ class Library:
 
         return ScanRules(self.settings.index_exclude, self.settings.index_hidden)
 
-    def indexer(self, extractor, progress=None):
+    def indexer(self, extractor, progress=None, defer_fresh: float = 0.0):
         from .ingest.indexer import Indexer
 
         return Indexer(
@@ -138,6 +139,7 @@ class Library:
             extractor,
             self.embedder,
             progress=progress or (lambda phase, done, total: None),
+            defer_fresh=defer_fresh,
         )
 
     # -- roots and indexing ------------------------------------------------------------------------
@@ -282,7 +284,6 @@ class Library:
         indexed = read.execute(
             "SELECT count(*) FROM files f JOIN embeddings e ON e.content_id = f.content_id AND e.model = ?", (model,)
         ).fetchone()[0]
-        index = self._index
         return LibraryStatus(
             library=self.settings.library,
             catalog=str(self.catalog.path),
@@ -292,10 +293,26 @@ class Library:
             pending=files - indexed - quarantined,
             quarantined=quarantined,
             model=model,
-            vectors=index.stats if index is not None else {"loaded": False, "dir": str(self.vectors_dir)},
+            vectors=self.vector_health(model),
             generation=self.catalog.generation(),
             quarantine=quarantine,
         )
+
+    def vector_health(self, model: str) -> dict:
+        """The derived vector files against the catalog, without loading them: 'ok' when their stamp
+        matches, else why they will be rebuilt on the next search."""
+        live = self.catalog.live_count(model)
+        health = {"dir": str(self.vectors_dir), "live_vectors": live}
+        try:
+            stamp = json.loads((self.vectors_dir / "stamp.json").read_text())
+        except (OSError, ValueError):
+            health["state"] = "not built yet" if live else "empty"
+            return health
+        expected = {"model_id": model, "count": live, "generation": self.catalog.vectors_generation()}
+        stale = [f"{k} {stamp.get(k)!r} != {v!r}" for k, v in expected.items() if stamp.get(k) != v]
+        health.update(kind=stamp.get("kind"), count=stamp.get("count"), generation=stamp.get("generation"))
+        health["state"] = "ok" if not stale else "stale, rebuilt on next search: " + "; ".join(stale)
+        return health
 
     def quarantine(self, limit: int = 50) -> list[dict]:
         rows = self.catalog.read().execute(

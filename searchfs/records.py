@@ -123,9 +123,12 @@ class IndexReport:
     offline_roots: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    deferred: list[bytes] = field(default_factory=list)  # relpaths too fresh to read yet (being written?)
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        data = dict(self.__dict__)
+        data["deferred"] = [os.fsdecode(path) for path in self.deferred]
+        return data
 
 
 @dataclass

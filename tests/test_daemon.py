@@ -63,7 +63,7 @@ def settled(daemon: SyncDaemon, quiet: float = 3 * SETTLE, timeout: float = T) -
     calm_since = None
     while time.monotonic() < deadline:
         status = daemon.status()
-        busy = daemon._jobs.unfinished_tasks or any(r["pending"] for r in (status["watch"] or {}).values())
+        busy = status["pending_jobs"] or daemon._jobs.unfinished_tasks or any(r["pending"] for r in (status["watch"] or {}).values())
         if busy:
             calm_since = None
         elif calm_since is None:

@@ -60,6 +60,7 @@ class Indexer:
         embedder: Optional[ImageEmbedder],
         on_embedded: Callable[[np.ndarray, np.ndarray], None] = lambda ids, vectors: None,
         progress: Progress = lambda phase, done, total: None,
+        defer_fresh: float = 0.0,
     ):
         self.catalog = catalog
         self.rules = rules
@@ -67,6 +68,9 @@ class Indexer:
         self.embedder = embedder
         self.on_embedded = on_embedded
         self.progress = progress
+        # A scan leaves alone files modified less than this many seconds ago: while a daemon runs they
+        # may still be being written, and the watcher (or a re-check) takes them once complete.
+        self.defer_fresh = defer_fresh
         self._model_problem: Optional[str] = None
         self._read = 0
 
@@ -126,12 +130,17 @@ class Indexer:
     def _sort_folder(self, root, folder, stats, token, pending, report) -> None:
         known = self.catalog.files_in_dir(root.id, folder)
         unchanged = []
+        fresh_after = time.time_ns() - int(self.defer_fresh * 1e9) if self.defer_fresh else None
         for st in stats:
             report.scanned += 1
             row = known.get(st.relpath)
             if row and row[1] == st.size and row[2] == st.mtime_ns and row[4] is not None:
                 unchanged.append(row[0])
                 report.unchanged += 1
+            elif fresh_after is not None and st.mtime_ns > fresh_after:
+                report.deferred.append(st.relpath)
+                if row:
+                    unchanged.append(row[0])  # kept as it was until the re-check
             else:
                 pending.stats.append(st)
                 report.changed += row is not None
