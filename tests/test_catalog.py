@@ -119,3 +119,21 @@ def test_readers_do_not_wait_for_the_writer(catalog):
         reader.start()
         reader.join(5)
     assert seen == [1]  # the reader saw the last committed state, at once
+
+
+def test_reader_connections_of_ended_threads_are_reused(tmp_path):
+    """libfuse starts and ends worker threads all the time: one connection per thread ever seen ran the
+    daemon out of file descriptors (found by benchmarks/bench_live.py)."""
+    catalog = Catalog(tmp_path / "c.sqlite")
+    for _ in range(40):
+        worker = threading.Thread(target=lambda: catalog.read().execute("SELECT 1").fetchone())
+        worker.start()
+        worker.join()
+    assert len(catalog._readers) <= 2
+    open_files = len(os.listdir("/proc/self/fd"))
+    for _ in range(40):
+        worker = threading.Thread(target=lambda: catalog.read().execute("SELECT count(*) FROM files").fetchone())
+        worker.start()
+        worker.join()
+    assert len(os.listdir("/proc/self/fd")) <= open_files + 2
+    catalog.close()

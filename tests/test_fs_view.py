@@ -130,7 +130,8 @@ class FakeBackend:
             rows.sort(key=lambda r: (-r[0], r[1], r[2]))
         else:
             rows.sort(key=lambda r: (r[1], r[2]))
-        rows = rows[: query.limit or self.settings.search_limit]
+        # as the real engine: ranked queries default to search.limit, metadata-only ones list everything
+        rows = rows[: query.limit or (self.settings.search_limit if query.ranked else None)]
         return [
             Hit(rank=i, score=s, root=r, relpath=p, abspath=os.path.join(self.roots[r], p),
                 file_id=self._ids[(r, p)], content_id=self._ids[(r, p)])
@@ -518,3 +519,16 @@ def test_search_errors_propagate(view, backend):
     with pytest.raises(ModelUnavailable):
         view.readdir(b"/query/dog")
     assert view.getattr(b"/query/dog").kind == DIR  # stat still fine
+
+
+def test_metadata_folders_list_every_match_ranked_ones_the_top_k(tmp_path):
+    backend = FakeBackend({"Photos": b"/photos"}, Settings(home=tmp_path, search_limit=5))
+    for i in range(12):
+        backend.add("Photos", b"p%02d.jpg" % i, camera="Canon EOS 40D")
+    view = View(backend)
+    links = lambda path: [n for n in names(view, path) if not n.startswith(b".")]
+    assert len(links(b"/exif/camera=Canon")) == 12  # like `searchfs search --where`: no default limit
+    assert len(links(b"/exif/camera=Canon/limit=3")) == 3
+    assert len(links(b"/query/dog")) == 5  # ranked: search.limit
+    assert len(links(b"/exif/camera=Canon/query/dog")) == 5
+

@@ -488,11 +488,14 @@ class View:
     def to_query(self, spec: Spec) -> Query:
         """The Query a result folder runs (defaults from the backend's settings)."""
         settings = self.backend.settings
+        ranked = spec.text is not None or spec.similar_to is not None
+        # Ranked folders show the configured top-k; a metadata folder lists every match, as the CLI does.
+        default_limit = settings.search_limit if ranked else None
         return Query(
             text=spec.text,
             similar_to=spec.similar_to,
             filters=tuple(sorted(spec.filters, key=str)),
-            limit=spec.limit if spec.limit is not None else settings.search_limit,
+            limit=spec.limit if spec.limit is not None else default_limit,
             min_score=spec.min_score if spec.min_score is not None else settings.search_min_score,
         )
 

@@ -102,19 +102,29 @@ class Catalog:
             conn.execute("COMMIT")
 
     def read(self) -> sqlite3.Connection:
-        """This thread's read-only connection."""
+        """This thread's read-only connection.
+
+        A thread that has ended hands its connection on to the next new thread: libfuse starts and ends
+        worker threads all the time, and one connection per thread ever seen ran out of file descriptors."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             self._writer_conn()  # make sure WAL mode and the -shm file exist before a read-only open
-            conn = _connect(self.path, readonly=True)
-            self._local.conn = conn
+            me = threading.current_thread()
             with self._readers_lock:
-                self._readers.append(conn)
+                for entry in self._readers:
+                    if not entry[0].is_alive():
+                        entry[0], conn = me, entry[1]
+                        break
+            if conn is None:
+                conn = _connect(self.path, readonly=True)
+                with self._readers_lock:
+                    self._readers.append([me, conn])
+            self._local.conn = conn
         return conn
 
     def close(self) -> None:
         with self._readers_lock:
-            for conn in self._readers:
+            for _, conn in self._readers:
                 conn.close()
             self._readers.clear()
         self._local = threading.local()
