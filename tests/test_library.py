@@ -124,6 +124,14 @@ def test_similar_leaves_the_photo_out(lib, photos):
         lib.search(similar_to=(root, "nope.jpg"))
 
 
+def test_similar_shows_duplicates_first(lib, photos):
+    shutil.copy(photos / "album0" / "IMG_0000.jpg", photos / "album1" / "copy-of-0.jpg")
+    lib.index([photos])
+    hits = lib.search(similar_to=(lib.roots()[0].name, "album0/IMG_0000.jpg"), limit=3)
+    assert os.fsdecode(hits[0].relpath) == "album1/copy-of-0.jpg" and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert len(hits) == 3 and "album0/IMG_0000.jpg" not in {os.fsdecode(h.relpath) for h in hits}
+
+
 def test_source_stays_byte_identical_on_a_read_only_bind_mount(lib, photos, tmp_path):
     add_broken(photos)
     view = tmp_path / "ro"

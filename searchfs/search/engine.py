@@ -82,17 +82,20 @@ class Engine:
     def _ranked(self, query: Query) -> list[Hit]:
         limit = query.limit or self.default_limit
         min_score = query.min_score if query.min_score is not None else self.default_min_score
-        vector, exclude = self._query_vector(query)
+        vector, own_file = self._query_vector(query)
         index = self.vectors()
         if index is None:
             return []
         allowed = self.allowed_contents(query)
         if allowed is not None and len(allowed) == 0:
             return []
-        scored = index.search(vector, limit, allowed=allowed, min_score=min_score, exclude=exclude)
-        return self._files_for(scored, limit, skip_file=self._similar_file_id(query))
+        # For similar/, the photo's own content ranks first: ask for one more, and leave out only the
+        # photo's own file, so that its copies elsewhere (duplicates) show first.
+        scored = index.search(vector, limit + (own_file is not None), allowed=allowed, min_score=min_score)
+        return self._files_for(scored, limit, skip_file=own_file)
 
-    def _query_vector(self, query: Query) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    def _query_vector(self, query: Query) -> tuple[np.ndarray, Optional[int]]:
+        """The query's vector, and for similar/ the file id of the photo itself."""
         if query.text is not None:
             return self.embed_text(query.text), None
         if query.image is not None:
@@ -102,7 +105,7 @@ class Engine:
         vector = self.catalog.vector_of(self.model_id(), row[1]) if row[1] is not None else None
         if vector is None:
             raise NotFound(f"{os.fsdecode(relpath)} in {root} is not indexed yet")
-        return vector, np.asarray([row[1]], dtype=np.int64)
+        return vector, row[0]
 
     def _file(self, root: str, relpath: bytes) -> tuple:
         row = self.catalog.read().execute(
@@ -112,9 +115,6 @@ class Engine:
         if row is None:
             raise NotFound(f"{os.fsdecode(relpath)} is not a photo in {root}")
         return row
-
-    def _similar_file_id(self, query: Query) -> Optional[int]:
-        return self._file(*query.similar_to)[0] if query.similar_to else None
 
     def _files_for(self, scored: list[tuple[int, float]], limit: int, skip_file: Optional[int]) -> list[Hit]:
         if not scored:
