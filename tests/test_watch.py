@@ -405,6 +405,39 @@ def test_root_missing_at_start_then_created(tmp_path, sink, start_watcher):
     wait_for(lambda: sink.changes("upsert"), what="upsert")
 
 
+def test_a_root_that_stops_answering_goes_offline_and_the_others_keep_being_watched(tmp_path, sink, start_watcher, monkeypatch):
+    """A hard-mounted NFS share whose server went away: stat() of its folder never returns. That cannot
+    be staged here without a dead server, so the stat of that one root is made to hang; everything else
+    is real."""
+    import searchfs.ingest.watch as watch
+
+    nas, local = tmp_path / "nas", tmp_path / "local"
+    nas.mkdir()
+    local.mkdir()
+    hang = threading.Event()
+    release = threading.Event()
+    real_probe = watch._probe
+
+    def probe(path):
+        if path == os.fsencode(nas) and hang.is_set():
+            release.wait(30)  # a stat stuck in the kernel
+        return real_probe(path)
+
+    monkeypatch.setattr(watch, "_probe", probe)
+    monkeypatch.setattr(watch, "PROBE_TIMEOUT", 0.3)
+    watcher = start_watcher({"nas": nas, "local": local}, sink)
+    try:
+        hang.set()
+        wait_for(lambda: watcher.status()["nas"]["mode"] == "offline", what="the silent root offline")
+        (local / "still.jpg").write_bytes(b"x")  # the supervisor is not stuck: other roots go on
+        wait_for(lambda: [c for c in sink.changes("upsert") if c.path.endswith(b"still.jpg")], what="upsert")
+        assert not sink.changes("delete")
+    finally:
+        hang.clear()
+        release.set()
+    wait_for(lambda: watcher.status()["nas"]["mode"] != "offline", what="the root back online")
+
+
 def test_root_folder_removed_goes_offline_without_deletes(tmp_path, sink, start_watcher):
     root = tmp_path / "usb"
     root.mkdir()

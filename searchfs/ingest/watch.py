@@ -71,6 +71,7 @@ NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "vir
               "lustre", "gpfs", "davfs", "fuse"}
 
 BATCH_CHANGES = 10_000  # most changes per sink.apply call
+PROBE_TIMEOUT = 5.0  # seconds a stat of a root folder may take before the root counts as offline
 OPEN_WRITE_LIMIT = 120.0  # seconds of quiet after which a written, never-closed file is taken as it is
 FLUSH_EVENTS = 30_000  # flush a burst still in progress once this many raw events are buffered
 RESTART_BACKOFF = 5.0  # seconds between attempts to restart a dead observer
@@ -353,6 +354,8 @@ class _Root:
     next_restart_at: float = 0.0
     last_error: Optional[str] = None
     batches: int = 0
+    prober: Optional[threading.Thread] = None  # the last stat of the root folder, maybe stuck on a dead server
+    probe_box: list = field(default_factory=list)
 
 
 class Watcher:
@@ -443,9 +446,28 @@ class Watcher:
         if period > 0 and self._clock() - root.last_reconcile_at >= period:
             self._reconcile(root, "periodic")
 
+    def _timed_probe(self, root: _Root) -> tuple[bool, Optional[_Probe]]:
+        """(answered, probe). The stat runs in a thread of its own: on a hard-mounted network share whose
+        server went away it never returns, and it must not take the supervisor (every root) with it.
+        While such a stat hangs no second one is started; the root counts as not answering."""
+        if root.prober is None or not root.prober.is_alive():
+            box: list = []
+            root.probe_box = box
+            root.prober = threading.Thread(target=lambda: box.append(_probe(root.path)), daemon=True,
+                                           name=f"searchfs-probe-{root.name}")
+            root.prober.start()
+            root.prober.join(PROBE_TIMEOUT)
+        if root.prober.is_alive():
+            return False, None
+        return True, root.probe_box[0] if root.probe_box else None
+
     def _follow_root(self, root: _Root) -> bool:
         """Notice the root going away, coming back or being replaced. True if it is online."""
-        probe = _probe(root.path)
+        answered, probe = self._timed_probe(root)
+        if not answered:
+            if root.mode != "offline":
+                self._take_down(root, f"not answering within {PROBE_TIMEOUT:g}s")
+            return False
         if root.mode == "offline":
             if probe is not None and (probe.is_mount or not root.expect_mount):
                 self._bring_up(root, probe, "online")
