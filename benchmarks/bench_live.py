@@ -37,7 +37,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _mounting import say, stop_mount, wait_reconciled  # noqa: E402
 
 MAKE = "BenchCam"
 TINY_MODEL = {  # the same tiny CLIP as tests/conftest.py
@@ -56,9 +57,6 @@ TINY_MODEL = {  # the same tiny CLIP as tests/conftest.py
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 
-
-def say(*parts) -> None:
-    print(*parts, file=sys.stderr, flush=True)
 
 
 def model_config(folder: Path, model: str) -> str:
@@ -137,23 +135,11 @@ class Poller(threading.Thread):
             self.stop.wait(max(0.0, self.period - (time.monotonic() - started)))
 
 
-def wait_reconciled(library_dir: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            data = json.loads((library_dir / "daemon.json").read_text())
-            if data.get("last_reconcile") and data.get("pending_jobs") == 0:
-                return
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("the mount's start-up reconcile did not finish")
 
 
 def run(args) -> dict:
     from photos import make_photo
     from searchfs.config import load_settings
-    from searchfs.fs import mount as M
 
     tmp = Path(tempfile.mkdtemp(prefix="searchfs-bench-live-"))
     mnt, pid = tmp / "mnt", None
@@ -217,8 +203,7 @@ def run(args) -> dict:
             daemon = json.loads((settings.library_dir / "daemon.json").read_text())
         except (OSError, ValueError):
             daemon = {}
-        M.unmount(mnt, lazy=True)
-        _wait_gone(pid)
+        stop_mount(mnt, pid)
         pid = None
 
         say("bare embedding of the same files ...")
@@ -253,11 +238,7 @@ def run(args) -> dict:
         return result
     finally:
         if pid is not None:
-            try:
-                M.unmount(mnt, lazy=True)
-            except Exception as exc:  # noqa: BLE001
-                say(f"unmount {mnt}: {exc}")
-            _wait_gone(pid)
+            stop_mount(mnt, pid)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -267,18 +248,6 @@ def _count_between(ordered: list[float], lo: float, hi: float) -> int:
     return bisect.bisect_right(ordered, hi) - bisect.bisect_left(ordered, lo)
 
 
-def _wait_gone(pid: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def bare_embedding(settings, paths: list[bytes]) -> dict:

@@ -42,7 +42,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -53,12 +52,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _mounting import say, stop_mount, wait_reconciled  # noqa: E402
 
 FOLDER_SIZE = 1000  # photos per source folder
 
-
-def say(*parts) -> None:
-    print(*parts, file=sys.stderr, flush=True)
 
 
 def ms(seconds: float) -> float:
@@ -178,25 +176,10 @@ def bare_text_child(config: str) -> None:
         print(time.perf_counter() - t, flush=True)
 
 
-def wait_reconciled(library_dir: Path, timeout: float = 600) -> float:
-    """The mount's daemon reconciles the root at start; wait until it wrote a status saying it is done."""
-    status = library_dir / "daemon.json"
-    t = time.perf_counter()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            data = json.loads(status.read_text())
-            if data.get("last_reconcile") and data.get("pending_jobs") == 0:
-                return time.perf_counter() - t
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the mount did not finish its start-up reconcile in {timeout:.0f} s")
 
 
 def bench_size(n: int, args) -> dict:
     from searchfs.config import load_settings
-    from searchfs.fs import mount as M
     from searchfs.library import Library
 
     tmp = Path(tempfile.mkdtemp(prefix="searchfs-bench-mount-"))
@@ -286,21 +269,7 @@ def bench_size(n: int, args) -> dict:
         return result
     finally:
         if pid is not None:
-            try:
-                M.unmount(mnt, lazy=True)
-            except Exception as exc:  # noqa: BLE001
-                say(f"unmount {mnt}: {exc}")
-            for _ in range(100):
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
-            else:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            stop_mount(mnt, pid)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

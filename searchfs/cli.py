@@ -126,6 +126,26 @@ def index(ctx, folders, retry_quarantined, as_json, no_progress):
         click.echo(f"  ! ... {len(report.errors) - 20} more (see `searchfs status`)", err=True)
 
 
+@cli.command()
+@click.argument("root")
+@pass_context
+@handle_errors
+def forget(ctx, root):
+    """Stop indexing a folder: its photos leave the library (the folder itself is not touched).
+
+    ROOT is a root's name (as under similar/ and in `searchfs status`) or its path. Use it for a share
+    that is gone for good; a root that is merely offline keeps its photos on its own.
+
+    \b
+    Example:
+        searchfs forget /mnt/old-nas/photos
+        searchfs forget photos-2
+    """
+    with ctx.library() as lib:
+        gone = lib.forget_root(root)
+    click.echo(f"forgot {gone.name} ({gone.display})")
+
+
 # -- search ------------------------------------------------------------------------------------------
 
 

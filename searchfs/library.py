@@ -156,6 +156,18 @@ class Library:
     def roots(self) -> list[Root]:
         return self.catalog.roots()
 
+    def forget_root(self, name_or_path: os.PathLike | str | bytes) -> Root:
+        """Stop indexing a root and drop its photos from the catalog (their vectors stay for the orphan
+        grace period, so adding the folder back soon costs no embedding). Nothing on disk is touched."""
+        wanted = os.fsencode(name_or_path)
+        for root in self.roots():
+            if wanted in (os.fsencode(root.name), root.path, os.path.realpath(os.path.expanduser(wanted))):
+                with self.writer_lock():
+                    self.catalog.remove_root(root.name)
+                return root
+        known = ", ".join(f"{r.name} ({r.display})" for r in self.roots()) or "none"
+        raise NotFound(f"no root {os.fsdecode(wanted)!r}; roots: {known}")
+
     def index(
         self,
         paths: Sequence[os.PathLike | str | bytes] = (),

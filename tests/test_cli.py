@@ -97,3 +97,19 @@ def test_doctor_reports_missing_weights_and_a_fix(home, tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["doctor"])
     assert result.exit_code == 1
     assert "exiftool" in result.output and "absent.pt" in result.output
+
+
+def test_forget_a_root(env_model, tmp_path):
+    keep, gone = tmp_path / "keep", tmp_path / "gone"
+    make_library(keep, 2)
+    make_library(gone, 3)
+    run("index", str(keep), str(gone), "--no-progress")
+    assert run("forget", str(gone)).output.strip() == f"forgot gone ({gone})"
+    status = json.loads(run("status", "--json").output)
+    assert [r["name"] for r in status["roots"]] == ["keep"] and status["files"] == 2
+    assert all(h["root"] == "keep" for h in json.loads(run("search", "x", "--json").output))
+    assert sorted(p.name for p in gone.rglob("*.jpg")) == ["IMG_0000.jpg", "IMG_0001.jpg", "IMG_0002.jpg"]
+    result = CliRunner().invoke(cli, ["forget", "nope"])
+    assert result.exit_code == 3 and "roots: keep" in result.output
+    report = json.loads(run("index", str(gone), "--json").output)  # back within the grace period
+    assert report["new"] == 3 and report["embedded"] == 0

@@ -10,7 +10,6 @@ Run alone:  python -m pytest tests/test_fs_mount.py -q  (needs /dev/fuse, fuserm
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil

@@ -58,7 +58,6 @@ class Indexer:
         rules: ScanRules,
         extractor: Extractor,
         embedder: Optional[ImageEmbedder],
-        on_embedded: Callable[[np.ndarray, np.ndarray], None] = lambda ids, vectors: None,
         progress: Progress = lambda phase, done, total: None,
         defer_fresh: float = 0.0,
     ):
@@ -66,12 +65,10 @@ class Indexer:
         self.rules = rules
         self.extractor = extractor
         self.embedder = embedder
-        self.on_embedded = on_embedded
         self.progress = progress
         # A scan leaves alone files modified less than this many seconds ago: while a daemon runs they
         # may still be being written, and the watcher (or a re-check) takes them once complete.
         self.defer_fresh = defer_fresh
-        self._model_problem: Optional[str] = None
         self._read = 0
 
     # -- whole roots -------------------------------------------------------------------------------
@@ -280,24 +277,20 @@ class Indexer:
             try:
                 results = self.embedder.embed_images([path for _, path in batch])
             except ModelUnavailable as exc:
-                self._model_problem = str(exc)
                 report.errors.append(str(exc))
                 return
-            ids, vectors = self._store_embeddings(model, batch, results, report, failed_ids)
-            if len(ids):
-                self.on_embedded(ids, vectors)
+            self._store_embeddings(model, batch, results, report, failed_ids)
             done += len(batch)
             self.progress("embed", done, total)
 
-    def _store_embeddings(self, model, batch, results, report, failed_ids):
-        ids, vectors = [], []
+    def _store_embeddings(self, model, batch, results, report, failed_ids) -> None:
+        """Vectors go to the catalog; the vector index catches up from there (Library.vector_index)."""
+        embedded = 0
         with self.catalog.write() as conn:
             for (content_id, path), result in zip(batch, results):
                 if isinstance(result, np.ndarray):
                     self.catalog.store_embedding(conn, model, content_id, result)
-                    ids.append(content_id)
-                    vectors.append(result)
-                    report.embedded += 1
+                    embedded += 1
                 elif not os.path.exists(path):
                     # Moved or deleted since it was listed: not the file's fault. Its new path (if any) is
                     # tried in the next round; this one is not tried again.
@@ -307,9 +300,8 @@ class Indexer:
                     self.catalog.quarantine(conn, content_id, reason)
                     log.info("quarantined %s: %s", os.fsdecode(path), reason)
                     report.quarantined += 1
-            self.catalog.bump(conn, vectors=bool(ids))
-        matrix = np.vstack(vectors).astype(np.float32) if vectors else np.zeros((0, 0), np.float32)
-        return np.asarray(ids, dtype=np.int64), matrix
+            self.catalog.bump(conn, vectors=embedded > 0)
+        report.embedded += embedded
 
     def _count_leftovers(self, report: IndexReport) -> None:
         if self.embedder is not None:

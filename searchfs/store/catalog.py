@@ -225,10 +225,6 @@ class Catalog:
                 self.bump(conn, vectors=True)
         return bool(changed)
 
-    def mark_scanned(self, root_id: int) -> None:
-        with self.write() as conn:
-            conn.execute("UPDATE roots SET last_scan_at = ? WHERE id = ?", (time.time(), root_id))
-
     # -- files -------------------------------------------------------------------------------------
 
     def files_in_dir(self, root_id: int, folder: bytes) -> dict[bytes, tuple]:
@@ -325,7 +321,7 @@ class Catalog:
     def _orphan_contents(conn: sqlite3.Connection, select_ids: str, params: Iterable) -> None:
         """Stamp contents whose last file is going away. Called before the files are deleted or relinked;
         a content is orphaned when it has no file outside the set about to go."""
-        conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS going(id INTEGER PRIMARY KEY)")
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS going(id INTEGER PRIMARY KEY)")
         conn.execute("DELETE FROM going")
         conn.execute(f"INSERT OR IGNORE INTO going(id) {select_ids}", tuple(params))
         conn.execute("UPDATE contents SET orphaned_at = ? WHERE id IN (SELECT id FROM going)", (time.time(),))
