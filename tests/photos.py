@@ -110,3 +110,51 @@ def make_library(root: Path, count: int = 6) -> list[Path]:
             )
         )
     return paths
+
+
+def jpeg_bytes(color: tuple[int, int, int], size: tuple[int, int] = (320, 240), seed: Optional[int] = None) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    picture = Image.new("RGB", size, color)
+    if seed is not None:
+        rng = random.Random(seed)
+        pixels = picture.load()
+        for _ in range(size[0] * size[1] // 4):
+            pixels[rng.randrange(size[0]), rng.randrange(size[1])] = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+    picture.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def make_raw_like(path, preview: bytes, orientation: int = 1, make: str = "NIKON CORPORATION", model: str = "NIKON D850") -> Path:
+    """A file built like a camera RAW: a TIFF whose main image (IFD0) is sensor data in a compression no
+    decoder here knows (Nikon's 34713), and whose IFD1 carries a JPEG preview. exiftool reads it as a
+    NEF; Pillow cannot open it. No real RAW is committed, and none can be made without a camera."""
+    import struct
+
+    make_b, model_b = make.encode() + b"\0", model.encode() + b"\0"
+    strip = bytes(16 * 16 * 2)
+    n0, n1 = 11, 3
+    ifd0_at = 8
+    ifd1_at = ifd0_at + 2 + n0 * 12 + 4
+    make_at = ifd1_at + 2 + n1 * 12 + 4
+    model_at = make_at + len(make_b)
+    strip_at = model_at + len(model_b)
+    preview_at = strip_at + len(strip)
+
+    def entry(tag, kind, count, value):
+        return struct.pack("<HHII", tag, kind, count, value)
+
+    ifd0 = struct.pack("<H", n0) + b"".join([
+        entry(0x100, 4, 1, 16), entry(0x101, 4, 1, 16), entry(0x102, 3, 1, 16), entry(0x103, 3, 1, 34713),
+        entry(0x106, 3, 1, 32803), entry(0x10F, 2, len(make_b), make_at), entry(0x110, 2, len(model_b), model_at),
+        entry(0x111, 4, 1, strip_at), entry(0x112, 3, 1, orientation), entry(0x115, 3, 1, 1),
+        entry(0x117, 4, 1, len(strip)),
+    ]) + struct.pack("<I", ifd1_at)
+    ifd1 = struct.pack("<H", n1) + b"".join([
+        entry(0x103, 3, 1, 6), entry(0x201, 4, 1, preview_at), entry(0x202, 4, 1, len(preview)),
+    ]) + struct.pack("<I", 0)
+    target = Path(os.fsdecode(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"II*\0" + struct.pack("<I", ifd0_at) + ifd0 + ifd1 + make_b + model_b + strip + preview)
+    return target

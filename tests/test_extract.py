@@ -586,3 +586,19 @@ def from_fallback(key: str, got: str, tags: dict) -> bool:
         return not str(tags.get("LensModel", "")).strip() and got in (str(tags.get("Lens")), str(tags.get("LensID")))
     sources = [tags.get(name) for name in ("CreateDate", "DateTimeCreated", "DateCreated", "MediaCreateDate")]
     return any(isinstance(value, str) and manifest_date(value) == got for value in sources)
+
+
+def test_preview_is_the_jpeg_a_raw_file_carries(tmp_path):
+    from photos import jpeg_bytes, make_raw_like
+
+    preview = jpeg_bytes((20, 200, 40), seed=3)
+    raw = make_raw_like(tmp_path / "DSC_0001.NEF", preview)
+    odd = make_raw_like(os.path.join(os.fsencode(tmp_path), b"caf\xe9.nef"), preview)
+    plain = make_photo(tmp_path / "plain.jpg")
+    with ExifExtractor(scratch_dir=tmp_path / "scratch") as extractor:
+        assert extractor.preview(os.fsencode(raw)) == preview
+        assert extractor.preview(os.fsencode(odd)) == preview
+        assert extractor.preview(os.fsencode(plain)) is None  # no embedded preview
+        assert extractor.preview(os.fsencode(tmp_path / "missing.nef")) is None
+        facets = extractor.extract([os.fsencode(raw)])[os.fsencode(raw)]
+    assert {(f.key, f.text) for f in facets} >= {("camera", "NIKON D850"), ("format", "NEF")}

@@ -210,3 +210,24 @@ def test_non_utf8_names_round_trip(lib, tmp_path):
     lib.index([root])
     hit = lib.search(image=os.path.join(root, name), limit=1)[0]
     assert hit.abspath == os.path.join(root, name) and hit.relpath == name
+
+
+def test_camera_raw_is_embedded_from_its_preview_upright(lib, tmp_path):
+    from PIL import Image
+
+    from photos import jpeg_bytes, make_raw_like
+
+    root = tmp_path / "raw"
+    preview = jpeg_bytes((30, 60, 220), size=(320, 200), seed=11)
+    make_raw_like(root / "DSC_0001.NEF", preview, orientation=6)  # the camera was held upright
+    (root / "DSC_0002.NEF").write_bytes(b"II*\0" + b"\0" * 64)  # a RAW with nothing usable in it
+    # what the photo looks like: the preview turned as orientation 6 says
+    upright = tmp_path / "upright.png"
+    Image.open(__import__("io").BytesIO(preview)).transpose(Image.Transpose.ROTATE_270).save(upright)
+    report = lib.index([root])
+    assert report.embedded == 1 and report.quarantined == 1, report
+    hit = lib.search(image=upright, limit=1)[0]
+    assert hit.path.endswith("DSC_0001.NEF") and hit.score == pytest.approx(1.0, abs=2e-3)
+    reasons = {os.path.basename(q["path"]): q["reason"] for q in lib.status().quarantine}
+    assert "no usable embedded preview" in reasons["DSC_0002.NEF"]
+    assert [os.path.basename(h.path) for h in lib.search(where=["camera=nikon d850"])] == ["DSC_0001.NEF"]

@@ -60,6 +60,7 @@ written next to the photos.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import itertools
@@ -364,6 +365,20 @@ class ExifExtractor:
             results.update(self._extract_chunk(paths[start:start + self.batch]))
         return results
 
+    def preview(self, path: bytes) -> Optional[bytes]:
+        """The largest JPEG embedded in a file, or None. Camera RAW files carry one or more (JpgFromRaw,
+        PreviewImage, ...): what a RAW is embedded from when Pillow cannot decode its sensor data."""
+        try:
+            tool = self._running_tool()
+            with self._arguments([path]) as (arguments, _unlinkable):
+                if not arguments:
+                    return None
+                params = [b"-b", *(b"-" + tag.encode() for tag in PREVIEW_TAGS), next(iter(arguments)).encode("utf-8")]
+                stdout, _stderr = self._execute(tool, params)
+        except (_CallFailed, ExiftoolError):
+            return None
+        return _largest_jpeg(stdout)
+
     def close(self) -> None:
         tool, self._tool = self._tool, None
         if tool is not None and _alive(tool):
@@ -503,6 +518,30 @@ def _parse_output(stdout: bytes, stderr: bytes, arguments: dict[str, bytes]) -> 
         if path not in results:
             results[path] = _error_for(argument, errors)
     return results
+
+
+PREVIEW_TAGS = ("JpgFromRaw", "PreviewImage", "OtherImage", "ThumbnailImage")
+
+
+def _largest_jpeg(stdout: bytes) -> Optional[bytes]:
+    """From `exiftool -j -b -<tags>` output (binary values come as "base64:..."), the largest JPEG."""
+    try:
+        objects = json.loads(stdout.decode("utf-8", "replace")) if stdout.strip() else []
+    except ValueError:
+        return None
+    best: Optional[bytes] = None
+    for item in objects if isinstance(objects, list) else []:
+        for tag in PREVIEW_TAGS:
+            value = item.get(tag) if isinstance(item, dict) else None
+            if not (isinstance(value, str) and value.startswith("base64:")):
+                continue
+            try:
+                data = base64.b64decode(value[len("base64:"):], validate=True)
+            except ValueError:
+                continue
+            if data.startswith(b"\xff\xd8") and (best is None or len(data) > len(best)):
+                best = data
+    return best
 
 
 def _error_for(argument: str, stderr_lines: list[str]) -> str:

@@ -12,6 +12,7 @@ could not be listed. Only one thread of one process writes (the library's writer
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import time
@@ -20,10 +21,10 @@ from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
-from ..errors import ModelUnavailable
+from ..errors import ImageError, ModelUnavailable
 from ..records import Facet, FileStat, IndexReport, Root
 from ..store.catalog import Catalog
-from .scan import ScanProblem, ScanRules, hash_file, root_state, stat_photo, walk
+from .scan import ScanProblem, ScanRules, hash_file, is_raw_name, root_state, stat_photo, walk
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,20 @@ Progress = Callable[[str, int, Optional[int]], None]  # (phase, done, total or N
 class Extractor(Protocol):
     def extract(self, paths: Sequence[bytes]) -> dict[bytes, "list[Facet] | str"]: ...
 
+    def preview(self, path: bytes) -> Optional[bytes]: ...
+
 
 class ImageEmbedder(Protocol):
     model_id: str
 
     def embed_images(self, paths: Sequence[bytes]) -> list: ...
+
+    def embed_pil(self, images: Sequence) -> np.ndarray: ...
+
+
+# EXIF orientation -> the transpose that shows the picture upright (as PIL.ImageOps.exif_transpose does)
+_UPRIGHT = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+            7: "TRANSVERSE", 8: "ROTATE_90"}
 
 
 @dataclass
@@ -279,9 +289,38 @@ class Indexer:
             except ModelUnavailable as exc:
                 report.errors.append(str(exc))
                 return
+            results = [self._rescue_raw(content_id, path, result) for (content_id, path), result in zip(batch, results)]
             self._store_embeddings(model, batch, results, report, failed_ids)
             done += len(batch)
             self.progress("embed", done, total)
+
+    def _rescue_raw(self, content_id: int, path: bytes, result):
+        """A camera RAW file Pillow cannot decode is embedded from the JPEG preview it carries."""
+        if not isinstance(result, ImageError) or not is_raw_name(path) or not os.path.exists(path):
+            return result
+        image = self._raw_preview(content_id, path)
+        if image is None:
+            return ImageError(f"{result}; and no usable embedded preview (camera RAW)")
+        return self.embedder.embed_pil([image])[0]
+
+    def _raw_preview(self, content_id: int, path: bytes):
+        from PIL import Image
+
+        data = self.extractor.preview(path)
+        if data is None:
+            return None
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.draft("RGB", (448, 448))  # enough for the model; a full-size preview decodes fast
+            image.load()
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            log.info("unusable preview in %s: %s", os.fsdecode(path), exc)
+            return None
+        row = self.catalog.read().execute(
+            "SELECT num FROM facets WHERE content_id = ? AND key = 'orientation'", (content_id,)
+        ).fetchone()
+        turn = _UPRIGHT.get(int(row[0])) if row and row[0] else None  # previews carry no orientation of their own
+        return image.transpose(getattr(Image.Transpose, turn)) if turn else image
 
     def _store_embeddings(self, model, batch, results, report, failed_ids) -> None:
         """Vectors go to the catalog; the vector index catches up from there (Library.vector_index)."""

@@ -86,6 +86,10 @@ def looks_like_image(path: bytes) -> bool:
     return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
+def is_raw_name(name: bytes) -> bool:
+    return os.path.splitext(name)[1].decode("ascii", "replace").lower() in RAW_EXTENSIONS
+
+
 def is_candidate(abspath: bytes, name: bytes) -> bool:
     if is_photo_name(name):
         return True
