@@ -302,12 +302,14 @@ def doctor(ctx, fetch):
     from .doctor import run_checks
 
     settings = ctx.settings()
-    ok = True
-    for check in run_checks(settings, fetch=fetch):
+    checks = run_checks(settings, fetch=fetch)
+    for check in checks:
         mark = "ok  " if check.ok else "MISSING"
         click.echo(f"{mark:8s}{check.name}: {check.detail}")
-        ok &= check.ok
-    sys.exit(0 if ok else 1)
+    if any(not c.ok and c.name.startswith("model") for c in checks):
+        click.echo("meanwhile searchfs still indexes files and their metadata and serves exif/; "
+                   "text, image and similar search wait for the model")
+    sys.exit(0 if all(c.ok for c in checks) else 1)
 
 
 # -- mount, umount, watch ---------------------------------------------------------------------------------

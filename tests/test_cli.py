@@ -97,6 +97,7 @@ def test_doctor_reports_missing_weights_and_a_fix(home, tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["doctor"])
     assert result.exit_code == 1
     assert "exiftool" in result.output and "absent.pt" in result.output
+    assert "still indexes files and their metadata and serves exif/" in result.output
 
 
 def test_forget_a_root(env_model, tmp_path):
