@@ -242,6 +242,8 @@ def status(ctx, as_json, show_all):
     click.echo(f"library {report.library} ({report.catalog})   all libraries: {', '.join(libraries)}")
     click.echo(f"model   {report.model}")
     click.echo(f"photos  {report.files}: {report.indexed} indexed, {report.pending} pending, {report.quarantined} quarantined")
+    if not report.roots:
+        click.echo("root    none yet: searchfs index ~/Pictures (or searchfs mount ~/Pictures ~/search)")
     for root in report.roots:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(root.last_scan_at)) if root.last_scan_at else "never"
         state = "online" if root.online else "OFFLINE (photos kept)"
