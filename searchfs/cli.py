@@ -348,11 +348,13 @@ def mount(ctx, paths, foreground, allow_other, no_watch, debug):
     roots, mountpoint = _split_roots_and_mountpoint(paths)
     settings = ctx.settings(mount_allow_other=True if allow_other else None)
     with ctx.library() as lib:
-        known = lib.add_roots(roots) if roots else lib.roots()
-        if not known:
+        # Check everything before the library changes: a refused mount must not leave new roots behind.
+        sources = [os.path.realpath(os.path.expanduser(path)) for path in roots] or [r.display for r in lib.roots()]
+        if not sources:
             raise click.UsageError("no photo folders: searchfs mount ~/Pictures ~/search")
         mounting.clear_stale(os.path.abspath(mountpoint))  # left by a killed daemon
-        mounting.check_mountpoint(os.path.abspath(mountpoint), [root.path for root in known])
+        mounting.check_mountpoint(os.path.abspath(mountpoint), sources)
+        lib.add_roots(roots)
     if not foreground:
         command = [sys.executable, "-m", "searchfs"] + _global_args(ctx) + ["mount", "--foreground"]
         command += (["--allow-other"] if settings.mount_allow_other else []) + (["--no-watch"] if no_watch else [])

@@ -145,3 +145,13 @@ def _eventually(check, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.2)
     return check()
+
+
+def test_a_refused_mount_changes_nothing(env, tmp_path):
+    photos = tmp_path / "photos"
+    make_library(photos, 1)
+    inside = photos / "mnt"
+    inside.mkdir()
+    done = searchfs("mount", str(photos), str(inside), env=env, check=False)
+    assert done.returncode == 7 and "inside the source root" in done.stderr
+    assert json.loads(searchfs("status", "--json", env=env).stdout)["roots"] == []
