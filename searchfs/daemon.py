@@ -135,6 +135,10 @@ class SyncDaemon:
         root = self._root(job.root)
         if root is None:
             return
+        if not root.online and job.kind in ("changes", "recheck"):
+            # The watcher said it went away (or stopped answering): touching it could hang this thread.
+            log.debug("skipping %s for offline root %s", job.kind, root.name)
+            return
         report = IndexReport()
         if job.kind == "reconcile":
             log.info("reconciling %s (%s)", root.display, job.reason)
