@@ -206,11 +206,34 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("model.batch_size must be at least 1")
 
 
-def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents under our control) as 0700, and tighten it if it exists."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+def ensure_private_dir(path: os.PathLike) -> Path:
+    """Create `path` and every missing parent as 0700 (mkdir's own mode is cut by the umask, and
+    `parents=True` ignores it for the parents), and tighten `path` itself if it exists. Folders that
+    existed above it are left alone."""
+    path = Path(path)
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(folder, 0o700)
     if path.stat().st_mode & 0o077:
         os.chmod(path, 0o700)
+    return path
+
+
+def ensure_private_file(path: os.PathLike) -> Path:
+    """Create `path` as 0600 if missing (in a private folder), or tighten it: for files that other code
+    (logging, open) then opens with the umask's looser default."""
+    path = Path(path)
+    ensure_private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
     return path
 
 

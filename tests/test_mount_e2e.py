@@ -155,3 +155,22 @@ def test_a_refused_mount_changes_nothing(env, tmp_path):
     done = searchfs("mount", str(photos), str(inside), env=env, check=False)
     assert done.returncode == 7 and "inside the source root" in done.stderr
     assert json.loads(searchfs("status", "--json", env=env).stdout)["roots"] == []
+
+
+def test_everything_searchfs_writes_is_private(mounted):
+    """Index files 0600 in 0700 folders, logs and caches included, after a real index + mount session."""
+    photos, mnt, env = mounted
+    listing(mnt / "query" / "private")  # a search: text cache, vector files
+    searchfs("status", env=env)
+    home = Path(env["SEARCHFS_HOME"])
+    loose = []
+    for folder, dirs, files in os.walk(home):
+        for name in dirs:
+            if os.stat(os.path.join(folder, name)).st_mode & 0o777 != 0o700:
+                loose.append(os.path.join(folder, name))
+        for name in files:
+            if os.stat(os.path.join(folder, name)).st_mode & 0o777 != 0o600:
+                loose.append(os.path.join(folder, name))
+    assert os.stat(home).st_mode & 0o777 == 0o700
+    assert not loose, loose
+    assert (home / "logs" / "mount.log").exists()

@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from ..config import ensure_private_file
 from ..errors import NotFound, SearchfsError
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def _setup_logging(log_file: Optional[os.PathLike], debug: bool) -> Optional[log
     if log_file is None:
         return None
     path = Path(log_file)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_private_file(path)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG if debug else logging.INFO)
@@ -293,7 +294,7 @@ def spawn(
     if path in mounts():
         raise MountError(f"{path} is already a mount point; unmount it first (searchfs umount {path})")
     if log_file is not None:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_file(log_file)
         out = open(log_file, "ab")
     else:
         out = open(os.devnull, "wb")

@@ -41,6 +41,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..config import ensure_private_dir
 from ..errors import ImageError, ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -579,7 +580,7 @@ class TextCache:
         return None
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_dir(self.path.parent)
         # Create the file 0600 ourselves: sqlite3 would create it with the umask.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         # A short busy timeout: a locked cache costs one model call, a long wait costs the user.

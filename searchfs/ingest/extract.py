@@ -79,6 +79,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import exiftool
 
+from searchfs.config import ensure_private_dir
 from searchfs.errors import ExiftoolError
 from searchfs.records import Facet
 
@@ -484,7 +485,7 @@ class ExifExtractor:
     def _links_folder(self) -> str:
         if self._link_dir is None:
             if self._scratch_root is not None:
-                self._scratch_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+                ensure_private_dir(self._scratch_root)
             # A folder of our own inside scratch_dir, so two extractors never share link names.
             root = str(self._scratch_root) if self._scratch_root is not None else None
             self._link_dir = tempfile.mkdtemp(prefix="searchfs-exiftool-", dir=root)

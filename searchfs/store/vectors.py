@@ -50,6 +50,8 @@ from typing import Callable, Iterator, Optional
 import hnswlib
 import numpy as np
 
+from ..config import ensure_private_dir
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -617,8 +619,7 @@ def _mark_deleted(graph: hnswlib.Index, content_id: int) -> None:
 
 def _make_private_folder(folder: Path) -> None:
     if not folder.exists():
-        folder.mkdir(parents=True, mode=0o700)
-        os.chmod(folder, 0o700)  # mkdir's mode is cut by the umask
+        ensure_private_dir(folder)
 
 
 def _remove_temp_files(folder: Path) -> None:
