@@ -12,7 +12,7 @@ import pytest
 
 from searchfs.library import Library
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+CORPUS = (Path(__file__).resolve().parents[2] / "shared" / "corpus").resolve()  # roots are stored resolved
 pytestmark = pytest.mark.skipif(not (CORPUS / "MANIFEST.tsv").is_file(), reason="no ../shared/corpus here")
 
 
