@@ -215,19 +215,27 @@ def test_non_utf8_names_round_trip(lib, tmp_path):
 def test_camera_raw_is_embedded_from_its_preview_upright(lib, tmp_path):
     from PIL import Image
 
-    from photos import jpeg_bytes, make_raw_like
+    from photos import make_raw_like
 
     root = tmp_path / "raw"
-    preview = jpeg_bytes((30, 60, 220), size=(320, 200), seed=11)
+    # a lopsided picture (bright band on one side), so that turning it changes what the model sees
+    picture = Image.new("RGB", (320, 200), (20, 20, 20))
+    picture.paste((250, 250, 250), (0, 0, 90, 200))
+    buffer = __import__("io").BytesIO()
+    picture.save(buffer, "JPEG", quality=95)
+    preview = buffer.getvalue()
     make_raw_like(root / "DSC_0001.NEF", preview, orientation=6)  # the camera was held upright
     (root / "DSC_0002.NEF").write_bytes(b"II*\0" + b"\0" * 64)  # a RAW with nothing usable in it
-    # what the photo looks like: the preview turned as orientation 6 says
-    upright = tmp_path / "upright.png"
+    # what the photo looks like: the preview turned as orientation 6 says; and as stored, unturned
+    upright, stored = tmp_path / "upright.png", tmp_path / "stored.png"
     Image.open(__import__("io").BytesIO(preview)).transpose(Image.Transpose.ROTATE_270).save(upright)
+    Image.open(__import__("io").BytesIO(preview)).save(stored)
     report = lib.index([root])
     assert report.embedded == 1 and report.quarantined == 1, report
-    hit = lib.search(image=upright, limit=1)[0]
-    assert hit.path.endswith("DSC_0001.NEF") and hit.score == pytest.approx(1.0, abs=2e-3)
+    raw = lib.catalog.vector_of(lib.model_id, lib.search(where=["format=nef"])[0].content_id)
+    as_upright, as_stored = (lib.embedder.embed_images([os.fsencode(p)])[0] for p in (upright, stored))
+    assert float(raw @ as_upright) == pytest.approx(1.0, abs=1e-4)
+    assert float(raw @ as_stored) < float(raw @ as_upright) - 1e-4  # the preview was turned, not used as stored
     reasons = {os.path.basename(q["path"]): q["reason"] for q in lib.status().quarantine}
     assert "no usable embedded preview" in reasons["DSC_0002.NEF"]
     assert [os.path.basename(h.path) for h in lib.search(where=["camera=nikon d850"])] == ["DSC_0001.NEF"]

@@ -12,7 +12,6 @@ could not be listed. Only one thread of one process writes (the library's writer
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
@@ -45,12 +44,7 @@ class ImageEmbedder(Protocol):
 
     def embed_images(self, paths: Sequence[bytes]) -> list: ...
 
-    def embed_pil(self, images: Sequence) -> np.ndarray: ...
-
-
-# EXIF orientation -> the transpose that shows the picture upright (as PIL.ImageOps.exif_transpose does)
-_UPRIGHT = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
-            7: "TRANSVERSE", 8: "ROTATE_90"}
+    def embed_bytes(self, data: bytes, orientation: Optional[int] = None): ...
 
 
 @dataclass
@@ -295,32 +289,22 @@ class Indexer:
             self.progress("embed", done, total)
 
     def _rescue_raw(self, content_id: int, path: bytes, result):
-        """A camera RAW file Pillow cannot decode is embedded from the JPEG preview it carries."""
+        """A camera RAW file Pillow cannot decode is embedded from the JPEG preview it carries, turned
+        upright by the RAW's own orientation (the preview carries none)."""
         if not isinstance(result, ImageError) or not is_raw_name(path) or not os.path.exists(path):
             return result
-        image = self._raw_preview(content_id, path)
-        if image is None:
-            return ImageError(f"{result}; and no usable embedded preview (camera RAW)")
-        return self.embedder.embed_pil([image])[0]
-
-    def _raw_preview(self, content_id: int, path: bytes):
-        from PIL import Image
-
         data = self.extractor.preview(path)
-        if data is None:
-            return None
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.draft("RGB", (448, 448))  # enough for the model; a full-size preview decodes fast
-            image.load()
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            log.info("unusable preview in %s: %s", os.fsdecode(path), exc)
-            return None
+        rescued = self.embedder.embed_bytes(data, self._orientation(content_id)) if data else None
+        if isinstance(rescued, np.ndarray):
+            return rescued
+        why = f": {rescued}" if rescued is not None else ""
+        return ImageError(f"{result}; and no usable embedded preview (camera RAW){why}")
+
+    def _orientation(self, content_id: int) -> Optional[int]:
         row = self.catalog.read().execute(
             "SELECT num FROM facets WHERE content_id = ? AND key = 'orientation'", (content_id,)
         ).fetchone()
-        turn = _UPRIGHT.get(int(row[0])) if row and row[0] else None  # previews carry no orientation of their own
-        return image.transpose(getattr(Image.Transpose, turn)) if turn else image
+        return int(row[0]) if row and row[0] else None
 
     def _store_embeddings(self, model, batch, results, report, failed_ids) -> None:
         """Vectors go to the catalog; the vector index catches up from there (Library.vector_index)."""
