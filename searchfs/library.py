@@ -10,7 +10,6 @@ never loads torch at all.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import re
@@ -313,15 +312,15 @@ class Library:
     def vector_health(self, model: str) -> dict:
         """The derived vector files against the catalog, without loading them: 'ok' when their stamp
         matches, else why they will be rebuilt on the next search."""
+        from .store.vectors import VectorIndex
+
         live = self.catalog.live_count(model)
         health = {"dir": str(self.vectors_dir), "live_vectors": live}
         try:
-            stamp = json.loads((self.vectors_dir / "stamp.json").read_text())
+            stamp, stale = VectorIndex.read_stamp(self.vectors_dir, model, self.catalog.vectors_generation(), live)
         except (OSError, ValueError):
             health["state"] = "not built yet" if live else "empty"
             return health
-        expected = {"model_id": model, "count": live, "generation": self.catalog.vectors_generation()}
-        stale = [f"{k} {stamp.get(k)!r} != {v!r}" for k, v in expected.items() if stamp.get(k) != v]
         health.update(kind=stamp.get("kind"), count=stamp.get("count"), generation=stamp.get("generation"))
         health["state"] = "ok" if not stale else "stale, rebuilt on next search: " + "; ".join(stale)
         return health

@@ -195,6 +195,12 @@ def test_derived_vector_files_are_rebuilt_when_damaged(settings, photos):
         library.index([photos])
         expected = [h.path for h in library.search("query", limit=6)]
         folder = library.vectors_dir
+        assert library.status().vectors["state"] == "ok"
+        stamp_file = folder / "stamp.json"
+        good = stamp_file.read_text()
+        stamp_file.write_text(good.replace('"count": 6', '"count": 5'))
+        assert library.status().vectors["state"].startswith("stale") and "count is 5" in library.status().vectors["state"]
+        stamp_file.write_text(good)
     files = [p for p in folder.iterdir() if p.is_file() and p.name != "stamp.json"]
     assert files
     for path in files:

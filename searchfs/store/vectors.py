@@ -528,13 +528,21 @@ class VectorIndex:
             log.info("vector index in %s not usable, will rebuild: %s", folder, exc)
             return None
 
+    @staticmethod
+    def read_stamp(folder: Path, model_id: str, generation: int, count: int) -> tuple[dict, list[str]]:
+        """The saved stamp and how it disagrees with the catalog (empty: it matches). Raises OSError or
+        ValueError when there is no readable stamp. Cheap: the data files are not read."""
+        stamp = json.loads((Path(folder) / STAMP_FILE).read_text())
+        if not isinstance(stamp, dict):
+            raise ValueError("the stamp is not a JSON object")
+        expected = {"format": FORMAT_VERSION, "model_id": model_id, "generation": generation, "count": count}
+        return stamp, [f"stamp {k} is {stamp.get(k)!r}, expected {v!r}" for k, v in expected.items() if stamp.get(k) != v]
+
     @classmethod
     def _load(cls, folder: Path, model_id: str, generation: int, count: int, exact_below: int) -> "VectorIndex":
-        stamp = json.loads((folder / STAMP_FILE).read_text())
-        expected = {"format": FORMAT_VERSION, "model_id": model_id, "generation": generation, "count": count}
-        for key, value in expected.items():
-            if stamp.get(key) != value:
-                raise ValueError(f"stamp {key} is {stamp.get(key)!r}, expected {value!r}")
+        stamp, mismatches = cls.read_stamp(folder, model_id, generation, count)
+        if mismatches:
+            raise ValueError("; ".join(mismatches))
         dim, kind = int(stamp["dim"]), stamp["kind"]
         names = [IDS_FILE, VECTORS_FILE] + ([HNSW_FILE] if kind == "hnsw" else [])
         for name in names:
