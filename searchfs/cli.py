@@ -344,24 +344,26 @@ def mount(ctx, paths, foreground, allow_other, no_watch, debug):
         searchfs umount ~/search
     """
     from .fs import mount as mounting
+    from .library import root_path
 
     roots, mountpoint = _split_roots_and_mountpoint(paths)
+    target = os.path.abspath(mountpoint)
     settings = ctx.settings(mount_allow_other=True if allow_other else None)
     with ctx.library() as lib:
         # Check everything before the library changes: a refused mount must not leave new roots behind.
-        sources = [os.path.realpath(os.path.expanduser(path)) for path in roots] or [r.display for r in lib.roots()]
+        sources = [root_path(path) for path in roots] or [r.path for r in lib.roots()]
         if not sources:
             raise click.UsageError("no photo folders: searchfs mount ~/Pictures ~/search")
-        mounting.clear_stale(os.path.abspath(mountpoint))  # left by a killed daemon
-        mounting.check_mountpoint(os.path.abspath(mountpoint), sources)
+        mounting.clear_stale(target)  # left by a killed daemon
+        mounting.check_mountpoint(target, sources)
         lib.add_roots(roots)
     if not foreground:
         command = [sys.executable, "-m", "searchfs"] + _global_args(ctx) + ["mount", "--foreground"]
         command += (["--allow-other"] if settings.mount_allow_other else []) + (["--no-watch"] if no_watch else [])
         command += ["--debug"] if debug else []
-        pid = mounting.mount(None, mountpoint, foreground=False, command=command + [os.path.abspath(mountpoint)],
+        pid = mounting.mount(None, target, foreground=False, command=command + [target],
                              log_file=mounting.default_log_file(settings))
-        click.echo(f"searchfs mounted at {os.path.abspath(mountpoint)} (daemon pid {pid}); searchfs umount {mountpoint} to stop")
+        click.echo(f"searchfs mounted at {target} (daemon pid {pid}); searchfs umount {mountpoint} to stop")
         return
     mounting.mount(lambda: _daemon_backend(ctx, not no_watch), mountpoint, foreground=True,
                    allow_other=settings.mount_allow_other, debug=debug, log_file=mounting.default_log_file(settings))

@@ -67,6 +67,11 @@ class WriterLock:
         self.release()
 
 
+def root_path(path: os.PathLike | str | bytes) -> bytes:
+    """A folder as the catalog records roots: ~ expanded, absolute, symlinks resolved, bytes."""
+    return os.path.realpath(os.fsencode(os.path.expanduser(os.fsdecode(path))))
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:120]
 
@@ -146,7 +151,7 @@ class Library:
     def add_roots(self, paths: Iterable[os.PathLike | str | bytes]) -> list[Root]:
         roots = []
         for path in paths:
-            absolute = os.path.realpath(os.fsencode(os.path.expanduser(os.fsdecode(path))))
+            absolute = root_path(path)
             if not os.path.isdir(absolute):
                 raise NotFound(f"not a folder: {os.fsdecode(absolute)}")
             roots.append(self.catalog.add_root(absolute))
@@ -160,7 +165,7 @@ class Library:
         grace period, so adding the folder back soon costs no embedding). Nothing on disk is touched."""
         wanted = os.fsencode(name_or_path)
         for root in self.roots():
-            if wanted in (os.fsencode(root.name), root.path, os.path.realpath(os.path.expanduser(wanted))):
+            if wanted in (os.fsencode(root.name), root.path, root_path(wanted)):
                 with self.writer_lock():
                     self.catalog.remove_root(root.name)
                 return root
