@@ -141,8 +141,11 @@ def bare_model(embedder, count: int, rounds: int = 3) -> dict:
         embedder.embed_pil(images)
         rates.append(count / (time.perf_counter() - t))
         cpu.append((time.process_time() - c) / count)
-    return {"images": count, "images_per_s": [round(r, 2) for r in rates],
-            "cpu_ms_per_image": [round(1000 * c, 1) for c in cpu]}
+    return {
+        "images": count,
+        "images_per_s": [round(r, 2) for r in rates],
+        "cpu_ms_per_image": [round(1000 * c, 1) for c in cpu],
+    }
 
 
 def bare_decode(embedder, paths: list[Path], sample: int) -> dict:
@@ -193,8 +196,14 @@ def run(args) -> dict:
         total_bytes = sum(p.stat().st_size for p in paths)
         say(f"{len(paths)} photos ({total_bytes / len(paths) / 1024:.0f} KiB each) in {time.perf_counter() - t:.1f}s")
 
-        settings = Settings(home=tmp / "home", model_name=args.model, model_pretrained="", model_device="cpu",
-                            model_batch_size=args.batch, model_threads=args.threads)
+        settings = Settings(
+            home=tmp / "home",
+            model_name=args.model,
+            model_pretrained="",
+            model_device="cpu",
+            model_batch_size=args.batch,
+            model_threads=args.threads,
+        )
         lib = Library(settings)
         try:
             t = time.perf_counter()
@@ -269,14 +278,32 @@ def run(args) -> dict:
                 "phases_s": phases,
                 "bare_per_file": decode,
                 "serial_estimate_s": round(
-                    len(paths) * (decode["decode_transform_ms_per_file"] + decode["hash_ms_per_file"]
-                                  + decode["exiftool_ms_per_file"]) / 1000 + model_only_s, 2),
-                "reindex": {"seconds": round(reindex_s, 3), "files_per_s": round(len(paths) / reindex_s, 1),
-                            "embedded": again.embedded, "ok": again.embedded == 0},
-                "rename": {"seconds": round(rename_s, 3), "files_per_s": round(len(paths) / rename_s, 1),
-                           "embedded": moved.embedded, "model_calls": lib.embedder.model_calls - calls,
-                           "new": moved.new, "removed": moved.removed, "reused": moved.reused,
-                           "ok": moved.embedded == 0 and lib.embedder.model_calls == calls},
+                    len(paths)
+                    * (
+                        decode["decode_transform_ms_per_file"]
+                        + decode["hash_ms_per_file"]
+                        + decode["exiftool_ms_per_file"]
+                    )
+                    / 1000
+                    + model_only_s,
+                    2,
+                ),
+                "reindex": {
+                    "seconds": round(reindex_s, 3),
+                    "files_per_s": round(len(paths) / reindex_s, 1),
+                    "embedded": again.embedded,
+                    "ok": again.embedded == 0,
+                },
+                "rename": {
+                    "seconds": round(rename_s, 3),
+                    "files_per_s": round(len(paths) / rename_s, 1),
+                    "embedded": moved.embedded,
+                    "model_calls": lib.embedder.model_calls - calls,
+                    "new": moved.new,
+                    "removed": moved.removed,
+                    "reused": moved.reused,
+                    "ok": moved.embedded == 0 and lib.embedder.model_calls == calls,
+                },
                 "peak_rss_mib": peak_rss_mib(),
             }
         finally:

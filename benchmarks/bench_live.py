@@ -58,7 +58,6 @@ TINY_MODEL = {  # the same tiny CLIP as tests/conftest.py
 }
 
 
-
 def model_config(folder: Path, model: str) -> str:
     """The [model] table: a tiny architecture + random checkpoint built here, or `model` with random weights."""
     if model != "tiny":
@@ -78,15 +77,14 @@ def model_config(folder: Path, model: str) -> str:
 def jpeg_bytes(count: int) -> list[bytes]:
     """Distinct 320x240 JPEGs with EXIF make BenchCam, encoded up front so that writing them is quick."""
     import numpy as np
-    from PIL import Image
-
     from photos import DATETIME_ORIGINAL, EXIF_IFD
+    from PIL import Image
 
     rng = np.random.default_rng(0)
     out = []
     for i in range(count):
         pixels = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
-        pixels[: 120] = (i * 37 % 256, i * 91 % 256, i * 53 % 256)
+        pixels[:120] = (i * 37 % 256, i * 91 % 256, i * 53 % 256)
         exif = Image.Exif()
         exif[0x010F], exif[0x0110] = MAKE, "Live 1"
         exif.get_ifd(EXIF_IFD)[DATETIME_ORIGINAL] = f"2020:01:01 {i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}"
@@ -102,7 +100,12 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict:
-    return {"n": len(values), "p50": pct(values, 0.5), "p95": pct(values, 0.95), "max": round(max(values), 3) if values else None}
+    return {
+        "n": len(values),
+        "p50": pct(values, 0.5),
+        "p95": pct(values, 0.95),
+        "max": round(max(values), 3) if values else None,
+    }
 
 
 class Poller(threading.Thread):
@@ -135,10 +138,9 @@ class Poller(threading.Thread):
             self.stop.wait(max(0.0, self.period - (time.monotonic() - started)))
 
 
-
-
 def run(args) -> dict:
     from photos import make_photo
+
     from searchfs.config import load_settings
 
     tmp = Path(tempfile.mkdtemp(prefix="searchfs-bench-live-"))
@@ -149,15 +151,25 @@ def run(args) -> dict:
             folder.mkdir()
         config.write_text(model_config(tmp / "model", args.model))
         make_photo(root / "seed.jpg", size=(64, 48), make="SeedCam")  # the root is not empty at start
-        env = dict(os.environ, SEARCHFS_HOME=str(tmp / "home"), SEARCHFS_CONFIG=str(config),
-                   XDG_CONFIG_HOME=str(tmp / "xdg"), PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(
+            os.environ,
+            SEARCHFS_HOME=str(tmp / "home"),
+            SEARCHFS_CONFIG=str(config),
+            XDG_CONFIG_HOME=str(tmp / "xdg"),
+            PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        )
         env.pop("SEARCHFS_LIBRARY", None)
         if args.settle is not None:
             env["SEARCHFS_WATCH_SETTLE_SECONDS"] = str(args.settle)
         settings = load_settings(config, env=env)
 
-        out = subprocess.run([sys.executable, "-m", "searchfs", "mount", str(root), str(mnt)], env=env,
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-m", "searchfs", "mount", str(root), str(mnt)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if out.returncode:
             raise RuntimeError(f"searchfs mount failed: {out.stderr.strip()}")
         pid = int(out.stdout.split("daemon pid ")[1].split(")")[0])
@@ -212,11 +224,17 @@ def run(args) -> dict:
         result = {
             "benchmark": "bench_live",
             "model": settings.model_name + ("/tiny random checkpoint" if args.model == "tiny" else "/random"),
-            "photos": args.photos, "bursts": args.bursts, "burst_gap_s": args.burst_gap,
-            "poll_s": args.poll, "settle_s": settings.watch_settle_seconds, "batch_size": settings.model_batch_size,
+            "photos": args.photos,
+            "bursts": args.bursts,
+            "burst_gap_s": args.burst_gap,
+            "poll_s": args.poll,
+            "settle_s": settings.watch_settle_seconds,
+            "batch_size": settings.model_batch_size,
             "cpu_count": os.cpu_count(),
-            "write_s": round(max(closed.values()) - t0, 3), "all_seen_s": round(done_s, 2),
-            "listings": poller.listings, "poll_errors": poller.errors[:5],
+            "write_s": round(max(closed.values()) - t0, 3),
+            "all_seen_s": round(done_s, 2),
+            "listings": poller.listings,
+            "poll_errors": poller.errors[:5],
             "daemon_since_start": daemon.get("since_start"),
             "bare_embedding": bare,
         }
@@ -230,8 +248,11 @@ def run(args) -> dict:
                     k = _count_between(ranked_seen, closed[name], seen[name])
                     lat.append(latency)
                     beyond.append(latency - per_file * k)
-            result[key] = {"missing": args.photos - len(lat), "latency_s": summary(lat),
-                           "beyond_embed_s": summary(beyond)}
+            result[key] = {
+                "missing": args.photos - len(lat),
+                "latency_s": summary(lat),
+                "beyond_embed_s": summary(beyond),
+            }
         p95 = result["exif"]["beyond_embed_s"]["p95"]
         result["target"] = "exif p95 beyond_embed_s <= 2.0"
         result["meets_target"] = p95 is not None and p95 <= 2.0 and result["exif"]["missing"] == 0
@@ -248,8 +269,6 @@ def _count_between(ordered: list[float], lo: float, hi: float) -> int:
     return bisect.bisect_right(ordered, hi) - bisect.bisect_left(ordered, lo)
 
 
-
-
 def bare_embedding(settings, paths: list[bytes]) -> dict:
     """`Embedder.embed_images` on the same files with the same model and batch size (model preloaded)."""
     from searchfs.ingest.embed import Embedder
@@ -264,7 +283,12 @@ def bare_embedding(settings, paths: list[bytes]) -> dict:
     finally:
         embedder.close()
     failed = sum(1 for r in results if not hasattr(r, "shape"))
-    return {"files": len(paths), "failed": failed, "total_s": round(total, 3), "per_file_s": round(total / len(paths), 5)}
+    return {
+        "files": len(paths),
+        "failed": failed,
+        "total_s": round(total, 3),
+        "per_file_s": round(total / len(paths), 5),
+    }
 
 
 def main() -> None:

@@ -37,8 +37,13 @@ def bench_one(name: str, batches: int, queries: int, threads: int) -> dict:
     from searchfs.config import Settings
     from searchfs.ingest.embed import Embedder
 
-    settings = Settings(home=Path(tempfile.mkdtemp()), model_name=name, model_pretrained="", model_batch_size=BATCH,
-                        model_threads=threads)
+    settings = Settings(
+        home=Path(tempfile.mkdtemp()),
+        model_name=name,
+        model_pretrained="",
+        model_batch_size=BATCH,
+        model_threads=threads,
+    )
     embedder = Embedder(settings)
     started = time.perf_counter()
     embedder.load()
@@ -82,8 +87,8 @@ def timings(run, repeats: int) -> dict:
 
 def reparam_check(name: str) -> dict:
     """Does reparameterizing change anything, and does it pay? (Only MobileOne/FastViT models have branches.)"""
-    import torch
     import open_clip
+    import torch
 
     from searchfs.ingest.embed import reparameterize
 
@@ -152,12 +157,24 @@ def list_tags(names: list[str]) -> dict:
     import open_clip
 
     available = set(open_clip.list_models())
-    return {name: " ".join(open_clip.list_pretrained_tags_by_model(name)) if name in available else None for name in names}
+    return {
+        name: " ".join(open_clip.list_pretrained_tags_by_model(name)) if name in available else None for name in names
+    }
 
 
 def run_child(name: str, threads: int, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--one", name, "--batches", str(args.batches),
-               "--queries", str(args.queries), "--threads", str(threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        name,
+        "--batches",
+        str(args.batches),
+        "--queries",
+        str(args.queries),
+        "--threads",
+        str(threads),
+    ]
     child = subprocess.run(command, capture_output=True, text=True)
     if child.returncode:
         return {"model": name, "threads": threads, "error": child.stderr.strip().splitlines()[-1:]}
@@ -169,8 +186,13 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=CANDIDATES)
     parser.add_argument("--batches", type=int, default=6, help="timed batches of 16 images per model")
     parser.add_argument("--queries", type=int, default=30, help="timed single-text queries per model")
-    parser.add_argument("--threads", type=int, nargs="*", default=sorted({1, os.cpu_count() or 1}),
-                        help="torch thread counts to measure (1 thread is the least disturbed by other jobs)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="*",
+        default=sorted({1, os.cpu_count() or 1}),
+        help="torch thread counts to measure (1 thread is the least disturbed by other jobs)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: bench one model, print its JSON
     args = parser.parse_args()
     if args.one:

@@ -58,7 +58,6 @@ from _mounting import say, stop_mount, wait_reconciled  # noqa: E402
 FOLDER_SIZE = 1000  # photos per source folder
 
 
-
 def ms(seconds: float) -> float:
     return round(1000 * seconds, 3)
 
@@ -87,8 +86,8 @@ def write_config(path: Path) -> None:
 def build_library(settings, photos: Path, n: int, cameras: int, dim: int, seed: int = 0) -> dict:
     """Fill the catalog with n photos (hard links to one JPEG), facets and random unit vectors."""
     import numpy as np
-
     from photos import make_photo
+
     from searchfs.library import Library
     from searchfs.store.catalog import Catalog
 
@@ -117,28 +116,54 @@ def build_library(settings, photos: Path, n: int, cameras: int, dim: int, seed: 
         model = lib.model_id
         root = lib.catalog.add_root(os.fsencode(os.path.realpath(photos)))
         with lib.catalog.write() as conn:
-            conn.executemany("INSERT INTO contents(id, hash, size, meta_state) VALUES (?, ?, ?, 'done')",
-                             ((i + 1, f"{i:040x}", stats[0].st_size) for i in range(n)))
             conn.executemany(
-                "INSERT INTO files(root_id, relpath, dir, size, mtime_ns, inode, content_id, seen) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-                ((root.id, rel, os.path.dirname(rel), stats[i // FOLDER_SIZE].st_size,
-                  stats[i // FOLDER_SIZE].st_mtime_ns, stats[i // FOLDER_SIZE].st_ino, i + 1)
-                 for i, rel in enumerate(relpaths)))
+                "INSERT INTO contents(id, hash, size, meta_state) VALUES (?, ?, ?, 'done')",
+                ((i + 1, f"{i:040x}", stats[0].st_size) for i in range(n)),
+            )
+            conn.executemany(
+                "INSERT INTO files(root_id, relpath, dir, size, mtime_ns, inode, content_id, seen)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+                (
+                    (
+                        root.id,
+                        rel,
+                        os.path.dirname(rel),
+                        stats[i // FOLDER_SIZE].st_size,
+                        stats[i // FOLDER_SIZE].st_mtime_ns,
+                        stats[i // FOLDER_SIZE].st_ino,
+                        i + 1,
+                    )
+                    for i, rel in enumerate(relpaths)
+                ),
+            )
             conn.executemany(
                 "INSERT INTO facets(content_id, key, text, fold, num) VALUES (?, ?, ?, ?, ?)",
-                (row for i in range(n) for row in (
-                    (i + 1, "camera", f"BenchCam {i % cameras}", f"benchcam {i % cameras}", None),
-                    (i + 1, "year", str(2010 + i % 10), str(2010 + i % 10), float(2010 + i % 10)))))
-            conn.executemany("INSERT INTO embeddings(model, content_id, vector) VALUES (?, ?, ?)",
-                             ((model, i + 1, vectors[i].tobytes()) for i in range(n)))
+                (
+                    row
+                    for i in range(n)
+                    for row in (
+                        (i + 1, "camera", f"BenchCam {i % cameras}", f"benchcam {i % cameras}", None),
+                        (i + 1, "year", str(2010 + i % 10), str(2010 + i % 10), float(2010 + i % 10)),
+                    )
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO embeddings(model, content_id, vector) VALUES (?, ?, ?)",
+                ((model, i + 1, vectors[i].tobytes()) for i in range(n)),
+            )
             Catalog.bump(conn, vectors=True)
         rows_s = time.perf_counter() - t1
         t2 = time.perf_counter()
         lib.save_vectors()  # builds the index (HNSW at >= search.exact_below) and saves it, as `index` does
         vectors_s = time.perf_counter() - t2
         kind = lib.vector_index().stats.get("kind")
-    return {"links_s": round(links_s, 2), "catalog_rows_s": round(rows_s, 2), "vector_index_s": round(vectors_s, 2),
-            "vector_index_kind": kind, "model_id": model}
+    return {
+        "links_s": round(links_s, 2),
+        "catalog_rows_s": round(rows_s, 2),
+        "vector_index_s": round(vectors_s, 2),
+        "vector_index_kind": kind,
+        "model_id": model,
+    }
 
 
 class BareText:
@@ -147,8 +172,13 @@ class BareText:
     that the API searches leave spinning, and measure slower than the mount's own encoder."""
 
     def __init__(self, config: Path, env: dict):
-        self.proc = subprocess.Popen([sys.executable, __file__, "bare-text", str(config)], env=env, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "bare-text", str(config)],
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
 
     def embed(self, text: str) -> float:
         time.sleep(SETTLE_S)
@@ -176,8 +206,6 @@ def bare_text_child(config: str) -> None:
         print(time.perf_counter() - t, flush=True)
 
 
-
-
 def bench_size(n: int, args) -> dict:
     from searchfs.config import load_settings
     from searchfs.library import Library
@@ -188,8 +216,13 @@ def bench_size(n: int, args) -> dict:
         home, photos, config = tmp / "home", tmp / "photos", tmp / "config.toml"
         mnt.mkdir()
         write_config(config)
-        env = dict(os.environ, SEARCHFS_HOME=str(home), SEARCHFS_CONFIG=str(config),
-                   XDG_CONFIG_HOME=str(tmp / "xdg"), PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(
+            os.environ,
+            SEARCHFS_HOME=str(home),
+            SEARCHFS_CONFIG=str(config),
+            XDG_CONFIG_HOME=str(tmp / "xdg"),
+            PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        )
         env.pop("SEARCHFS_LIBRARY", None)
         settings = load_settings(config, env=env)
         say(f"[{n}] building the library ...")
@@ -197,8 +230,13 @@ def bench_size(n: int, args) -> dict:
         say(f"[{n}] built: {setup}")
 
         t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "searchfs", "mount", "--no-watch", str(mnt)], env=env,
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-m", "searchfs", "mount", "--no-watch", str(mnt)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if out.returncode:
             raise RuntimeError(f"searchfs mount failed: {out.stderr.strip()}")
         pid = int(out.stdout.split("daemon pid ")[1].split(")")[0])
@@ -219,9 +257,23 @@ def bench_size(n: int, args) -> dict:
                 bare.embed(f"warm up {w}")
                 os.listdir(mnt / "query" / f"warm up the mount {w}")
             run_tag = f"{os.getpid()}-{time.time_ns()}"  # texts never seen before, even across runs
-            r: dict[str, list] = {k: [] for k in (
-                "ls_new", "ls_repeat", "ls_cmd_new", "ls_cmd_repeat", "exif_new", "exif_repeat", "exif_all_new",
-                "api_new", "api_search", "api_exif", "api_exif_all", "bare_text_embed")}
+            r: dict[str, list] = {
+                k: []
+                for k in (
+                    "ls_new",
+                    "ls_repeat",
+                    "ls_cmd_new",
+                    "ls_cmd_repeat",
+                    "exif_new",
+                    "exif_repeat",
+                    "exif_all_new",
+                    "api_new",
+                    "api_search",
+                    "api_exif",
+                    "api_exif_all",
+                    "bare_text_embed",
+                )
+            }
             entries = {}
             for i in range(args.repeats):
                 q = mnt / "query" / f"mount new {run_tag} {i}"
@@ -251,15 +303,24 @@ def bench_size(n: int, args) -> dict:
                 r["api_exif"].append(timed(lib.search, where=where, limit=args.limit)[0])
                 r["api_exif_all"].append(timed(lib.search, where=where)[0])
                 r["bare_text_embed"].append(bare.embed(f"bare {run_tag} {i}"))
-                say(f"[{n}] trial {i}: ls new {ms(r['ls_new'][-1]):.1f} ms, repeat {ms(r['ls_repeat'][-1]):.2f} ms, "
+                say(
+                    f"[{n}] trial {i}: ls new {ms(r['ls_new'][-1]):.1f} ms, repeat {ms(r['ls_repeat'][-1]):.2f} ms, "
                     f"api new {ms(r['api_new'][-1]):.1f} ms, search {ms(r['api_search'][-1]):.1f} ms, "
-                    f"bare text {ms(r['bare_text_embed'][-1]):.1f} ms")
+                    f"bare text {ms(r['bare_text_embed'][-1]):.1f} ms"
+                )
         finally:
             bare.close()
             lib.close()
-        result = {"photos": n, "setup": setup, "entries": entries, **{f"{k}_ms": med(v) for k, v in r.items()},
-                  "all_ms": {k: [ms(x) for x in v] for k, v in r.items()}}
-        result["new_overhead_ms"] = round(result["ls_new_ms"] - result["bare_text_embed_ms"] - result["api_search_ms"], 3)
+        result = {
+            "photos": n,
+            "setup": setup,
+            "entries": entries,
+            **{f"{k}_ms": med(v) for k, v in r.items()},
+            "all_ms": {k: [ms(x) for x in v] for k, v in r.items()},
+        }
+        result["new_overhead_ms"] = round(
+            result["ls_new_ms"] - result["bare_text_embed_ms"] - result["api_search_ms"], 3
+        )
         result["ls_new_over_bare_text_ms"] = round(result["ls_new_ms"] - result["bare_text_embed_ms"], 3)
         result["ls_new_minus_api_new_ms"] = round(result["ls_new_ms"] - result["api_new_ms"], 3)
         result["exif_new_minus_api_ms"] = round(result["exif_new_ms"] - result["api_exif_ms"], 3)
@@ -288,10 +349,21 @@ def main() -> None:
     if args.quick:
         args.sizes, args.repeats = "10000", 3
     results = [bench_size(int(s), args) for s in args.sizes.split(",")]
-    print(json.dumps({"benchmark": "bench_mount", "model": "ViT-B-32/random (real text encoder)", "dim": args.dim,
-                      "limit": args.limit, "repeats": args.repeats, "cpu_count": os.cpu_count(),
-                      "targets": {"ls_new_over_bare_text_ms": "<= 80", "ls_repeat_ms": "<= 5"},
-                      "results": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "bench_mount",
+                "model": "ViT-B-32/random (real text encoder)",
+                "dim": args.dim,
+                "limit": args.limit,
+                "repeats": args.repeats,
+                "cpu_count": os.cpu_count(),
+                "targets": {"ls_new_over_bare_text_ms": "<= 80", "ls_repeat_ms": "<= 5"},
+                "results": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

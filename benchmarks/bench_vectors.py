@@ -86,7 +86,7 @@ def exact_ms(x: np.ndarray, ids: np.ndarray, q: np.ndarray) -> dict:
     index.search(q[0], 10)  # warm up BLAS threads
     out = {}
     for k in KS:  # best of 3 rounds: other jobs on a shared machine only ever add time
-        rounds = [timed(lambda: [index.search(v, k) for v in q[:30]])[0] for _ in range(3)]
+        rounds = [timed(lambda k=k: [index.search(v, k) for v in q[:30]])[0] for _ in range(3)]
         out[f"k{k}"] = round(min(rounds) / len(q[:30]) * 1e3, 3)
     return out
 
@@ -97,7 +97,15 @@ def ef_sweep(index: VectorIndex, qs: dict, truths: dict) -> list[dict]:
         vm.EF_FACTOR, vm.EF_FLOOR = factor, floor
         for kind, q in qs.items():
             for k in KS:
-                rows.append({"factor": factor, "floor": floor, "queries": kind, "k": k, **recall_and_ms(index, q, truths[kind][k], k)})
+                rows.append(
+                    {
+                        "factor": factor,
+                        "floor": floor,
+                        "queries": kind,
+                        "k": k,
+                        **recall_and_ms(index, q, truths[kind][k], k),
+                    }
+                )
     return rows
 
 
@@ -133,7 +141,9 @@ def run(n: int, count: int, sweep: bool, rng: np.random.Generator) -> dict:
         "graph": round(stats["graph_bytes"] / 2**20, 1),
         "rss_growth_during_build": round(rss_mb() - before, 1),
     }
-    result["hnsw"] = {kind: {f"k{k}": recall_and_ms(index, q, truths[kind][k], k) for k in KS} for kind, q in qs.items()}
+    result["hnsw"] = {
+        kind: {f"k{k}": recall_and_ms(index, q, truths[kind][k], k) for k in KS} for kind, q in qs.items()
+    }
     if sweep:
         result["ef_sweep"] = ef_sweep(index, qs, truths)
         vm.EF_FACTOR, vm.EF_FLOOR = DEFAULTS
@@ -151,7 +161,12 @@ def main() -> None:
     started = time.perf_counter()
     report = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__},
-        "settings": {"M": vm.HNSW_M, "ef_construction": vm.HNSW_EF_CONSTRUCTION, "ef": f"max({vm.EF_FACTOR}*k, {vm.EF_FLOOR})", "dim": DIM},
+        "settings": {
+            "M": vm.HNSW_M,
+            "ef_construction": vm.HNSW_EF_CONSTRUCTION,
+            "ef": f"max({vm.EF_FACTOR}*k, {vm.EF_FLOOR})",
+            "dim": DIM,
+        },
         "results": [run(n, args.queries, n in args.sweep_at, rng) for n in args.sizes],
     }
     report["total_s"] = round(time.perf_counter() - started, 1)

@@ -1,6 +1,6 @@
 """Draw the bundled example library: simple scenes with real EXIF, so nothing third-party is shipped.
 
-    python3 examples/make_photos.py examples/photos
+python3 examples/make_photos.py examples/photos
 """
 
 from __future__ import annotations
@@ -65,7 +65,14 @@ def night_city(img, draw):
 SCENES = [
     ("garden/red_flower.jpg", red_flower, "Canon", "Canon EOS 40D", "2019:05:04 10:12:00", (48.8566, 2.3522)),
     ("garden/red_flower_2.jpg", red_flower, "Apple", "iPhone 12", "2021:06:11 16:40:00", None),
-    ("holidays/sunset_beach.jpg", sunset_beach, "NIKON CORPORATION", "NIKON D70", "2020:08:15 20:31:00", (43.2965, 5.3698)),
+    (
+        "holidays/sunset_beach.jpg",
+        sunset_beach,
+        "NIKON CORPORATION",
+        "NIKON D70",
+        "2020:08:15 20:31:00",
+        (43.2965, 5.3698),
+    ),
     ("holidays/snowy_mountain.jpg", snowy_mountain, "Canon", "Canon EOS 40D", "2020:02:02 11:05:00", (45.8326, 6.8652)),
     ("holidays/green_forest.jpg", green_forest, "Apple", "iPhone 12", "2021:09:30 09:15:00", None),
     ("city/night_city.jpg", night_city, "NIKON CORPORATION", "NIKON D70", "2018:12:24 23:02:00", (51.5072, -0.1276)),

@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 import time
-from typing import Optional
 
 import click
 
@@ -44,7 +43,7 @@ def handle_errors(func):
 
 
 class Context:
-    def __init__(self, config: Optional[str], library: Optional[str], verbose: int):
+    def __init__(self, config: str | None, library: str | None, verbose: int):
         self.config = config
         self.library_name = library
         self.verbose = verbose
@@ -63,8 +62,14 @@ pass_context = click.make_pass_decorator(Context)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--config", type=click.Path(dir_okay=False), help="TOML settings file (default: $SEARCHFS_CONFIG, else ~/.config/searchfs/config.toml).")
-@click.option("--library", "-L", help="Named library with its own catalog (default: $SEARCHFS_LIBRARY, else 'default').")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    help="TOML settings file (default: $SEARCHFS_CONFIG, else ~/.config/searchfs/config.toml).",
+)
+@click.option(
+    "--library", "-L", help="Named library with its own catalog (default: $SEARCHFS_LIBRARY, else 'default')."
+)
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 @click.version_option(package_name="searchfs")
 @click.pass_context
@@ -118,7 +123,8 @@ def index(ctx, folders, retry_quarantined, as_json, no_progress):
     click.echo(
         f"{report.scanned} photos scanned in {report.seconds:.1f}s: {report.new} new, {report.changed} changed, "
         f"{report.removed} removed, {report.unchanged} unchanged; {report.embedded} embedded, "
-        f"{report.reused} reused known content, {report.quarantined} quarantined, {report.pending} waiting for the model"
+        f"{report.reused} reused known content, {report.quarantined} quarantined, "
+        f"{report.pending} waiting for the model"
     )
     for line in report.errors[:20]:
         click.echo(f"  ! {line}", err=True)
@@ -152,9 +158,22 @@ def forget(ctx, root):
 @cli.command()
 @click.argument("query", required=False)
 @click.option("-n", "--limit", type=int, help="At most this many results (default: search.limit, 50).")
-@click.option("--min", "min_score", type=float, help="Only results with at least this similarity (-1..1; CLIP matches are often 0.2-0.35).")
-@click.option("-w", "--where", multiple=True, metavar="KEY=VALUE", help="Metadata filter, repeatable (AND): camera=Canon, year=2019..2021, lens=f/2.8, has_gps=yes.")
-@click.option("--image", "force_image", is_flag=True, help="QUERY is an image file (the default when it names an existing file).")
+@click.option(
+    "--min",
+    "min_score",
+    type=float,
+    help="Only results with at least this similarity (-1..1; CLIP matches are often 0.2-0.35).",
+)
+@click.option(
+    "-w",
+    "--where",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Metadata filter, repeatable (AND): camera=Canon, year=2019..2021, lens=f/2.8, has_gps=yes.",
+)
+@click.option(
+    "--image", "force_image", is_flag=True, help="QUERY is an image file (the default when it names an existing file)."
+)
 @click.option("--text", "force_text", is_flag=True, help="QUERY is text even if a file of that name exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {rank, score, path, root}.")
 @click.option("-0", "--null", "null", is_flag=True, help="Print paths only, separated by NUL (for xargs -0).")
@@ -241,7 +260,9 @@ def status(ctx, as_json, show_all):
         return
     click.echo(f"library {report.library} ({report.catalog})   all libraries: {', '.join(libraries)}")
     click.echo(f"model   {report.model}")
-    click.echo(f"photos  {report.files}: {report.indexed} indexed, {report.pending} pending, {report.quarantined} quarantined")
+    click.echo(
+        f"photos  {report.files}: {report.indexed} indexed, {report.pending} pending, {report.quarantined} quarantined"
+    )
     if not report.roots:
         click.echo("root    none yet: searchfs index ~/Pictures (or searchfs mount ~/Pictures ~/search)")
     for root in report.roots:
@@ -249,7 +270,9 @@ def status(ctx, as_json, show_all):
         state = "online" if root.online else "OFFLINE (photos kept)"
         click.echo(f"root    {root.name}: {root.path}  {root.files} photos, {state}, last scan {when}")
     vectors = report.vectors
-    click.echo(f"vectors {vectors.get('state')}: {vectors.get('live_vectors')} searchable, {vectors.get('kind') or '-'} index")
+    click.echo(
+        f"vectors {vectors.get('state')}: {vectors.get('live_vectors')} searchable, {vectors.get('kind') or '-'} index"
+    )
     for line in _watcher_lines(watcher):
         click.echo(line)
     for item in report.quarantine:
@@ -258,12 +281,14 @@ def status(ctx, as_json, show_all):
         click.echo(f"  ... {report.quarantined - len(report.quarantine)} more: searchfs status --quarantine")
 
 
-def _watcher_lines(watcher: Optional[dict]) -> list[str]:
+def _watcher_lines(watcher: dict | None) -> list[str]:
     if not watcher:
         return ["watcher none running (searchfs mount or searchfs watch keep the index in step)"]
     lines = [f"watcher pid {watcher['pid']}: {watcher.get('pending_jobs', 0)} jobs queued"]
     for name, root in (watcher.get("watch") or {}).items():
-        when = time.strftime("%H:%M:%S", time.localtime(root["last_reconcile"])) if root.get("last_reconcile") else "never"
+        when = (
+            time.strftime("%H:%M:%S", time.localtime(root["last_reconcile"])) if root.get("last_reconcile") else "never"
+        )
         why = f" ({root['polling_reason']})" if root.get("polling_reason") else ""
         error = f", last error: {root['last_error']}" if root.get("last_error") else ""
         lines.append(
@@ -271,11 +296,14 @@ def _watcher_lines(watcher: Optional[dict]) -> list[str]:
             f"last reconcile {when} ({root.get('last_reconcile_reason')}){error}"
         )
     done = watcher.get("since_start", {})
-    lines.append(f"        since start: {done.get('new', 0)} new, {done.get('removed', 0)} removed, {done.get('embedded', 0)} embedded")
+    lines.append(
+        f"        since start: {done.get('new', 0)} new, {done.get('removed', 0)} removed, "
+        f"{done.get('embedded', 0)} embedded"
+    )
     return lines
 
 
-def _watcher_state(settings) -> Optional[dict]:
+def _watcher_state(settings) -> dict | None:
     """What a running daemon last wrote about its watcher (None when no daemon runs)."""
     path = settings.library_dir / "daemon.json"
     try:
@@ -309,8 +337,10 @@ def doctor(ctx, fetch):
         mark = "ok  " if check.ok else "MISSING"
         click.echo(f"{mark:8s}{check.name}: {check.detail}")
     if any(not c.ok and c.name.startswith("model") for c in checks):
-        click.echo("meanwhile searchfs still indexes files and their metadata and serves exif/; "
-                   "text, image and similar search wait for the model")
+        click.echo(
+            "meanwhile searchfs still indexes files and their metadata and serves exif/; "
+            "text, image and similar search wait for the model"
+        )
     sys.exit(0 if all(c.ok for c in checks) else 1)
 
 
@@ -326,7 +356,11 @@ def _split_roots_and_mountpoint(paths):
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (for systemd and debugging).")
-@click.option("--allow-other", is_flag=True, help="Let other users see the mount (off by default; needs user_allow_other in /etc/fuse.conf).")
+@click.option(
+    "--allow-other",
+    is_flag=True,
+    help="Let other users see the mount (off by default; needs user_allow_other in /etc/fuse.conf).",
+)
 @click.option("--no-watch", is_flag=True, help="Do not watch the folders for changes (reconcile once at start).")
 @click.option("--debug", is_flag=True, help="Log every FUSE call.")
 @pass_context
@@ -361,12 +395,19 @@ def mount(ctx, paths, foreground, allow_other, no_watch, debug):
         command = [sys.executable, "-m", "searchfs"] + _global_args(ctx) + ["mount", "--foreground"]
         command += (["--allow-other"] if settings.mount_allow_other else []) + (["--no-watch"] if no_watch else [])
         command += ["--debug"] if debug else []
-        pid = mounting.mount(None, target, foreground=False, command=command + [target],
-                             log_file=mounting.default_log_file(settings))
+        pid = mounting.mount(
+            None, target, foreground=False, command=command + [target], log_file=mounting.default_log_file(settings)
+        )
         click.echo(f"searchfs mounted at {target} (daemon pid {pid}); searchfs umount {mountpoint} to stop")
         return
-    mounting.mount(lambda: _daemon_backend(ctx, not no_watch), mountpoint, foreground=True,
-                   allow_other=settings.mount_allow_other, debug=debug, log_file=mounting.default_log_file(settings))
+    mounting.mount(
+        lambda: _daemon_backend(ctx, not no_watch),
+        mountpoint,
+        foreground=True,
+        allow_other=settings.mount_allow_other,
+        debug=debug,
+        log_file=mounting.default_log_file(settings),
+    )
 
 
 def _global_args(ctx) -> list[str]:
@@ -389,7 +430,12 @@ def _daemon_backend(ctx, watch: bool):
 
 @cli.command()
 @click.argument("mountpoint", type=click.Path())
-@click.option("-l", "--lazy", is_flag=True, help="Detach now even if a shell or program is inside; the daemon exits when it leaves.")
+@click.option(
+    "-l",
+    "--lazy",
+    is_flag=True,
+    help="Detach now even if a shell or program is inside; the daemon exits when it leaves.",
+)
 @handle_errors
 def umount(mountpoint, lazy):
     """Unmount a searchfs mount and stop its daemon.

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from .errors import ConfigError
 
@@ -40,7 +41,7 @@ DEFAULT_EXCLUDE = (
 class Settings:
     home: Path
     library: str = "default"
-    config_file: Optional[Path] = None
+    config_file: Path | None = None
 
     # [model]
     model_name: str = "ViT-B-32"
@@ -62,7 +63,7 @@ class Settings:
 
     # [search]
     search_limit: int = 50
-    search_min_score: Optional[float] = None
+    search_min_score: float | None = None
     search_exact_below: int = 50_000  # exact cosine scan below this many vectors, HNSW above
 
     # [mount]
@@ -85,7 +86,7 @@ class Settings:
     def log_dir(self) -> Path:
         return self.home / "logs"
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **_coerce_all(changes))
 
 
@@ -108,8 +109,8 @@ def default_config_path(env: Mapping[str, str]) -> Path:
 
 
 def load_settings(
-    config: Optional[os.PathLike] = None,
-    env: Optional[Mapping[str, str]] = None,
+    config: os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
     **flags: Any,
 ) -> Settings:
     """Merge every layer. `flags` whose value is None are treated as not given."""
@@ -235,5 +236,3 @@ def ensure_private_file(path: os.PathLike) -> Path:
     finally:
         os.close(fd)
     return path
-
-

@@ -16,7 +16,6 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 from .library import Library
 from .records import IndexReport, Root
@@ -41,8 +40,8 @@ class SyncDaemon:
     def __init__(self, library: Library, watch: bool = True):
         self.library = library
         self.watch = watch
-        self._jobs: "queue.Queue[Optional[_Job]]" = queue.Queue()
-        self._thread: Optional[threading.Thread] = None
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
         self._lock = library.writer_lock()
         self._watcher = None
         self._extractor = None
@@ -198,7 +197,7 @@ class SyncDaemon:
             elif change.kind == "upsert" and src is not None:
                 self._indexer.upsert_path(root, src, report)
 
-    def _apply_move(self, root: Root, change, src: Optional[bytes], dest: Optional[bytes], report: IndexReport) -> None:
+    def _apply_move(self, root: Root, change, src: bytes | None, dest: bytes | None, report: IndexReport) -> None:
         if src is not None and dest is not None:
             self._indexer.move_path(root, src, dest, report)
             return
@@ -210,20 +209,20 @@ class SyncDaemon:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _root(self, name: str) -> Optional[Root]:
+    def _root(self, name: str) -> Root | None:
         for root in self.library.roots():
             if root.name == name:
                 return root
         return None
 
-    def _root_of(self, path: Optional[bytes]) -> Optional[Root]:
+    def _root_of(self, path: bytes | None) -> Root | None:
         for root in self.library.roots():
             if path and self._relative(root, path) is not None:
                 return root
         return None
 
     @staticmethod
-    def _relative(root: Root, path: Optional[bytes]) -> Optional[bytes]:
+    def _relative(root: Root, path: bytes | None) -> bytes | None:
         """`path` relative to the root ('' for the root itself), or None when it lies outside."""
         if path is None:
             return None
@@ -277,7 +276,7 @@ class SyncDaemon:
 class DaemonBackend:
     """The mount's backend: the Library, with a SyncDaemon running beside it until the mount closes."""
 
-    def __init__(self, library: Library, daemon: Optional[SyncDaemon]):
+    def __init__(self, library: Library, daemon: SyncDaemon | None):
         self._library = library
         self._daemon = daemon
 

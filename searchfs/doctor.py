@@ -45,7 +45,11 @@ def _exiftool(settings: Settings) -> Check:
 def _libfuse() -> Check:
     library = ctypes.util.find_library("fuse") or ctypes.util.find_library("fuse3")
     helper = shutil.which("fusermount") or shutil.which("fusermount3")
-    missing = [what for what, ok in (("libfuse", library), ("fusermount", helper), ("/dev/fuse", os.path.exists("/dev/fuse"))) if not ok]
+    missing = [
+        what
+        for what, ok in (("libfuse", library), ("fusermount", helper), ("/dev/fuse", os.path.exists("/dev/fuse")))
+        if not ok
+    ]
     if not missing:
         return Check("fuse", True, f"{library}, {helper}")
     return Check(

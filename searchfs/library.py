@@ -15,8 +15,8 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -37,7 +37,7 @@ class WriterLock:
 
     def __init__(self, path: Path):
         self.path = path
-        self._fd: Optional[int] = None
+        self._fd: int | None = None
 
     def acquire(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -59,7 +59,7 @@ class WriterLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         self.acquire()
         return self
 
@@ -175,7 +175,7 @@ class Library:
     def index(
         self,
         paths: Sequence[os.PathLike | str | bytes] = (),
-        progress: Optional[Callable[[str, int, Optional[int]], None]] = None,
+        progress: Callable[[str, int, int | None], None] | None = None,
         retry_quarantined: bool = False,
     ) -> IndexReport:
         """Add `paths` as roots (if given) and bring the catalog in step with every named root (all roots
@@ -254,14 +254,14 @@ class Library:
 
     def search(
         self,
-        text: "Optional[str | Query]" = None,
+        text: str | Query | None = None,
         *,
-        image: Optional[os.PathLike | str | bytes] = None,
-        similar_to: Optional[tuple[str, bytes | str]] = None,
+        image: os.PathLike | str | bytes | None = None,
+        similar_to: tuple[str, bytes | str] | None = None,
         where: Sequence[str] = (),
-        limit: Optional[int] = None,
-        min_score: Optional[float] = None,
-        query: Optional[Query] = None,
+        limit: int | None = None,
+        min_score: float | None = None,
+        query: Query | None = None,
     ) -> list[Hit]:
         """Search by text, by an image file, or for photos like an indexed one; filter by metadata.
 
@@ -272,7 +272,9 @@ class Library:
         if query is None:
             image_path = os.fsencode(os.path.abspath(os.fsdecode(image))) if image is not None else None
             similar = (similar_to[0], os.fsencode(similar_to[1])) if similar_to else None
-            query = Query.build(where, text=text, image=image_path, similar_to=similar, limit=limit, min_score=min_score)
+            query = Query.build(
+                where, text=text, image=image_path, similar_to=similar, limit=limit, min_score=min_score
+            )
         return self.engine.search(query)
 
     def compare(self, a: os.PathLike | str | bytes, b: os.PathLike | str | bytes) -> float:
@@ -289,13 +291,12 @@ class Library:
         read = self.catalog.read()
         model = self.model_id
         per_root = dict(read.execute("SELECT root_id, count(*) FROM files GROUP BY root_id").fetchall())
-        roots = [
-            RootStatus(r.name, r.display, r.online, per_root.get(r.id, 0), r.last_scan_at) for r in self.roots()
-        ]
+        roots = [RootStatus(r.name, r.display, r.online, per_root.get(r.id, 0), r.last_scan_at) for r in self.roots()]
         files = sum(per_root.values())
         quarantine = self.quarantine(quarantine_limit)
         quarantined = read.execute(
-            "SELECT count(*) FROM files f LEFT JOIN contents c ON c.id = f.content_id WHERE f.error IS NOT NULL OR c.error IS NOT NULL"
+            "SELECT count(*) FROM files f LEFT JOIN contents c ON c.id = f.content_id"
+            " WHERE f.error IS NOT NULL OR c.error IS NOT NULL"
         ).fetchone()[0]
         indexed = read.execute(
             "SELECT count(*) FROM files f JOIN embeddings e ON e.content_id = f.content_id AND e.model = ?", (model,)
@@ -355,12 +356,16 @@ class Library:
         root_id = self.catalog.root(root).id
         relpath = relpath.strip(b"/")
         prefix = relpath + b"/" if relpath else b""
-        rows = self.catalog.read().execute(
-            """SELECT DISTINCT f.relpath FROM files f JOIN contents c ON c.id = f.content_id
+        rows = (
+            self.catalog.read()
+            .execute(
+                """SELECT DISTINCT f.relpath FROM files f JOIN contents c ON c.id = f.content_id
                WHERE f.root_id = ? AND c.error IS NULL AND f.error IS NULL
                  AND (? = '' OR substr(f.relpath, 1, ?) = ?)""",
-            (root_id, prefix, len(prefix), prefix),
-        ).fetchall()
+                (root_id, prefix, len(prefix), prefix),
+            )
+            .fetchall()
+        )
         if not rows and relpath:
             raise NotFound(f"{os.fsdecode(relpath)} is not a folder of photos in {root}")
         children: dict[bytes, bool] = {}
@@ -375,24 +380,32 @@ class Library:
             root_id = self.catalog.root(root).id
         except NotFound:
             return False
-        row = self.catalog.read().execute(
-            """SELECT 1 FROM files f JOIN contents c ON c.id = f.content_id
+        row = (
+            self.catalog.read()
+            .execute(
+                """SELECT 1 FROM files f JOIN contents c ON c.id = f.content_id
                WHERE f.root_id = ? AND f.relpath = ? AND c.error IS NULL AND f.error IS NULL""",
-            (root_id, relpath.strip(b"/")),
-        ).fetchone()
+                (root_id, relpath.strip(b"/")),
+            )
+            .fetchone()
+        )
         return row is not None
 
     def facet_values(self, key: str) -> list[tuple[str, int]]:
         if key not in {spec.key for spec in FACETS}:
             raise QueryError(f"unknown metadata key {key!r}")
         keys = ("keyword", "title", "description") if key == "text" else (key,)
-        rows = self.catalog.read().execute(
-            f"""SELECT fc.text, count(DISTINCT f.id) FROM facets fc
+        rows = (
+            self.catalog.read()
+            .execute(
+                f"""SELECT fc.text, count(DISTINCT f.id) FROM facets fc
                 JOIN files f ON f.content_id = fc.content_id JOIN roots r ON r.id = f.root_id
-                WHERE fc.key IN ({','.join('?' * len(keys))}) AND r.online = 1
+                WHERE fc.key IN ({",".join("?" * len(keys))}) AND r.online = 1
                 GROUP BY fc.text ORDER BY coalesce(min(fc.num), 0), fc.text""",
-            keys,
-        ).fetchall()
+                keys,
+            )
+            .fetchall()
+        )
         return [(text, count) for text, count in rows]
 
     def saved_queries(self) -> list[str]:
@@ -412,14 +425,14 @@ class Library:
             self._embedder.close()
         self.catalog.close()
 
-    def __enter__(self) -> "Library":
+    def __enter__(self) -> Library:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def open_library(name: Optional[str] = None, settings: Optional[Settings] = None, **overrides) -> Library:
+def open_library(name: str | None = None, settings: Settings | None = None, **overrides) -> Library:
     """Open (creating if needed) a named library with settings from config, environment and `overrides`.
 
     >>> import searchfs

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -25,7 +23,7 @@ class IndexProgress:
         )
         self._tasks: dict[str, int] = {}
 
-    def update(self, phase: str, done: int, total: Optional[int]) -> None:
+    def update(self, phase: str, done: int, total: int | None) -> None:
         if not self.enabled:
             return
         task = self._tasks.get(phase)
@@ -35,7 +33,7 @@ class IndexProgress:
         speed = self._progress.tasks[task].speed
         self._progress.update(task, rate=f"{speed:7.1f} files/s" if speed else "")
 
-    def __enter__(self) -> "IndexProgress":
+    def __enter__(self) -> IndexProgress:
         if self.enabled:
             self._progress.start()
         return self

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
-FacetValue = Union[str, float]
+FacetValue = str | float
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class Facet:
 
     key: str
     text: str
-    num: Optional[float] = None
+    num: float | None = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ class Root:
     path: bytes
     name: str
     online: bool = True
-    last_scan_at: Optional[float] = None
+    last_scan_at: float | None = None
 
     @property
     def display(self) -> str:
@@ -92,7 +91,7 @@ class Hit:
     """One search result: a file, its rank (1-based) and cosine similarity (None for metadata-only)."""
 
     rank: int
-    score: Optional[float]
+    score: float | None
     root: str
     relpath: bytes
     abspath: bytes
@@ -137,7 +136,7 @@ class RootStatus:
     path: str
     online: bool
     files: int
-    last_scan_at: Optional[float]
+    last_scan_at: float | None
 
 
 @dataclass
@@ -153,7 +152,7 @@ class LibraryStatus:
     vectors: dict
     generation: int
     quarantine: list[dict] = field(default_factory=list)
-    watcher: Optional[dict] = None
+    watcher: dict | None = None
 
     def to_json(self) -> dict:
         data = dict(self.__dict__)

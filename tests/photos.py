@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Optional
 
 from PIL import Image
 
@@ -24,19 +23,19 @@ def make_photo(
     color: tuple[int, int, int] = (200, 30, 30),
     size: tuple[int, int] = (96, 64),
     *,
-    seed: Optional[int] = None,
-    make: Optional[str] = None,
-    model: Optional[str] = None,
-    lens: Optional[str] = None,
-    taken: Optional[str] = None,  # "YYYY:MM:DD HH:MM:SS"
-    iso: Optional[int] = None,
-    fnumber: Optional[float] = None,
-    exposure: Optional[float] = None,
-    focal: Optional[float] = None,
-    orientation: Optional[int] = None,
-    description: Optional[str] = None,
-    gps: Optional[tuple[float, float]] = None,
-    fmt: Optional[str] = None,
+    seed: int | None = None,
+    make: str | None = None,
+    model: str | None = None,
+    lens: str | None = None,
+    taken: str | None = None,  # "YYYY:MM:DD HH:MM:SS"
+    iso: int | None = None,
+    fnumber: float | None = None,
+    exposure: float | None = None,
+    focal: float | None = None,
+    orientation: int | None = None,
+    description: str | None = None,
+    gps: tuple[float, float] | None = None,
+    fmt: str | None = None,
 ) -> Path:
     """Write an image and return its path. `seed` adds noise so that images of one colour differ."""
     image = Image.new("RGB", size, color)
@@ -77,7 +76,9 @@ def make_photo(
     target.parent.mkdir(parents=True, exist_ok=True)
     fmt = fmt or {".png": "PNG", ".webp": "WEBP", ".gif": "GIF", ".tif": "TIFF"}.get(target.suffix.lower(), "JPEG")
     with open(os.fsencode(path) if isinstance(path, bytes) else target, "wb") as handle:
-        image.save(handle, fmt, exif=exif.tobytes()) if fmt in ("JPEG", "PNG", "WEBP", "TIFF") else image.save(handle, fmt)
+        image.save(handle, fmt, exif=exif.tobytes()) if fmt in ("JPEG", "PNG", "WEBP", "TIFF") else image.save(
+            handle, fmt
+        )
     return target
 
 
@@ -112,7 +113,7 @@ def make_library(root: Path, count: int = 6) -> list[Path]:
     return paths
 
 
-def jpeg_bytes(color: tuple[int, int, int], size: tuple[int, int] = (320, 240), seed: Optional[int] = None) -> bytes:
+def jpeg_bytes(color: tuple[int, int, int], size: tuple[int, int] = (320, 240), seed: int | None = None) -> bytes:
     import io
 
     buffer = io.BytesIO()
@@ -121,12 +122,18 @@ def jpeg_bytes(color: tuple[int, int, int], size: tuple[int, int] = (320, 240), 
         rng = random.Random(seed)
         pixels = picture.load()
         for _ in range(size[0] * size[1] // 4):
-            pixels[rng.randrange(size[0]), rng.randrange(size[1])] = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+            pixels[rng.randrange(size[0]), rng.randrange(size[1])] = (
+                rng.randrange(256),
+                rng.randrange(256),
+                rng.randrange(256),
+            )
     picture.save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
 
 
-def make_raw_like(path, preview: bytes, orientation: int = 1, make: str = "NIKON CORPORATION", model: str = "NIKON D850") -> Path:
+def make_raw_like(
+    path, preview: bytes, orientation: int = 1, make: str = "NIKON CORPORATION", model: str = "NIKON D850"
+) -> Path:
     """A file built like a camera RAW: a TIFF whose main image (IFD0) is sensor data in a compression no
     decoder here knows (Nikon's 34713), and whose IFD1 carries a JPEG preview. exiftool reads it as a
     NEF; Pillow cannot open it. No real RAW is committed, and none can be made without a camera."""
@@ -145,15 +152,36 @@ def make_raw_like(path, preview: bytes, orientation: int = 1, make: str = "NIKON
     def entry(tag, kind, count, value):
         return struct.pack("<HHII", tag, kind, count, value)
 
-    ifd0 = struct.pack("<H", n0) + b"".join([
-        entry(0x100, 4, 1, 16), entry(0x101, 4, 1, 16), entry(0x102, 3, 1, 16), entry(0x103, 3, 1, 34713),
-        entry(0x106, 3, 1, 32803), entry(0x10F, 2, len(make_b), make_at), entry(0x110, 2, len(model_b), model_at),
-        entry(0x111, 4, 1, strip_at), entry(0x112, 3, 1, orientation), entry(0x115, 3, 1, 1),
-        entry(0x117, 4, 1, len(strip)),
-    ]) + struct.pack("<I", ifd1_at)
-    ifd1 = struct.pack("<H", n1) + b"".join([
-        entry(0x103, 3, 1, 6), entry(0x201, 4, 1, preview_at), entry(0x202, 4, 1, len(preview)),
-    ]) + struct.pack("<I", 0)
+    ifd0 = (
+        struct.pack("<H", n0)
+        + b"".join(
+            [
+                entry(0x100, 4, 1, 16),
+                entry(0x101, 4, 1, 16),
+                entry(0x102, 3, 1, 16),
+                entry(0x103, 3, 1, 34713),
+                entry(0x106, 3, 1, 32803),
+                entry(0x10F, 2, len(make_b), make_at),
+                entry(0x110, 2, len(model_b), model_at),
+                entry(0x111, 4, 1, strip_at),
+                entry(0x112, 3, 1, orientation),
+                entry(0x115, 3, 1, 1),
+                entry(0x117, 4, 1, len(strip)),
+            ]
+        )
+        + struct.pack("<I", ifd1_at)
+    )
+    ifd1 = (
+        struct.pack("<H", n1)
+        + b"".join(
+            [
+                entry(0x103, 3, 1, 6),
+                entry(0x201, 4, 1, preview_at),
+                entry(0x202, 4, 1, len(preview)),
+            ]
+        )
+        + struct.pack("<I", 0)
+    )
     target = Path(os.fsdecode(path))
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(b"II*\0" + struct.pack("<I", ifd0_at) + ifd0 + ifd1 + make_b + model_b + strip + preview)

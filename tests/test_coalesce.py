@@ -51,7 +51,10 @@ def rescan(p):
 # Literal cases
 
 CASES = {
-    "write burst is one upsert": ([created(b"/r/a"), modified(b"/r/a"), modified(b"/r/a"), closed(b"/r/a")], [up(b"/r/a")]),
+    "write burst is one upsert": (
+        [created(b"/r/a"), modified(b"/r/a"), modified(b"/r/a"), closed(b"/r/a")],
+        [up(b"/r/a")],
+    ),
     "modify existing": ([modified(b"/r/a"), closed(b"/r/a")], [up(b"/r/a")]),
     "created then deleted is nothing": ([created(b"/r/a"), modified(b"/r/a"), deleted(b"/r/a")], []),
     "deleted then created is an upsert": ([deleted(b"/r/a"), created(b"/r/a"), closed(b"/r/a")], [up(b"/r/a")]),
@@ -64,13 +67,21 @@ CASES = {
     "move over a known file replaces it": ([modified(b"/r/b"), moved(b"/r/a", b"/r/b")], [mv(b"/r/a", b"/r/b")]),
     # watchdog follows a folder move with a move per child: they are implied
     "folder move": (
-        [moved(b"/r/D", b"/r/E", True), moved(b"/r/D/x", b"/r/E/x"), moved(b"/r/D/s", b"/r/E/s", True),
-         moved(b"/r/D/s/y", b"/r/E/s/y")],
+        [
+            moved(b"/r/D", b"/r/E", True),
+            moved(b"/r/D/x", b"/r/E/x"),
+            moved(b"/r/D/s", b"/r/E/s", True),
+            moved(b"/r/D/s/y", b"/r/E/s/y"),
+        ],
         [mv(b"/r/D", b"/r/E", True)],
     ),
     "folder renamed twice": (
-        [moved(b"/r/D", b"/r/E", True), moved(b"/r/D/x", b"/r/E/x"),
-         moved(b"/r/E", b"/r/F", True), moved(b"/r/E/x", b"/r/F/x")],
+        [
+            moved(b"/r/D", b"/r/E", True),
+            moved(b"/r/D/x", b"/r/E/x"),
+            moved(b"/r/E", b"/r/F", True),
+            moved(b"/r/E/x", b"/r/F/x"),
+        ],
         [mv(b"/r/D", b"/r/F", True)],
     ),
     "child changed before folder move": (
@@ -102,15 +113,28 @@ CASES = {
         [mv(b"/r/D/x", b"/r/y"), rm(b"/r/D", True)],
     ),
     "new folder with files is one rescan": (
-        [created(b"/r/N", True), created(b"/r/N/a"), closed(b"/r/N/a"), created(b"/r/N/s", True),
-         created(b"/r/N/s/b"), created(b"/r/N", True)],
+        [
+            created(b"/r/N", True),
+            created(b"/r/N/a"),
+            closed(b"/r/N/a"),
+            created(b"/r/N/s", True),
+            created(b"/r/N/s/b"),
+            created(b"/r/N", True),
+        ],
         [rescan(b"/r/N")],
     ),
-    "new folder renamed": ([created(b"/r/N", True), created(b"/r/N/a"), moved(b"/r/N", b"/r/M", True)], [rescan(b"/r/M")]),
-    "folder replaced by folder": ([deleted(b"/r/D/x"), deleted(b"/r/D", True), created(b"/r/D", True)], [rescan(b"/r/D")]),
+    "new folder renamed": (
+        [created(b"/r/N", True), created(b"/r/N/a"), moved(b"/r/N", b"/r/M", True)],
+        [rescan(b"/r/M")],
+    ),
+    "folder replaced by folder": (
+        [deleted(b"/r/D/x"), deleted(b"/r/D", True), created(b"/r/D", True)],
+        [rescan(b"/r/D")],
+    ),
     "file replaced by folder": ([deleted(b"/r/a"), created(b"/r/a", True)], [rm(b"/r/a"), rescan(b"/r/a")]),
     "moved from a folder created in the burst is a creation": (
-        [created(b"/r/N", True), moved(b"/r/N/x", b"/r/x")], [rescan(b"/r/N"), up(b"/r/x")],
+        [created(b"/r/N", True), moved(b"/r/N/x", b"/r/x")],
+        [rescan(b"/r/N"), up(b"/r/x")],
     ),
     "folder modified events are ignored": ([RawEvent("modified", b"/r/D", is_dir=True)], []),
     "delete echo inside a moved folder is ignored": (
@@ -129,10 +153,14 @@ def test_literal(name):
 def test_unrelated_paths_keep_their_own_results():
     events = [created(b"/r/a"), moved(b"/r/D", b"/r/E", True), modified(b"/r/b"), deleted(b"/r/c")]
     out = coalesce(events)
-    assert sorted(out, key=repr) == sorted([up(b"/r/a"), mv(b"/r/D", b"/r/E", True), up(b"/r/b"), rm(b"/r/c")], key=repr)
+    assert sorted(out, key=repr) == sorted(
+        [up(b"/r/a"), mv(b"/r/D", b"/r/E", True), up(b"/r/b"), rm(b"/r/c")], key=repr
+    )
     # structure before content: every move/delete precedes every upsert/rescan
     kinds = [c.kind for c in out]
-    assert max(i for i, k in enumerate(kinds) if k in ("move", "delete")) < min(i for i, k in enumerate(kinds) if k == "upsert")
+    assert max(i for i, k in enumerate(kinds) if k in ("move", "delete")) < min(
+        i for i, k in enumerate(kinds) if k == "upsert"
+    )
 
 
 def test_swap_through_a_temporary_name_is_safe():
@@ -144,7 +172,12 @@ def test_swap_through_a_temporary_name_is_safe():
 
 def test_folder_swapped_with_its_own_child():
     # mv D/x t; rm -r D; mv t D: the identity of D/x ends up at D, which must first be emptied
-    events = [moved(b"/r/D/x", b"/r/t", True), deleted(b"/r/D/y"), deleted(b"/r/D", True), moved(b"/r/t", b"/r/D", True)]
+    events = [
+        moved(b"/r/D/x", b"/r/t", True),
+        deleted(b"/r/D/y"),
+        deleted(b"/r/D", True),
+        moved(b"/r/t", b"/r/D", True),
+    ]
     before = {b"/r": ("d",), b"/r/D": ("d",), b"/r/D/x": ("d",), b"/r/D/x/p": ("f", 1), b"/r/D/y": ("f", 2)}
     after = {b"/r": ("d",), b"/r/D": ("d",), b"/r/D/p": ("f", 1)}
     assert apply_changes(before, after, coalesce(events)) == after
@@ -190,7 +223,7 @@ def apply_changes(catalog: dict, disk: dict, changes: list[Change]) -> dict:
             assert not under(ch.dest, ch.path)
             moving = {p: v for p, v in cat.items() if under(p, ch.path)}
             cat = {p: v for p, v in cat.items() if not under(p, ch.path) and not under(p, ch.dest)}
-            cat.update({ch.dest + p[len(ch.path):]: v for p, v in moving.items()})
+            cat.update({ch.dest + p[len(ch.path) :]: v for p, v in moving.items()})
         elif ch.kind == "delete":
             assert ch.path in cat, f"delete of a path the catalog does not have: {ch}"
             cat = {p: v for p, v in cat.items() if not under(p, ch.path)}
@@ -269,11 +302,11 @@ class Sim:
         is_dir = self.tree[src] == ("d",)
         inside = [p for p in self.tree if under(p, src)]
         for p in inside:
-            self.tree[dest + p[len(src):]] = self.tree.pop(p)
+            self.tree[dest + p[len(src) :]] = self.tree.pop(p)
         self.events.append(moved(src, dest, is_dir))
         for p in sorted(inside):  # watchdog's echo: one move per child, after the folder's
             if p != src:
-                child_dest = dest + p[len(src):]
+                child_dest = dest + p[len(src) :]
                 self.events.append(moved(p, child_dest, self.tree[child_dest] == ("d",)))
 
 
@@ -283,7 +316,9 @@ NAMES = [b"a", b"b", b"c", b"D", b"E"]
 @st.composite
 def initial_trees(draw):
     tree = {b"/r": ("d",)}
-    for parent, name, is_dir in draw(st.lists(st.tuples(st.integers(0, 20), st.sampled_from(NAMES), st.booleans()), max_size=10)):
+    for parent, name, is_dir in draw(
+        st.lists(st.tuples(st.integers(0, 20), st.sampled_from(NAMES), st.booleans()), max_size=10)
+    ):
         dirs = sorted(p for p, v in tree.items() if v == ("d",))
         path = dirs[parent % len(dirs)] + b"/" + name
         if path not in tree:

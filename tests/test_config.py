@@ -50,7 +50,9 @@ def test_missing_explicit_config_is_an_error(tmp_path):
 
 
 def test_bool_and_list_from_env(tmp_path):
-    s = load_settings(env={"SEARCHFS_HOME": str(tmp_path), "SEARCHFS_INDEX_HIDDEN": "yes", "SEARCHFS_INDEX_EXCLUDE": "a, b"})
+    s = load_settings(
+        env={"SEARCHFS_HOME": str(tmp_path), "SEARCHFS_INDEX_HIDDEN": "yes", "SEARCHFS_INDEX_EXCLUDE": "a, b"}
+    )
     assert s.index_hidden is True and s.index_exclude == ("a", "b")
     with pytest.raises(ConfigError):
         load_settings(env={"SEARCHFS_HOME": str(tmp_path), "SEARCHFS_INDEX_HIDDEN": "maybe"})

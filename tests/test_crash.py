@@ -41,15 +41,27 @@ PHASES = {"scan": lambda files, vectors: files > 0 and vectors == 0, "embed": la
 def test_sigkill_during_index_then_resume(home, tiny_model, tmp_path, phase):
     photos = tmp_path / "photos"
     for i in range(N):
-        make_photo(photos / f"d{i % 4}" / f"p{i:03d}.jpg", ((i * 37) % 256, (i * 91) % 256, 128), seed=i, size=(64, 48),
-                   make="Canon", model="Canon EOS 40D")
+        make_photo(
+            photos / f"d{i % 4}" / f"p{i:03d}.jpg",
+            ((i * 37) % 256, (i * 91) % 256, 128),
+            seed=i,
+            size=(64, 48),
+            make="Canon",
+            model="Canon EOS 40D",
+        )
     env = dict(os.environ, **{"SEARCHFS_" + k.upper(): v for k, v in tiny_model.items()}, SEARCHFS_MODEL_BATCH_SIZE="4")
-    child = subprocess.Popen([sys.executable, "-m", "searchfs", "index", str(photos), "--no-progress"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "searchfs", "index", str(photos), "--no-progress"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     settings = load_settings(**tiny_model)
     deadline = time.monotonic() + 60
     while not PHASES[phase](*_progress(settings.catalog_path)):
-        assert child.poll() is None and time.monotonic() < deadline, f"the index finished before its {phase} phase was seen"
+        assert child.poll() is None and time.monotonic() < deadline, (
+            f"the index finished before its {phase} phase was seen"
+        )
         time.sleep(0.005)
     child.send_signal(signal.SIGKILL)
     child.wait(30)

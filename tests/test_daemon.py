@@ -48,12 +48,16 @@ def since(daemon: SyncDaemon) -> dict:
 
 def catalog_files(lib: Library) -> dict[str, bool]:
     """Every file in the catalog -> whether it has an embedding for the current model."""
-    rows = lib.catalog.read().execute(
-        """SELECT r.path, f.relpath, EXISTS (SELECT 1 FROM embeddings e WHERE e.content_id = f.content_id
+    rows = (
+        lib.catalog.read()
+        .execute(
+            """SELECT r.path, f.relpath, EXISTS (SELECT 1 FROM embeddings e WHERE e.content_id = f.content_id
                                                AND e.model = ?)
            FROM files f JOIN roots r ON r.id = f.root_id""",
-        (lib.model_id,),
-    ).fetchall()
+            (lib.model_id,),
+        )
+        .fetchall()
+    )
     return {os.fsdecode(os.path.join(bytes(p), bytes(rel))): bool(e) for p, rel, e in rows}
 
 
@@ -63,7 +67,11 @@ def settled(daemon: SyncDaemon, quiet: float = 3 * SETTLE, timeout: float = T) -
     calm_since = None
     while time.monotonic() < deadline:
         status = daemon.status()
-        busy = status["pending_jobs"] or daemon._jobs.unfinished_tasks or any(r["pending"] for r in (status["watch"] or {}).values())
+        busy = (
+            status["pending_jobs"]
+            or daemon._jobs.unfinished_tasks
+            or any(r["pending"] for r in (status["watch"] or {}).values())
+        )
         if busy:
             calm_since = None
         elif calm_since is None:
@@ -75,14 +83,16 @@ def settled(daemon: SyncDaemon, quiet: float = 3 * SETTLE, timeout: float = T) -
 
 
 def leica_photo(path: Path, seed: int, **kw) -> Path:
-    return make_photo(path, (10 + seed * 7 % 240, 250 - seed * 13 % 240, 90), seed=seed, make="Leica",
-                      model="Leica M11", **kw)
+    return make_photo(
+        path, (10 + seed * 7 % 240, 250 - seed * 13 % 240, 90), seed=seed, make="Leica", model="Leica M11", **kw
+    )
 
 
 @pytest.fixture
 def start_daemon(settings, request):
     """start_daemon(*roots, started=callback, **settings) -> (daemon, library): roots added, daemon started
-    with its watcher (`started` is called right after `SyncDaemon.start`), the start-up reconcile done. The daemon is always stopped and the library closed afterwards."""
+    with its watcher (`started` is called right after `SyncDaemon.start`), the start-up reconcile done. The daemon
+    is always stopped and the library closed afterwards."""
 
     def start(*roots: Path, started=lambda: None, **overrides):
         lib = Library(settings.replace(watch_settle_seconds=SETTLE, **overrides))
@@ -152,9 +162,13 @@ def test_a_slow_write_is_indexed_once_with_its_final_content(start_daemon, photo
     assert now["quarantined"] - base["quarantined"] == 0
     assert now["new"] + now["changed"] - base["new"] - base["changed"] == 1
     assert [q for q in lib.quarantine() if q["path"] == str(target)] == []
-    digest = lib.catalog.read().execute(
-        "SELECT c.hash FROM files f JOIN contents c ON c.id = f.content_id WHERE f.relpath = ?", (b"slow.jpg",)
-    ).fetchone()[0]
+    digest = (
+        lib.catalog.read()
+        .execute(
+            "SELECT c.hash FROM files f JOIN contents c ON c.id = f.content_id WHERE f.relpath = ?", (b"slow.jpg",)
+        )
+        .fetchone()[0]
+    )
     assert digest == hash_file(os.fsencode(target))[0] == hash_file(os.fsencode(original))[0]
     hits = lib.search(image=original, limit=1)
     assert hits[0].path == str(target) and hits[0].score == pytest.approx(1.0, abs=1e-4)
@@ -176,7 +190,9 @@ def test_moving_a_file_and_a_folder_costs_no_embedding(start_daemon, photos):
     wait_for(lambda: leica(lib) == expect, "the moved file at its new path")
 
     os.rename(photos / "trip", photos / "2024 trip")
-    expect = sorted([str(photos / "album1" / "moved.jpg")] + [str(photos / "2024 trip" / f"L{i}.jpg") for i in (1, 2, 3)])
+    expect = sorted(
+        [str(photos / "album1" / "moved.jpg")] + [str(photos / "2024 trip" / f"L{i}.jpg") for i in (1, 2, 3)]
+    )
     wait_for(lambda: leica(lib) == expect, "the moved folder's photos at their new paths")
 
     settled(daemon)
@@ -263,7 +279,9 @@ def _jpeg_variants(template: bytes, count: int):
 @pytest.mark.slow
 def test_a_burst_of_2000_files_all_end_up_indexed_and_copies_share_one_embedding(start_daemon, photos, outside):
     daemon, lib = start_daemon(photos)
-    template = make_photo(outside / "t.jpg", (120, 60, 200), size=(32, 32), make="Burst", model="Burst 2000").read_bytes()
+    template = make_photo(
+        outside / "t.jpg", (120, 60, 200), size=(32, 32), make="Burst", model="Burst 2000"
+    ).read_bytes()
     started = time.monotonic()
     for i, data in enumerate(_jpeg_variants(template, 2000)):
         folder = photos / "burst" / f"{i // 500}"
@@ -273,8 +291,12 @@ def test_a_burst_of_2000_files_all_end_up_indexed_and_copies_share_one_embedding
     (photos / "burst" / "same").mkdir()
     for i in range(200):  # and 200 copies of one more photo: one content, one embedding
         (photos / "burst" / "same" / f"S{i:03d}.jpg").write_bytes(template)
-    wait_for(lambda: len(lib.search(where=["camera=Burst"])) == 2200, "all 2200 burst files to be searchable",
-             timeout=90, every=0.5)
+    wait_for(
+        lambda: len(lib.search(where=["camera=Burst"])) == 2200,
+        "all 2200 burst files to be searchable",
+        timeout=90,
+        every=0.5,
+    )
     settled(daemon)
     took = time.monotonic() - started
     files = catalog_files(lib)
@@ -318,8 +340,10 @@ def test_an_inotify_queue_overflow_is_caught_up_by_a_reconcile(start_daemon, pho
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(data)
         expect.append(str(path))
-    wait_for(lambda: daemon.status()["last_reconcile"].get(lib.roots()[0].name, {}).get("reason") == "overflow",
-             "a reconcile for the overflow")
+    wait_for(
+        lambda: daemon.status()["last_reconcile"].get(lib.roots()[0].name, {}).get("reason") == "overflow",
+        "a reconcile for the overflow",
+    )
     wait_for(lambda: leica(lib) == sorted(expect), "every flooded file to be searchable")
     settled(daemon)
     files = catalog_files(lib)

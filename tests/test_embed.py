@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from photos import make_photo
 from PIL import Image
 
-from photos import make_photo
 from searchfs.errors import ImageError, ModelUnavailable
 from searchfs.ingest import embed
 from searchfs.ingest.embed import Embedder, load_image, model_id, weights_status
@@ -214,7 +214,9 @@ def png_claiming(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 30)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 30)) + chunk(b"IEND", b"")
+    )
 
 
 def write_broken(folder: Path) -> dict[str, str]:
@@ -283,8 +285,11 @@ def test_no_files_written_and_no_handles_left(embedder, tmp_path):
         fds_before = set(os.listdir("/proc/self/fd"))
         embedder.embed_images([os.fsencode(folder / name) for name in before])
         assert sorted(os.listdir(folder)) == before
-        leaked = [os.readlink(f"/proc/self/fd/{fd}") for fd in set(os.listdir("/proc/self/fd")) - fds_before
-                  if os.path.exists(f"/proc/self/fd/{fd}")]
+        leaked = [
+            os.readlink(f"/proc/self/fd/{fd}")
+            for fd in set(os.listdir("/proc/self/fd")) - fds_before
+            if os.path.exists(f"/proc/self/fd/{fd}")
+        ]
         assert not [target for target in leaked if str(folder) in target]
     finally:
         os.chmod(folder, 0o755)
@@ -422,7 +427,9 @@ def test_corrupt_checkpoint(module_settings, tmp_path):
 
 
 def test_uncached_tag_fails_fast_offline(module_settings, offline_hub):
-    settings = module_settings.replace(model_name="ViT-B-32", model_config_file="", model_pretrained="laion2b_s34b_b79k")
+    settings = module_settings.replace(
+        model_name="ViT-B-32", model_config_file="", model_pretrained="laion2b_s34b_b79k"
+    )
     started = time.monotonic()
     with pytest.raises(ModelUnavailable, match=r"ViT-B-32/laion2b_s34b_b79k.*searchfs doctor --fetch"):
         Embedder(settings).load()
@@ -511,11 +518,13 @@ def test_model_id_does_not_import_torch(module_settings):
 
     code = (
         "import sys; from searchfs.ingest.embed import model_id; from searchfs.config import Settings;"
-        f"print(model_id(Settings(home='/tmp', model_name='x', model_pretrained={module_settings.model_pretrained!r})));"
+        "print(model_id(Settings(home='/tmp', model_name='x', "
+        f"model_pretrained={module_settings.model_pretrained!r})));"
         "print('torch' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).parent.parent).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent
+    ).stdout.split()
     assert out[0].startswith("x/file:") and out[1] == "False"
 
 

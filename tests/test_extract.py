@@ -96,10 +96,18 @@ def test_lens_prefers_lens_model_and_skips_numbers(tags, lens):
     [
         ({"DateTimeOriginal": "2014:03:05 05:28:09"}, "2014-03-05", 5, "night"),
         ({"DateTimeOriginal": "2014:03:05 06:00:00", "CreateDate": "2001:01:01 12:00:00"}, "2014-03-05", 6, "morning"),
-        ({"DateTimeOriginal": "0000:00:00 00:00:00", "CreateDate": "2011:03:12 15:36:11.00+01:00"}, "2011-03-12", 15,
-         "afternoon"),
-        ({"DateTimeOriginal": "    :  :     :  :  ", "DateTimeCreated": "2003:08:06 18:04:34-05:00"}, "2003-08-06", 18,
-         "evening"),
+        (
+            {"DateTimeOriginal": "0000:00:00 00:00:00", "CreateDate": "2011:03:12 15:36:11.00+01:00"},
+            "2011-03-12",
+            15,
+            "afternoon",
+        ),
+        (
+            {"DateTimeOriginal": "    :  :     :  :  ", "DateTimeCreated": "2003:08:06 18:04:34-05:00"},
+            "2003-08-06",
+            18,
+            "evening",
+        ),
         ({"DateCreated": "1999:05:25"}, "1999-05-25", None, None),  # a day with no time: no hour
         ({"MediaCreateDate": "2020:12:03 23:59:59"}, "2020-12-03", 23, "evening"),
         ({"DateTimeOriginal": "1901:01:01 00:00:00"}, "1901-01-01", 0, "night"),
@@ -127,18 +135,39 @@ def test_date_rules(tags, date, hour, timeofday):
         assert one(facets, "year") is None and one(facets, "month") is None
 
 
-@pytest.mark.parametrize("hour, part", [(0, "night"), (5, "night"), (6, "morning"), (11, "morning"),
-                                        (12, "afternoon"), (17, "afternoon"), (18, "evening"), (23, "evening")])
+@pytest.mark.parametrize(
+    "hour, part",
+    [
+        (0, "night"),
+        (5, "night"),
+        (6, "morning"),
+        (11, "morning"),
+        (12, "afternoon"),
+        (17, "afternoon"),
+        (18, "evening"),
+        (23, "evening"),
+    ],
+)
 def test_time_of_day_boundaries(hour, part):
     assert text(normalize({"DateTimeOriginal": f"2020:01:01 {hour:02d}:30:00"}), "timeofday") == part
 
 
 @pytest.mark.parametrize(
     "iso, expected",
-    [(100, Facet("iso", "100", 100.0)), ("400", Facet("iso", "400", 400.0)), ([0, 200], Facet("iso", "200", 200.0)),
-     ("0 200", Facet("iso", "200", 200.0)), ([800, 1600], Facet("iso", "800", 800.0)),
-     (64.8419777325505, Facet("iso", "64.8419777326", 64.8419777325505)),
-     (0, None), ("auto", None), (None, None), ({"x": 1}, None), (True, None), (float("nan"), None)],
+    [
+        (100, Facet("iso", "100", 100.0)),
+        ("400", Facet("iso", "400", 400.0)),
+        ([0, 200], Facet("iso", "200", 200.0)),
+        ("0 200", Facet("iso", "200", 200.0)),
+        ([800, 1600], Facet("iso", "800", 800.0)),
+        (64.8419777325505, Facet("iso", "64.8419777326", 64.8419777325505)),
+        (0, None),
+        ("auto", None),
+        (None, None),
+        ({"x": 1}, None),
+        (True, None),
+        (float("nan"), None),
+    ],
 )
 def test_iso_takes_the_first_positive_value(iso, expected):
     assert one(normalize({"ISO": iso}), "iso") == expected
@@ -154,8 +183,17 @@ def test_exposure_values_display_without_trailing_zero():
     assert text(normalize({"ExposureTime": 0.00001}), "exposure") == "0.00001"  # no "1e-05"
 
 
-@pytest.mark.parametrize("tags", [{"FNumber": 0}, {"FNumber": "f/2.8"}, {"ExposureTime": "1/250"},
-                                  {"ExposureTime": -1}, {"FocalLength": [35, 50]}, {"FocalLength": None}])
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {"FNumber": 0},
+        {"FNumber": "f/2.8"},
+        {"ExposureTime": "1/250"},
+        {"ExposureTime": -1},
+        {"FocalLength": [35, 50]},
+        {"FocalLength": None},
+    ],
+)
 def test_odd_exposure_values_are_skipped(tags):
     facets = normalize(tags)
     assert not [f for f in facets if f.key in ("fnumber", "exposure", "focal")]
@@ -181,8 +219,9 @@ def test_width_and_height(tags, size):
         assert found == (Facet("width", str(size[0]), size[0]), Facet("height", str(size[1]), size[1]))
 
 
-@pytest.mark.parametrize("value, expected", [(1, 1), (8, 8), ("6", 6), (9, None), (0, None), (6.5, None),
-                                             ("Rotate 90 CW", None)])
+@pytest.mark.parametrize(
+    "value, expected", [(1, 1), (8, 8), ("6", 6), (9, None), (0, None), (6.5, None), ("Rotate 90 CW", None)]
+)
 def test_orientation_is_one_to_eight(value, expected):
     facet = one(normalize({"Orientation": value}), "orientation")
     assert (facet.num if facet else None) == expected
@@ -223,17 +262,22 @@ def test_has_gps_is_always_present():
 
 
 def test_keywords_from_keywords_and_subject_deduplicated():
-    facets = normalize({"Keywords": ["XMP", "Blue Square", "xmp", 2015], "Subject": "blue square, sky",
-                        "Title": "  "})
+    facets = normalize({"Keywords": ["XMP", "Blue Square", "xmp", 2015], "Subject": "blue square, sky", "Title": "  "})
     assert texts(facets, "keyword") == ["XMP", "Blue Square", "2015", "blue square, sky"]
     assert texts(normalize({"Subject": "tag"}), "keyword") == ["tag"]
     assert texts(normalize({"Keywords": [None, "", "  ", {"a": 1}]}), "keyword") == []
 
 
 def test_title_and_description():
-    facets = normalize({"Title": "Der Goalie bin ig", "ObjectName": "der goalie bin ig",
-                        "ImageDescription": "El cielo sobre Berlin", "Description": "El cielo sobre Berlin",
-                        "Caption-Abstract": "Heaven above Berlin"})
+    facets = normalize(
+        {
+            "Title": "Der Goalie bin ig",
+            "ObjectName": "der goalie bin ig",
+            "ImageDescription": "El cielo sobre Berlin",
+            "Description": "El cielo sobre Berlin",
+            "Caption-Abstract": "Heaven above Berlin",
+        }
+    )
     assert texts(facets, "title") == ["Der Goalie bin ig"]
     assert texts(facets, "description") == ["El cielo sobre Berlin", "Heaven above Berlin"]
     assert texts(normalize({"ObjectName": "Communications"}), "title") == ["Communications"]
@@ -241,9 +285,21 @@ def test_title_and_description():
 
 @pytest.mark.parametrize(
     "junk",
-    ["OLYMPUS DIGITAL CAMERA         ", "                               ", "SONY DSC", "KODAK Digital Still Camera",
-     " DIGITAL CAMERA ", "<Digimax i50 MP3, Samsung #1 MP3>", "DSC00019", "000015", "WWL     ", "Canon EOS 40D",
-     "(Binary data 2048 bytes, use -b option to extract)", "base64:AAEC", "\x00\x00\x00"],
+    [
+        "OLYMPUS DIGITAL CAMERA         ",
+        "                               ",
+        "SONY DSC",
+        "KODAK Digital Still Camera",
+        " DIGITAL CAMERA ",
+        "<Digimax i50 MP3, Samsung #1 MP3>",
+        "DSC00019",
+        "000015",
+        "WWL     ",
+        "Canon EOS 40D",
+        "(Binary data 2048 bytes, use -b option to extract)",
+        "base64:AAEC",
+        "\x00\x00\x00",
+    ],
 )
 def test_vendor_boilerplate_is_not_a_description(junk):
     tags = {"Make": "WWL", "Model": "Canon EOS 40D", "ImageDescription": junk, "Caption-Abstract": junk}
@@ -255,17 +311,62 @@ def test_real_descriptions_are_kept():
         assert texts(normalize({"ImageDescription": value}), "description") == [value]
 
 
-ODD_VALUES = [None, True, 0, -1, 1e308, float("inf"), "", " ", "\x00", "(Binary data 12 bytes, use -b option to extract)",
-              "base64:AAAA", [], [None], ["a", 1, None], {"nested": {"x": 1}}, "0000:00:00 00:00:00", "1 2 3", "x" * 5000]
+ODD_VALUES = [
+    None,
+    True,
+    0,
+    -1,
+    1e308,
+    float("inf"),
+    "",
+    " ",
+    "\x00",
+    "(Binary data 12 bytes, use -b option to extract)",
+    "base64:AAAA",
+    [],
+    [None],
+    ["a", 1, None],
+    {"nested": {"x": 1}},
+    "0000:00:00 00:00:00",
+    "1 2 3",
+    "x" * 5000,
+]
 
 
 @pytest.mark.parametrize("value", ODD_VALUES, ids=range(len(ODD_VALUES)))
 def test_normalize_never_raises_on_odd_values(value):
-    names = ["Make", "Model", "LensModel", "Lens", "LensID", "DateTimeOriginal", "CreateDate", "DateCreated",
-             "DateTimeCreated", "MediaCreateDate", "ISO", "FNumber", "ExposureTime", "FocalLength", "ImageWidth",
-             "ImageHeight", "ImageSize", "ExifImageWidth", "ExifImageHeight", "Orientation", "FileType",
-             "GPSLatitude", "GPSLongitude", "Keywords", "Subject", "Title", "ObjectName", "ImageDescription",
-             "Description", "Caption-Abstract"]
+    names = [
+        "Make",
+        "Model",
+        "LensModel",
+        "Lens",
+        "LensID",
+        "DateTimeOriginal",
+        "CreateDate",
+        "DateCreated",
+        "DateTimeCreated",
+        "MediaCreateDate",
+        "ISO",
+        "FNumber",
+        "ExposureTime",
+        "FocalLength",
+        "ImageWidth",
+        "ImageHeight",
+        "ImageSize",
+        "ExifImageWidth",
+        "ExifImageHeight",
+        "Orientation",
+        "FileType",
+        "GPSLatitude",
+        "GPSLongitude",
+        "Keywords",
+        "Subject",
+        "Title",
+        "ObjectName",
+        "ImageDescription",
+        "Description",
+        "Caption-Abstract",
+    ]
     facets = normalize({name: value for name in names})
     assert all(f.key in FACET_BY_KEY and isinstance(f.text, str) and f.text for f in facets)
     assert all(len(f.text) <= 1000 for f in facets)
@@ -308,24 +409,54 @@ def extractor(tmp_path):
 
 @needs_exiftool
 def test_extracts_what_make_photo_wrote(tmp_path, extractor):
-    photo = make_photo(tmp_path / "photos" / "IMG_0001.jpg", size=(96, 64), make="Canon", model="Canon EOS 40D",
-                       lens="EF-S18-55mm f/3.5-5.6 IS II", taken="2019:07:14 19:30:05", iso=400, fnumber=5.6,
-                       exposure=1 / 250, focal=35.0, orientation=6, description="Lake at dusk",
-                       gps=(-33.8568, 151.2153))
+    photo = make_photo(
+        tmp_path / "photos" / "IMG_0001.jpg",
+        size=(96, 64),
+        make="Canon",
+        model="Canon EOS 40D",
+        lens="EF-S18-55mm f/3.5-5.6 IS II",
+        taken="2019:07:14 19:30:05",
+        iso=400,
+        fnumber=5.6,
+        exposure=1 / 250,
+        focal=35.0,
+        orientation=6,
+        description="Lake at dusk",
+        gps=(-33.8568, 151.2153),
+    )
     plain = make_photo(tmp_path / "photos" / "plain.png")
     results = extractor.extract([os.fsencode(photo), os.fsencode(plain)])
     facets = facets_of(results[os.fsencode(photo)])
-    expected = {"make": "Canon", "model": "Canon EOS 40D", "camera": "Canon EOS 40D",
-                "lens": "EF-S18-55mm f/3.5-5.6 IS II", "date": "2019-07-14", "year": "2019", "month": "7",
-                "hour": "19", "timeofday": "evening", "iso": "400", "fnumber": "5.6", "exposure": "0.004",
-                "focal": "35", "width": "96", "height": "64", "orientation": "6", "format": "JPEG",
-                "has_gps": "yes", "description": "Lake at dusk"}
+    expected = {
+        "make": "Canon",
+        "model": "Canon EOS 40D",
+        "camera": "Canon EOS 40D",
+        "lens": "EF-S18-55mm f/3.5-5.6 IS II",
+        "date": "2019-07-14",
+        "year": "2019",
+        "month": "7",
+        "hour": "19",
+        "timeofday": "evening",
+        "iso": "400",
+        "fnumber": "5.6",
+        "exposure": "0.004",
+        "focal": "35",
+        "width": "96",
+        "height": "64",
+        "orientation": "6",
+        "format": "JPEG",
+        "has_gps": "yes",
+        "description": "Lake at dusk",
+    }
     assert {key: text(facets, key) for key in expected} == expected
     assert one(facets, "lat").num == pytest.approx(-33.8568, abs=1e-4)
     assert one(facets, "lon").num == pytest.approx(151.2153, abs=1e-4)
     plain_facets = facets_of(results[os.fsencode(plain)])
     assert (text(plain_facets, "format"), text(plain_facets, "has_gps"), text(plain_facets, "camera")) == (
-        "PNG", "no", None)
+        "PNG",
+        "no",
+        None,
+    )
 
 
 @needs_exiftool
@@ -440,11 +571,15 @@ def flaky_exiftool(tmp_path) -> str:
 
 
 @needs_exiftool
-@pytest.mark.parametrize("marker, reason", [("HANG-ME", "exiftool timed out after 2s"),
-                                            ("CRASH-ME", "exiftool failed: it was killed by signal 9")])
+@pytest.mark.parametrize(
+    "marker, reason",
+    [("HANG-ME", "exiftool timed out after 2s"), ("CRASH-ME", "exiftool failed: it was killed by signal 9")],
+)
 def test_a_file_that_hangs_or_crashes_exiftool_only_loses_its_own_facets(tmp_path, flaky_exiftool, marker, reason):
-    paths = [os.fsencode(make_photo(tmp_path / f"{name}.jpg", iso=100 + i))
-             for i, name in enumerate(["a", "b", marker, "c", "d"])]
+    paths = [
+        os.fsencode(make_photo(tmp_path / f"{name}.jpg", iso=100 + i))
+        for i, name in enumerate(["a", "b", marker, "c", "d"])
+    ]
     with ExifExtractor(exiftool_path=flaky_exiftool, timeout=2, batch=64, scratch_dir=tmp_path / "s") as ex:
         started = time.monotonic()
         results = ex.extract(paths)
@@ -493,7 +628,7 @@ def read_manifest() -> list[dict[str, str]]:
 
 
 def manifest_date(value: str) -> str | None:
-    """"2014:03:05 05:28:09" -> "2014-03-05"; None for "0000:00:00 ..." and blanks."""
+    """ "2014:03:05 05:28:09" -> "2014-03-05"; None for "0000:00:00 ..." and blanks."""
     import datetime
 
     try:

@@ -52,7 +52,7 @@ class FakeView:
 
     def read(self, path, size, offset):
         self._maybe_raise()
-        return b"hello"[offset:offset + size]
+        return b"hello"[offset : offset + size]
 
     def mkdir(self, path):
         self.calls.append(("mkdir", path))
@@ -119,9 +119,15 @@ def test_paths_and_names_round_trip_as_bytes(ops):
 )
 def test_errno_mapping(ops, exc, code):
     assert errno_for(exc)[0] == code
-    for call, args in ((ops.getattr, ("/p",)), (ops.readdir, ("/p", 0)), (ops.readlink, ("/p",)),
-                       (ops.read, ("/p", 10, 0, 0)), (ops.open, ("/p", os.O_RDONLY)), (ops.rmdir, ("/p",)),
-                       (ops.mkdir, ("/p", 0o755))):
+    for call, args in (
+        (ops.getattr, ("/p",)),
+        (ops.readdir, ("/p", 0)),
+        (ops.readlink, ("/p",)),
+        (ops.read, ("/p", 10, 0, 0)),
+        (ops.open, ("/p", os.O_RDONLY)),
+        (ops.rmdir, ("/p",)),
+        (ops.mkdir, ("/p", 0o755)),
+    ):
         ops.view.raise_next = exc
         assert code_of(call, *args) == code
 

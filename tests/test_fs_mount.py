@@ -84,7 +84,6 @@ if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "serve":
 
 from searchfs.fs import mount as M  # noqa: E402
 
-
 # ------------------------------------------------------------------------------------------ fixtures
 
 
@@ -134,9 +133,16 @@ class Mounted:
         self.pid = 0
         self.expected_log: list[str] = []
 
-    def start(self) -> "Mounted":
+    def start(self) -> Mounted:
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        command = [sys.executable, str(HERE / "test_fs_mount.py"), "serve", str(self.spec), str(self.mnt), str(self.log)]
+        command = [
+            sys.executable,
+            str(HERE / "test_fs_mount.py"),
+            "serve",
+            str(self.spec),
+            str(self.mnt),
+            str(self.log),
+        ]
         self.pid = M.spawn(command, self.mnt, log_file=self.log, ready_timeout=30, env=env)
         return self
 
@@ -162,9 +168,12 @@ class Mounted:
         text = self.log_text()
         if self.check_log_ignore_tracebacks:  # drop the indented traceback bodies of expected errors
             text = "\n".join(line for line in text.splitlines() if not line.startswith((" ", "ZeroDivisionError")))
-        bad = [line for line in text.splitlines()
-               if any(w in line for w in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback"))
-               and not any(e in line for e in self.expected_log)]
+        bad = [
+            line
+            for line in text.splitlines()
+            if any(w in line for w in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback"))
+            and not any(e in line for e in self.expected_log)
+        ]
         assert not bad, "unexpected log lines:\n" + "\n".join(bad)
 
     def searches(self) -> list[str]:
@@ -266,7 +275,8 @@ def test_every_write_refused(mounted):
         """
 mnt = args["mnt"]
 out = {}
-link = os.path.join(mnt, "query/dog", sorted(n for n in os.listdir(os.path.join(mnt, "query/dog")) if not n.startswith("."))[0])
+names = sorted(n for n in os.listdir(os.path.join(mnt, "query/dog")) if not n.startswith("."))
+link = os.path.join(mnt, "query/dog", names[0])
 ops = {
     "create": lambda: open(os.path.join(mnt, "query/dog/new.txt"), "w"),
     "create_root": lambda: open(os.path.join(mnt, "x"), "w"),
@@ -315,8 +325,22 @@ def test_save_and_forget_queries(mounted):
 
 
 def test_probes_never_search(mounted):
-    probes = [".hidden", ".Trash", ".Trash-0", "autorun.inf", "desktop.ini", ".xdg-volume-info", ".directory",
-              "Thumbs.db", ".DS_Store", ".thumbnails", "folder.jpg", "Folder.jpg", ".folder.png", ".git"]
+    probes = [
+        ".hidden",
+        ".Trash",
+        ".Trash-0",
+        "autorun.inf",
+        "desktop.ini",
+        ".xdg-volume-info",
+        ".directory",
+        "Thumbs.db",
+        ".DS_Store",
+        ".thumbnails",
+        "folder.jpg",
+        "Folder.jpg",
+        ".folder.png",
+        ".git",
+    ]
     result = py(
         """
 out = []
@@ -329,8 +353,14 @@ for parent in args["parents"]:
             pass
 result = out
 """,
-        parents=[str(mounted.mnt), f"{mounted.mnt}/query", f"{mounted.mnt}/query/dog", f"{mounted.mnt}/exif/year=2019",
-                 f"{mounted.mnt}/similar/Photos/2019/a.jpg", f"{mounted.mnt}/query/dog/limit=3"],
+        parents=[
+            str(mounted.mnt),
+            f"{mounted.mnt}/query",
+            f"{mounted.mnt}/query/dog",
+            f"{mounted.mnt}/exif/year=2019",
+            f"{mounted.mnt}/similar/Photos/2019/a.jpg",
+            f"{mounted.mnt}/query/dog/limit=3",
+        ],
         probes=probes,
     )
     assert result == []
@@ -361,8 +391,14 @@ def test_concurrent_readers(tmp_path, photos, request):
     request.addfinalizer(m.stop)
     m.start()
     folder = f"{m.mnt}/query/eight readers"
-    procs = [subprocess.Popen(["sh", "-c", f"ls -A '{folder}' && cat '{folder}/.results.tsv' | wc -l"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(8)]
+    procs = [
+        subprocess.Popen(
+            ["sh", "-c", f"ls -A '{folder}' && cat '{folder}/.results.tsv' | wc -l"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(8)
+    ]
     outs = [p.communicate(timeout=T) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert len({o for o, _ in outs}) == 1
@@ -377,12 +413,18 @@ def test_kill9_then_remount_over_stale(tmp_path, photos, request):
     sh(f"ls '{m.mnt}/query/dog' > /dev/null")
     os.kill(m.pid, signal.SIGKILL)
     _reap(m.pid)
-    assert py("""
+    assert (
+        py(
+            """
 try:
     os.listdir(args["mnt"]); result = "ok"
 except OSError as exc:
     result = errno.errorcode[exc.errno]
-""", mnt=str(m.mnt)) == "ENOTCONN"  # "Transport endpoint is not connected"
+""",
+            mnt=str(m.mnt),
+        )
+        == "ENOTCONN"
+    )  # "Transport endpoint is not connected"
     assert M.is_stale(m.mnt)
     m.start()  # clears the stale mount first
     assert not M.is_stale(m.mnt)

@@ -10,14 +10,11 @@ import json
 import os
 import threading
 import time
-from typing import Optional
 
 import pytest
 
 from searchfs.config import Settings
 from searchfs.errors import ModelUnavailable, NotFound, QueryError, ReadOnly
-from searchfs.records import FACETS, Hit
-from searchfs.search.query import Query
 from searchfs.fs import names as N
 from searchfs.fs.view import (
     DIR,
@@ -29,7 +26,8 @@ from searchfs.fs.view import (
     SingleFlightLRU,
     View,
 )
-
+from searchfs.records import FACETS, Hit
+from searchfs.search.query import Query
 
 # ------------------------------------------------------------------------------------- fake backend
 
@@ -37,14 +35,14 @@ from searchfs.fs.view import (
 class FakeBackend:
     """An in-memory library. Photos: (root, relpath) -> facets. Scores are a hash of (query, path)."""
 
-    def __init__(self, roots: dict[str, bytes], settings: Optional[Settings] = None, delay: float = 0.0):
+    def __init__(self, roots: dict[str, bytes], settings: Settings | None = None, delay: float = 0.0):
         self.settings = settings or Settings(home=__import__("pathlib").Path("/nonexistent"))
         self.roots = dict(roots)
         self.photos: dict[tuple[str, bytes], dict] = {}
         self.gen = 1
         self.delay = delay
         self.search_calls: list[Query] = []
-        self.fail: Optional[Exception] = None
+        self.fail: Exception | None = None
         self.saved: list[str] = []
         self._lock = threading.Lock()
         self._ids: dict[tuple[str, bytes], int] = {}
@@ -72,7 +70,7 @@ class FakeBackend:
         out: dict[bytes, bool] = {}
         for r, p in self.photos:
             if r == root and p.startswith(prefix):
-                rest = p[len(prefix):]
+                rest = p[len(prefix) :]
                 head, sep, _ = rest.partition(b"/")
                 out[head] = bool(sep) or out.get(head, False)
         if relpath and not out:
@@ -118,7 +116,7 @@ class FakeBackend:
             if not all(self._match(facets, f) for f in query.filters):
                 continue
             if query.text is not None:
-                score: Optional[float] = self._score(query.text, relpath)
+                score: float | None = self._score(query.text, relpath)
             elif query.similar_to is not None:
                 score = self._score(repr(query.similar_to), relpath)
             else:
@@ -133,8 +131,15 @@ class FakeBackend:
         # as the real engine: ranked queries default to search.limit, metadata-only ones list everything
         rows = rows[: query.limit or (self.settings.search_limit if query.ranked else None)]
         return [
-            Hit(rank=i, score=s, root=r, relpath=p, abspath=os.path.join(self.roots[r], p),
-                file_id=self._ids[(r, p)], content_id=self._ids[(r, p)])
+            Hit(
+                rank=i,
+                score=s,
+                root=r,
+                relpath=p,
+                abspath=os.path.join(self.roots[r], p),
+                file_id=self._ids[(r, p)],
+                content_id=self._ids[(r, p)],
+            )
             for i, (s, r, p) in enumerate(rows, start=1)
         ]
 
@@ -211,7 +216,7 @@ def test_fit_name_long_utf8_and_bytes():
         name = N.fit_name("001_", base)
         assert len(name) <= 255
         assert name.startswith(b"001_")
-        assert name.endswith(base[base.rfind(b"."):])
+        assert name.endswith(base[base.rfind(b".") :])
         if base.decode("utf-8", "strict") if _utf8(base) else False:
             name.decode("utf-8")  # never a split sequence
     assert N.fit_name("1_", b"short.jpg") == b"1_short.jpg"
@@ -233,9 +238,23 @@ def test_result_names_unique_with_duplicate_ranks():
 
 
 def test_probe_names():
-    for probe in (b".hidden", b".Trash-1000", b".Trash", b"autorun.inf", b"Desktop.ini", b"Thumbs.db",
-                  b".DS_Store", b".xdg-volume-info", b".directory", b"folder.jpg", b"Folder.jpg",
-                  b".folder.png", b"@eaDir", b"AlbumArtSmall.jpg", b".thumbnails"):
+    for probe in (
+        b".hidden",
+        b".Trash-1000",
+        b".Trash",
+        b"autorun.inf",
+        b"Desktop.ini",
+        b"Thumbs.db",
+        b".DS_Store",
+        b".xdg-volume-info",
+        b".directory",
+        b"folder.jpg",
+        b"Folder.jpg",
+        b".folder.png",
+        b"@eaDir",
+        b"AlbumArtSmall.jpg",
+        b".thumbnails",
+    ):
         assert N.is_probe(probe), probe
     for fine in (b"dog", b"camera=Canon", b"01_a.jpg", b"folder"):
         assert not N.is_probe(fine)
@@ -246,7 +265,12 @@ def test_probe_names():
 
 def test_root(view):
     entries = view.readdir(b"/")
-    assert [(e.name, e.kind) for e in entries] == [(b"query", DIR), (b"exif", DIR), (b"similar", DIR), (b"README.txt", FILE)]
+    assert [(e.name, e.kind) for e in entries] == [
+        (b"query", DIR),
+        (b"exif", DIR),
+        (b"similar", DIR),
+        (b"README.txt", FILE),
+    ]
     readme = view.read(b"/README.txt", 1 << 20, 0)
     assert b"query/<text>/" in readme and b"exif/" in readme
     assert view.getattr(b"/README.txt").size == len(readme)
@@ -254,8 +278,14 @@ def test_root(view):
 
 
 def test_query_folder_exists_without_search(view, backend):
-    for path in (b"/query/dog", b"/query/a dog on a beach", b"/query/dog/exif/camera=Canon", b"/query/dog/limit=3",
-                 b"/query/dog/camera=canon/min=0.1", b"/exif/camera=Canon/year=2019..2021/query/dog"):
+    for path in (
+        b"/query/dog",
+        b"/query/a dog on a beach",
+        b"/query/dog/exif/camera=Canon",
+        b"/query/dog/limit=3",
+        b"/query/dog/camera=canon/min=0.1",
+        b"/exif/camera=Canon/year=2019..2021/query/dog",
+    ):
         assert view.getattr(path).kind == DIR, path
     assert backend.search_calls == []
 
@@ -318,11 +348,25 @@ def test_exif_listings_and_escaping(view, backend):
 
 
 def test_bad_names_are_enoent(view, backend):
-    for path in (b"/nope", b"/exif/nokey", b"/exif/nokey=1", b"/exif/year=abc", b"/exif/year/camera=Canon",
-                 b"/exif/camera=", b"/query/dog/limit=0", b"/query/dog/limit=x", b"/query/dog/min=7",
-                 b"/query/dog/query/cat", b"/query/dog/similar/Photos/2019/a.jpg", b"/query/dog/nonsense",
-                 b"/similar/Nope", b"/similar/Photos/1999", b"/similar/Photos/2019/zzz.jpg", b"/query/ ",
-                 b"/query/caf\xe9"):
+    for path in (
+        b"/nope",
+        b"/exif/nokey",
+        b"/exif/nokey=1",
+        b"/exif/year=abc",
+        b"/exif/year/camera=Canon",
+        b"/exif/camera=",
+        b"/query/dog/limit=0",
+        b"/query/dog/limit=x",
+        b"/query/dog/min=7",
+        b"/query/dog/query/cat",
+        b"/query/dog/similar/Photos/2019/a.jpg",
+        b"/query/dog/nonsense",
+        b"/similar/Nope",
+        b"/similar/Photos/1999",
+        b"/similar/Photos/2019/zzz.jpg",
+        b"/query/ ",
+        b"/query/caf\xe9",
+    ):
         with pytest.raises((NoEntry, QueryError, NotFound)):
             view.getattr(path)
     with pytest.raises(NotADir):
@@ -338,8 +382,10 @@ def test_similar_tree_and_results(view, backend):
     links = [e.name for e in view.readdir(b"/similar/Photos/2019/a.jpg") if e.kind == LINK]
     assert len(links) == len(backend.photos) - 1
     assert backend.search_calls[-1].similar_to == ("Photos", b"2019/a.jpg")
-    assert all(not n.endswith(b"_a.jpg") or view.readlink(b"/similar/Photos/2019/a.jpg/" + n) != b"/photos/2019/a.jpg"
-               for n in links)
+    assert all(
+        not n.endswith(b"_a.jpg") or view.readlink(b"/similar/Photos/2019/a.jpg/" + n) != b"/photos/2019/a.jpg"
+        for n in links
+    )
     nested = view.readdir(b"/similar/Photos/2019/a.jpg/exif/year=2020")
     q = backend.search_calls[-1]
     assert q.similar_to == ("Photos", b"2019/a.jpg") and [str(f) for f in q.filters] == ["year=2020"]
@@ -380,11 +426,32 @@ def test_limit_sets_width_and_defaults(backend):
 
 
 def test_probes_never_search(view, backend):
-    probes = [b".hidden", b".Trash-0", b".Trash", b"autorun.inf", b"desktop.ini", b".xdg-volume-info",
-              b".directory", b"Thumbs.db", b".DS_Store", b".thumbnails", b"folder.jpg", b"Folder.jpg",
-              b".folder.png", b".git"]
-    for parent in (b"/", b"/query", b"/query/dog", b"/exif", b"/exif/camera", b"/exif/camera=Canon",
-                   b"/similar/Photos/2019/a.jpg", b"/query/dog/limit=5"):
+    probes = [
+        b".hidden",
+        b".Trash-0",
+        b".Trash",
+        b"autorun.inf",
+        b"desktop.ini",
+        b".xdg-volume-info",
+        b".directory",
+        b"Thumbs.db",
+        b".DS_Store",
+        b".thumbnails",
+        b"folder.jpg",
+        b"Folder.jpg",
+        b".folder.png",
+        b".git",
+    ]
+    for parent in (
+        b"/",
+        b"/query",
+        b"/query/dog",
+        b"/exif",
+        b"/exif/camera",
+        b"/exif/camera=Canon",
+        b"/similar/Photos/2019/a.jpg",
+        b"/query/dog/limit=5",
+    ):
         for probe in probes:
             with pytest.raises(NoEntry):
                 view.getattr(parent.rstrip(b"/") + b"/" + probe)
@@ -526,9 +593,11 @@ def test_metadata_folders_list_every_match_ranked_ones_the_top_k(tmp_path):
     for i in range(12):
         backend.add("Photos", b"p%02d.jpg" % i, camera="Canon EOS 40D")
     view = View(backend)
-    links = lambda path: [n for n in names(view, path) if not n.startswith(b".")]
+
+    def links(path):
+        return [n for n in names(view, path) if not n.startswith(b".")]
+
     assert len(links(b"/exif/camera=Canon")) == 12  # like `searchfs search --where`: no default limit
     assert len(links(b"/exif/camera=Canon/limit=3")) == 3
     assert len(links(b"/query/dog")) == 5  # ranked: search.limit
     assert len(links(b"/exif/camera=Canon/query/dog")) == 5
-

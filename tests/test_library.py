@@ -199,7 +199,9 @@ def test_derived_vector_files_are_rebuilt_when_damaged(settings, photos):
         stamp_file = folder / "stamp.json"
         good = stamp_file.read_text()
         stamp_file.write_text(good.replace('"count": 6', '"count": 5'))
-        assert library.status().vectors["state"].startswith("stale") and "count is 5" in library.status().vectors["state"]
+        assert (
+            library.status().vectors["state"].startswith("stale") and "count is 5" in library.status().vectors["state"]
+        )
         stamp_file.write_text(good)
     files = [p for p in folder.iterdir() if p.is_file() and p.name != "stamp.json"]
     assert files
@@ -219,9 +221,8 @@ def test_non_utf8_names_round_trip(lib, tmp_path):
 
 
 def test_camera_raw_is_embedded_from_its_preview_upright(lib, tmp_path):
-    from PIL import Image
-
     from photos import make_raw_like
+    from PIL import Image
 
     root = tmp_path / "raw"
     # a lopsided picture (bright band on one side), so that turning it changes what the model sees

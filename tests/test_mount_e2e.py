@@ -22,7 +22,9 @@ T = 30
 
 
 def searchfs(*args, env, check=True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "searchfs", *args], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "searchfs", *args], env=env, capture_output=True, text=True, timeout=120
+    )
     if check:
         assert done.returncode == 0, done.stderr
     return done
@@ -78,11 +80,15 @@ def test_exif_folders_and_combinations(mounted):
     photos, mnt, env = mounted
     assert "camera" in listing(mnt / "exif")
     assert listing(mnt / "exif" / "camera") == ["camera=Apple iPhone 12", "camera=Canon EOS 40D", "camera=NIKON D70"]
-    canon = [os.path.basename(os.readlink(mnt / "exif" / "camera=Canon" / n)) for n in listing(mnt / "exif" / "camera=Canon")]
+    canon = [
+        os.path.basename(os.readlink(mnt / "exif" / "camera=Canon" / n)) for n in listing(mnt / "exif" / "camera=Canon")
+    ]
     assert sorted(canon) == ["IMG_0000.jpg", "IMG_0003.jpg"]
     combined = mnt / "exif" / "camera=canon" / "year=2021..2022" / "query" / "dog"
     assert [os.path.basename(os.readlink(combined / n)) for n in listing(combined)] == ["IMG_0003.jpg"]
-    cli = json.loads(searchfs("search", "dog", "--where", "camera=canon", "--where", "year=2021..2022", "--json", env=env).stdout)
+    cli = json.loads(
+        searchfs("search", "dog", "--where", "camera=canon", "--where", "year=2021..2022", "--json", env=env).stdout
+    )
     assert [h["path"] for h in cli] == [os.readlink(combined / n) for n in listing(combined)]
     limited = mnt / "query" / "dog" / "limit=2"
     assert len(listing(limited)) == 2
@@ -131,7 +137,9 @@ def test_live_changes_show_on_the_next_listing(mounted):
     make_photo(photos / "new" / "L1.jpg", (5, 250, 5), seed=42, make="Leica", model="Leica M11")
     assert _eventually(lambda: [os.path.basename(os.readlink(folder / n)) for n in listing(folder)] == ["L1.jpg"])
     os.rename(photos / "new", photos / "renamed")
-    assert _eventually(lambda: [os.readlink(folder / n) for n in listing(folder)] == [str(photos / "renamed" / "L1.jpg")])
+    assert _eventually(
+        lambda: [os.readlink(folder / n) for n in listing(folder)] == [str(photos / "renamed" / "L1.jpg")]
+    )
     os.remove(photos / "renamed" / "L1.jpg")
     assert _eventually(lambda: listing(folder) == [])
     status = json.loads(searchfs("status", "--json", env=env).stdout)

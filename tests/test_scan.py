@@ -5,7 +5,8 @@ from photos import make_photo
 from searchfs.ingest.scan import ScanRules, hash_file, is_candidate, root_state, stat_photo, walk
 
 
-def _all_files(root, rules=ScanRules(), start=b""):
+def _all_files(root, rules=None, start=b""):
+    rules = rules or ScanRules()
     problems = []
     files = [st.relpath for folder in walk(os.fsencode(root), rules, problems, start) for st in folder.files]
     return sorted(files), problems

@@ -388,7 +388,7 @@ def test_concurrent_searches_while_writing(rng, exact_below):
     def writer():
         r = np.random.default_rng(99)
         try:
-            for step in range(40):
+            for _step in range(40):
                 batch = r.choice(ids, 100, replace=False)
                 index.add(batch, unit(r, 100))
                 index.remove(r.choice(ids, 80, replace=False))

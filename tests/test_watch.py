@@ -89,8 +89,9 @@ def b(path) -> bytes:
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings(home=tmp_path / "home", watch_settle_seconds=SETTLE, watch_reconcile_minutes=60,
-                    watch_poll_seconds=0.3)
+    return Settings(
+        home=tmp_path / "home", watch_settle_seconds=SETTLE, watch_reconcile_minutes=60, watch_poll_seconds=0.3
+    )
 
 
 @pytest.fixture
@@ -405,7 +406,9 @@ def test_root_missing_at_start_then_created(tmp_path, sink, start_watcher):
     wait_for(lambda: sink.changes("upsert"), what="upsert")
 
 
-def test_a_root_that_stops_answering_goes_offline_and_the_others_keep_being_watched(tmp_path, sink, start_watcher, monkeypatch):
+def test_a_root_that_stops_answering_goes_offline_and_the_others_keep_being_watched(
+    tmp_path, sink, start_watcher, monkeypatch
+):
     """A hard-mounted NFS share whose server went away: stat() of its folder never returns. That cannot
     be staged here without a dead server, so the stat of that one root is made to hang; everything else
     is real."""
@@ -497,8 +500,10 @@ def test_network_file_systems_are_polled():
 def test_split_ready_holds_files_being_written_and_what_depends_on_them():
     ev = lambda kind, p, t, d=None, is_dir=False: RawEvent(kind, p, d, is_dir, t)  # noqa: E731
     events = [
-        ev("created", b"/r/done.jpg", 0.0), ev("closed", b"/r/done.jpg", 0.1),
-        ev("created", b"/r/D/big.mov", 0.0), ev("modified", b"/r/D/big.mov", 0.9),
+        ev("created", b"/r/done.jpg", 0.0),
+        ev("closed", b"/r/done.jpg", 0.1),
+        ev("created", b"/r/D/big.mov", 0.0),
+        ev("modified", b"/r/D/big.mov", 0.9),
         ev("created", b"/r/other.jpg", 0.2),
         ev("moved", b"/r/D", 1.0, b"/r/E", True),
     ]

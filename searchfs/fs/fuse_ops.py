@@ -16,7 +16,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import mfusepy
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 ENCODING, ERRORS = "utf-8", "surrogateescape"
 
 
-def _b(path: Optional[str]) -> bytes:
+def _b(path: str | None) -> bytes:
     return (path or "/").encode(ENCODING, ERRORS)
 
 
@@ -99,7 +100,7 @@ class SearchfsOperations(mfusepy.Operations):
 
     # ------------------------------------------------------------------------------------ plumbing
 
-    def _call(self, op: str, path: Optional[str], fn: Callable[[], Any]) -> Any:
+    def _call(self, op: str, path: str | None, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
         except BaseException as exc:  # noqa: BLE001 - nothing may escape into libfuse
@@ -110,17 +111,31 @@ class SearchfsOperations(mfusepy.Operations):
             self._log(op, path, exc, code, level)
             raise mfusepy.FuseOSError(code) from None
 
-    def _log(self, op: str, path: Optional[str], exc: Exception, code: int, level: int) -> None:
+    def _log(self, op: str, path: str | None, exc: Exception, code: int, level: int) -> None:
         if level < logging.WARNING:
             log.log(level, "%s %r: %s: %s -> %s", op, path, type(exc).__name__, exc, errno.errorcode.get(code))
             return
         if isinstance(exc, E.SearchfsError):  # expected failures: one clear line, no traceback
             if self._throttle.allow(f"{type(exc).__name__}:{exc}"):
-                log.log(level, "%s %r failed: %s (%s); answering %s", op, path, exc, type(exc).__name__,
-                        errno.errorcode.get(code))
+                log.log(
+                    level,
+                    "%s %r failed: %s (%s); answering %s",
+                    op,
+                    path,
+                    exc,
+                    type(exc).__name__,
+                    errno.errorcode.get(code),
+                )
             return
-        log.log(level, "%s %r: unexpected %s; answering %s", op, path, type(exc).__name__,
-                errno.errorcode.get(code), exc_info=exc)
+        log.log(
+            level,
+            "%s %r: unexpected %s; answering %s",
+            op,
+            path,
+            type(exc).__name__,
+            errno.errorcode.get(code),
+            exc_info=exc,
+        )
 
     def _stat(self, attr: V.Attr) -> dict[str, Any]:
         return {
@@ -139,7 +154,7 @@ class SearchfsOperations(mfusepy.Operations):
 
     # ------------------------------------------------------------------------------------- reading
 
-    def getattr(self, path: str, fh: Optional[int] = None) -> dict[str, Any]:
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         return self._call("getattr", path, lambda: self._stat(self.view.getattr(_b(path))))
 
     def readdir(self, path: str, fh: int):
@@ -191,7 +206,7 @@ class SearchfsOperations(mfusepy.Operations):
 
     # ------------------------------------------------------------------------ everything else: EROFS
 
-    def _refuse(self, op: str, path: Optional[str]) -> int:
+    def _refuse(self, op: str, path: str | None) -> int:
         return self._call(op, path, _raise_read_only)
 
     def create(self, path, mode, fi=None):

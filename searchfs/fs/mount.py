@@ -44,8 +44,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 from ..config import ensure_private_file
 from ..errors import NotFound, SearchfsError
@@ -143,8 +143,10 @@ def clear_stale(mountpoint) -> bool:
             continue
         if not is_stale(path):
             return True
-    raise MountError(f"{path}: a stale mount is left by a killed daemon and cannot be cleared; "
-                     f"run `fusermount -uz {path}` (or `sudo umount -l {path}`)")
+    raise MountError(
+        f"{path}: a stale mount is left by a killed daemon and cannot be cleared; "
+        f"run `fusermount -uz {path}` (or `sudo umount -l {path}`)"
+    )
 
 
 def _inside(child: str, parent: str) -> bool:
@@ -165,11 +167,15 @@ def check_mountpoint(mountpoint, root_paths: Sequence[bytes | str] = ()) -> str:
     for root in root_paths:
         root_real = os.path.realpath(os.fsdecode(root))
         if _inside(real, root_real):
-            raise MountError(f"mountpoint {path} is inside the source root {root_real}; "
-                             "the index would find its own results. Pick a folder outside the roots")
+            raise MountError(
+                f"mountpoint {path} is inside the source root {root_real}; "
+                "the index would find its own results. Pick a folder outside the roots"
+            )
         if _inside(root_real, real):
-            raise MountError(f"mountpoint {path} contains the source root {root_real}; "
-                             "mounting would hide the photos. Pick another folder")
+            raise MountError(
+                f"mountpoint {path} contains the source root {root_real}; "
+                "mounting would hide the photos. Pick another folder"
+            )
     if os.listdir(path):
         raise MountError(f"mountpoint {path} is not empty; mounting would hide its files")
     return path
@@ -196,7 +202,7 @@ def default_log_file(settings) -> Path:
     return Path(settings.log_dir) / "mount.log"
 
 
-def _setup_logging(log_file: Optional[os.PathLike], debug: bool) -> Optional[logging.Handler]:
+def _setup_logging(log_file: os.PathLike | None, debug: bool) -> logging.Handler | None:
     if log_file is None:
         return None
     path = Path(log_file)
@@ -221,13 +227,13 @@ def mount(
     *,
     foreground: bool = True,
     allow_other: bool = False,
-    log_file: Optional[os.PathLike] = None,
+    log_file: os.PathLike | None = None,
     debug: bool = False,
-    command: Optional[Sequence[str]] = None,
+    command: Sequence[str] | None = None,
     ready_timeout: float = 60.0,
     entry_timeout: float = ENTRY_TIMEOUT,
     kernel_ro: bool = False,
-) -> Optional[int]:
+) -> int | None:
     """Mount the search tree at `mountpoint`. See the module docstring."""
     if not foreground:
         if command is None:
@@ -250,12 +256,17 @@ def mount(
         roots = [backend.root_path(name) for name in backend.root_names()]
         check_mountpoint(path, roots)
         view = View(backend)
-        log.info("mounting searchfs at %s (pid %d, %s)", path, os.getpid(),
-                 "shared with other users" if allow_other else "private")
+        log.info(
+            "mounting searchfs at %s (pid %d, %s)",
+            path,
+            os.getpid(),
+            "shared with other users" if allow_other else "private",
+        )
         operations = SearchfsOperations(view)
         try:
-            run_fuse(operations, path, foreground=True, debug=debug,
-                     **fuse_options(allow_other, entry_timeout, kernel_ro))
+            run_fuse(
+                operations, path, foreground=True, debug=debug, **fuse_options(allow_other, entry_timeout, kernel_ro)
+            )
         except RuntimeError as exc:
             # libfuse3 reports a loop ended by SIGTERM/SIGINT/SIGHUP as a non-zero status (mfusepy
             # raises RuntimeError(status)); that is a clean stop when the mount is gone.
@@ -283,9 +294,9 @@ def spawn(
     command: Sequence[str],
     mountpoint,
     *,
-    log_file: Optional[os.PathLike] = None,
+    log_file: os.PathLike | None = None,
     ready_timeout: float = 60.0,
-    env: Optional[dict] = None,
+    env: dict | None = None,
 ) -> int:
     """Start `command` (a foreground mount) detached; return its pid once `mountpoint` is live."""
     path = _abs(mountpoint)
@@ -315,8 +326,9 @@ def spawn(
             return child.pid
         code = child.poll()
         if code is not None:
-            raise MountError(f"the mount process exited with status {code} before {path} was mounted"
-                             + _tail(log_file, start))
+            raise MountError(
+                f"the mount process exited with status {code} before {path} was mounted" + _tail(log_file, start)
+            )
         time.sleep(0.05)
     try:
         child.send_signal(signal.SIGTERM)
@@ -337,7 +349,7 @@ def _live(path: str) -> bool:
     return True
 
 
-def _tail(log_file: Optional[os.PathLike], start: int, lines: int = 8) -> str:
+def _tail(log_file: os.PathLike | None, start: int, lines: int = 8) -> str:
     if log_file is None:
         return ""
     try:
@@ -370,7 +382,9 @@ def unmount(mountpoint, *, lazy: bool = False, timeout: float = 10.0) -> None:
         message = proc.stderr.decode("utf-8", "replace").strip()
         errors.append(message or f"{cmd[0]} exited {proc.returncode}")
         if "busy" in message.lower():
-            raise MountError(f"{path} is busy: a shell or program is using it. Leave it (cd elsewhere) "
-                             f"and retry, or unmount lazily with `searchfs umount --lazy {path}`")
+            raise MountError(
+                f"{path} is busy: a shell or program is using it. Leave it (cd elsewhere) "
+                f"and retry, or unmount lazily with `searchfs umount --lazy {path}`"
+            )
     if path in mounts():
         raise MountError(f"cannot unmount {path}: " + "; ".join(errors))

@@ -76,12 +76,7 @@ def is_probe(name: bytes) -> bool:
 
 def escape_segment(text: str) -> str:
     """A str as one path segment: "%" -> "%25", U+2215 -> "%E2%88%95", "/" -> U+2215, NUL -> "%00"."""
-    return (
-        text.replace("%", "%25")
-        .replace(SLASH_STANDIN, "%E2%88%95")
-        .replace("/", SLASH_STANDIN)
-        .replace("\0", "%00")
-    )
+    return text.replace("%", "%25").replace(SLASH_STANDIN, "%E2%88%95").replace("/", SLASH_STANDIN).replace("\0", "%00")
 
 
 _PERCENT = re.compile(rb"(?:%[0-9A-Fa-f]{2})+")

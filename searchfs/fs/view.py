@@ -67,8 +67,9 @@ import stat
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
-from typing import Callable, Generic, Hashable, Optional, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from ..config import Settings
 from ..errors import NotFound, QueryError, ReadOnly
@@ -186,7 +187,7 @@ class _Flight:
     def __init__(self) -> None:
         self.done = threading.Event()
         self.value = None
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
 
 
 class SingleFlightLRU(Generic[K, V]):
@@ -195,10 +196,10 @@ class SingleFlightLRU(Generic[K, V]):
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self._lock = threading.Lock()
-        self._data: "OrderedDict[K, V]" = OrderedDict()
+        self._data: OrderedDict[K, V] = OrderedDict()
         self._flights: dict[K, _Flight] = {}
 
-    def peek(self, key: K) -> Optional[V]:
+    def peek(self, key: K) -> V | None:
         with self._lock:
             value = self._data.get(key)
             if value is not None:
@@ -252,17 +253,17 @@ class SingleFlightLRU(Generic[K, V]):
 class Spec:
     """The query a path has accumulated so far."""
 
-    text: Optional[str] = None
-    similar_to: Optional[tuple[str, bytes]] = None
+    text: str | None = None
+    similar_to: tuple[str, bytes] | None = None
     filters: tuple[Filter, ...] = ()
-    limit: Optional[int] = None
-    min_score: Optional[float] = None
+    limit: int | None = None
+    min_score: float | None = None
 
     @property
     def ranked(self) -> bool:
         return self.text is not None or self.similar_to is not None
 
-    def add_filter(self, flt: Filter) -> "Spec":
+    def add_filter(self, flt: Filter) -> Spec:
         if flt in self.filters:
             return self
         return replace(self, filters=self.filters + (flt,))
@@ -352,8 +353,8 @@ class View:
         self,
         backend: Backend,
         *,
-        uid: Optional[int] = None,
-        gid: Optional[int] = None,
+        uid: int | None = None,
+        gid: int | None = None,
         results_cache: int = 128,
         tree_cache: int = 2048,
         recent_max: int = RECENT_MAX,

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Optional, Sequence
 
 RAW_KINDS = ("created", "modified", "attrib", "closed", "deleted", "moved")
 CHANGE_KINDS = ("upsert", "delete", "move", "rescan")
@@ -40,7 +40,7 @@ CHANGE_KINDS = ("upsert", "delete", "move", "rescan")
 class RawEvent:
     kind: str  # "created" | "modified" | "attrib" | "closed" | "deleted" | "moved"
     path: bytes
-    dest: Optional[bytes] = None
+    dest: bytes | None = None
     is_dir: bool = False
     time: float = 0.0
 
@@ -49,7 +49,7 @@ class RawEvent:
 class Change:
     kind: str  # "upsert" | "delete" | "move" | "rescan"
     path: bytes
-    dest: Optional[bytes] = None
+    dest: bytes | None = None
     is_dir: bool = False
 
 
@@ -113,17 +113,17 @@ def _is_under(path: bytes, top: bytes) -> bool:
 class _Node:
     __slots__ = ("name", "parent", "children", "gone", "pinned", "orig", "is_dir", "dirty")
 
-    def __init__(self, name: bytes, parent: Optional["_Node"], is_dir: bool) -> None:
+    def __init__(self, name: bytes, parent: _Node | None, is_dir: bool) -> None:
         self.name = name
         self.parent = parent
         self.children: dict[bytes, _Node] = {}
         self.gone: set[bytes] = set()  # names that were deleted or moved away: they no longer exist
         self.pinned = False  # identity stored in `orig` rather than derived from the parent's
-        self.orig: Optional[bytes] = None
+        self.orig: bytes | None = None
         self.is_dir = is_dir
         self.dirty = False
 
-    def identity(self) -> Optional[bytes]:
+    def identity(self) -> bytes | None:
         """The path this node had before the burst; None if it was created during the burst."""
         if self.pinned:
             return self.orig
@@ -140,7 +140,7 @@ class _Tree:
 
     # -- lookups ---------------------------------------------------------------------------------------
 
-    def lookup(self, path: bytes, is_dir: bool, materialise: bool = True) -> Optional[_Node]:
+    def lookup(self, path: bytes, is_dir: bool, materialise: bool = True) -> _Node | None:
         """The node at `path`, or None when nothing is there.
 
         A path no event has named yet exists implicitly if it lies in a folder that existed before the
@@ -161,9 +161,9 @@ class _Tree:
             node = child
         return node
 
-    def known(self, path: bytes) -> Optional[_Node]:
+    def known(self, path: bytes) -> _Node | None:
         """The node at `path` if an event has named it (or a folder it is in) and it is still there."""
-        node: Optional[_Node] = self.root
+        node: _Node | None = self.root
         for name in _parts(path):
             node = node.children.get(name) if node is not None else None
         return node
@@ -178,7 +178,7 @@ class _Tree:
             self.remove(node)
         return self.attach_new(parent, os.path.basename(path), True)
 
-    def path_of(self, node: _Node) -> Optional[bytes]:
+    def path_of(self, node: _Node) -> bytes | None:
         """Where a node is now; None if it has been deleted or moved away with something else."""
         names = []
         while node is not self.root:
@@ -195,7 +195,7 @@ class _Tree:
             node = self.moved_dirs.get(top)
             if node is not None:
                 now = self.path_of(node)
-                return now is not None and _join(now, src[len(top) + 1:]) == dest
+                return now is not None and _join(now, src[len(top) + 1 :]) == dest
         return False
 
     # -- edits ---------------------------------------------------------------------------------------
@@ -299,7 +299,7 @@ class _Op:
     id: int
     kind: str  # "move" | "delete"
     src: bytes
-    dest: Optional[bytes]
+    dest: bytes | None
     is_dir: bool
 
 
@@ -431,13 +431,13 @@ class _Scheduler:
         if op.kind == "move" and op.dest is not None:
             edit(self.dest_at, op.dest)
 
-    def _other(self, table: dict[bytes, set[int]], key: bytes, me: int) -> Optional[int]:
+    def _other(self, table: dict[bytes, set[int]], key: bytes, me: int) -> int | None:
         for i in table.get(key, ()):
             if i != me:
                 return i
         return None
 
-    def _blocker(self, op: _Op) -> Optional[int]:
+    def _blocker(self, op: _Op) -> int | None:
         if op.kind == "delete":
             for i in self.src_below.get(op.src, ()):
                 if self.ops[i].kind == "move":
@@ -470,7 +470,7 @@ class _Scheduler:
         for i in moved:
             other = self.ops[i]
             self._index(other, False)
-            other.src = op.dest + other.src[len(op.src):]
+            other.src = op.dest + other.src[len(op.src) :]
             self._index(other, True)
             if other.kind == "move" and other.src == other.dest:  # back where it belongs
                 self._finish(other)
@@ -484,14 +484,16 @@ class _Scheduler:
             seen.add(current)
             path.append(current)
             current = self.blocked_by[current]
-        cycle = path[path.index(current):]
+        cycle = path[path.index(current) :]
         self._convert(self.ops[min(i for i in cycle if self.ops[i].kind == "move")])
 
     def _convert(self, victim: _Op) -> None:
         """Give up on moving `victim`: delete it where it is and read it afresh where it ends up."""
         self._finish(victim)
         self.broken.append(victim)
-        if not any(self.ops[i].kind == "delete" for a in [victim.src, *_ancestors(victim.src)] for i in self.src_at.get(a, ())):
+        if not any(
+            self.ops[i].kind == "delete" for a in [victim.src, *_ancestors(victim.src)] for i in self.src_at.get(a, ())
+        ):
             delete = _Op(self.next_id, "delete", victim.src, None, victim.is_dir)
             self.next_id += 1
             self.ops[delete.id] = delete

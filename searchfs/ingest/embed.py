@@ -33,9 +33,10 @@ import struct
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -46,7 +47,7 @@ from ..errors import ImageError, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[bytes, str, os.PathLike]
+PathLike = bytes | str | os.PathLike
 MIB = 1 << 20
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
 TEXT_LRU_SIZE = 2048
@@ -64,12 +65,7 @@ warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 def is_checkpoint_path(pretrained: str) -> bool:
     """open_clip tags are plain words; anything with a slash, ~ or a weights suffix is a file."""
     text = pretrained.strip()
-    return (
-        "/" in text
-        or os.sep in text
-        or text.startswith(("~", "."))
-        or text.lower().endswith(CHECKPOINT_SUFFIXES)
-    )
+    return "/" in text or os.sep in text or text.startswith(("~", ".")) or text.lower().endswith(CHECKPOINT_SUFFIXES)
 
 
 _FINGERPRINTS: dict[tuple, str] = {}
@@ -174,7 +170,10 @@ def _check_model_name(name: str, config_file: str = "") -> None:
     if config_file:  # open_clip names a registered config after its file, whatever the JSON says
         hint = f"[model] config_file registers {Path(config_file).stem!r}: rename the file or set [model] name to that"
     else:
-        hint = "set [model] name to one of open_clip.list_models() (e.g. ViT-B-32), or [model] config_file = /path/to/<name>.json"
+        hint = (
+            "set [model] name to one of open_clip.list_models() (e.g. ViT-B-32), "
+            "or [model] config_file = /path/to/<name>.json"
+        )
     raise ModelUnavailable(f"unknown model {name!r}: not an open_clip architecture; {hint}")
 
 
@@ -213,7 +212,7 @@ def _hub_source(cfg: dict) -> str:
     return f"huggingface {cfg['hf_hub'].rstrip('/')}" if cfg.get("hf_hub") else cfg.get("url", "?")
 
 
-def cached_weights(cfg: dict) -> Optional[str]:
+def cached_weights(cfg: dict) -> str | None:
     """Path of the tag's weights in the huggingface (or legacy ~/.cache/clip) cache, else None."""
     if cfg.get("file"):
         return cfg["file"] if os.path.isfile(cfg["file"]) else None
@@ -263,7 +262,7 @@ def _fetch_weights(name: str, tag: str, cfg: dict) -> str:
     return path
 
 
-def resolve_weights(settings) -> tuple[Optional[str], dict]:
+def resolve_weights(settings) -> tuple[str | None, dict]:
     """(checkpoint file or None for random init, create_model_and_transforms overrides from the tag)."""
     name, pretrained = settings.model_name, settings.model_pretrained.strip()
     _register_config(settings)
@@ -274,8 +273,13 @@ def resolve_weights(settings) -> tuple[Optional[str], dict]:
         return str(_checkpoint_file(settings)), {}
     cfg = _tag_config(name, pretrained)
     path = cached_weights(cfg) or _fetch_weights(name, pretrained, cfg)
-    keys = {"mean": "image_mean", "std": "image_std", "interpolation": "image_interpolation",
-            "resize_mode": "image_resize_mode", "quick_gelu": "force_quick_gelu"}
+    keys = {
+        "mean": "image_mean",
+        "std": "image_std",
+        "interpolation": "image_interpolation",
+        "resize_mode": "image_resize_mode",
+        "quick_gelu": "force_quick_gelu",
+    }
     # What open_clip would take from the tag had we passed it the tag; quick_gelu it only warns about,
     # though weights trained with QuickGELU (OpenAI's) are measurably worse without it.
     return path, {arg: cfg[key] for key, arg in keys.items() if cfg.get(key)}
@@ -289,11 +293,13 @@ def resolve_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if cuda else "mps" if mps else "cpu"
     if (requested == "cuda" and not cuda) or (requested == "mps" and not mps):
-        raise ModelUnavailable(f"model.device = {requested} but torch sees no {requested} device; set [model] device = auto or cpu")
+        raise ModelUnavailable(
+            f"model.device = {requested} but torch sees no {requested} device; set [model] device = auto or cpu"
+        )
     return requested
 
 
-def open_model(name: str, checkpoint: Optional[str], device: str, overrides: Optional[dict] = None):
+def open_model(name: str, checkpoint: str | None, device: str, overrides: dict | None = None):
     """(model, image transform, tokenizer), in eval mode, reparameterized when the architecture allows."""
     import open_clip
 
@@ -311,9 +317,7 @@ def reparameterize(model):
     open_clip 3.x has no helper of its own; timm's walks the module tree and calls each block's
     `reparameterize()` / `fuse()` / `switch_to_deploy()`. Plain ViTs have none of these and are untouched.
     """
-    has_branches = any(
-        hasattr(m, "reparameterize") or hasattr(m, "switch_to_deploy") for m in model.modules()
-    )
+    has_branches = any(hasattr(m, "reparameterize") or hasattr(m, "switch_to_deploy") for m in model.modules())
     if not has_branches:
         return model
     try:
@@ -366,7 +370,7 @@ def register_heif() -> None:
         _heif_registered = True
 
 
-def pixel_limit(max_pixels: int = 0) -> Optional[int]:
+def pixel_limit(max_pixels: int = 0) -> int | None:
     """The effective limit: ours when given, else the one Pillow raises at (2 x MAX_IMAGE_PIXELS)."""
     if max_pixels > 0:
         return max_pixels
@@ -385,14 +389,14 @@ def load_image(path: PathLike, max_pixels: int = 0, target: int = 224) -> Image.
             return _decode(handle, max_pixels, target)
 
 
-def decode_image(data: bytes, max_pixels: int = 0, target: int = 224, orientation: Optional[int] = None) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int = 0, target: int = 224, orientation: int | None = None) -> Image.Image:
     """As load_image, for a picture held in memory (a camera RAW's embedded preview). `orientation`, when
     given, is the EXIF orientation to apply instead of the picture's own (a RAW's preview carries none)."""
     with _image_errors():
         return _decode(io.BytesIO(data), max_pixels, target, orientation)
 
 
-def _decode(handle, max_pixels: int, target: int, orientation: Optional[int] = None) -> Image.Image:
+def _decode(handle, max_pixels: int, target: int, orientation: int | None = None) -> Image.Image:
     register_heif()
     if handle.seek(0, io.SEEK_END) == 0:
         raise ImageError("empty file")
@@ -456,7 +460,7 @@ def _open_without_bomb_check(handle: io.BufferedReader) -> Image.Image:
     raise ImageError("not an image (unrecognised format)")
 
 
-def _check_size(image: Image.Image, limit: Optional[int]) -> None:
+def _check_size(image: Image.Image, limit: int | None) -> None:
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageError(f"corrupt image: {width}x{height} pixels")
@@ -469,10 +473,17 @@ def sniff(head: bytes) -> str:
     lowered = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if lowered.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in lowered[:512]:
         return "HTML text"
-    signatures = {b"%pdf": "PDF document", b"pk\x03\x04": "ZIP archive", b"<?xml": "XML text",
-                  b"{": "JSON text", b"8bps": "Photoshop document", b"\xff\x0a": "JPEG XL, unsupported",
-                  b"\x00\x00\x00\x0cjxl ": "JPEG XL, unsupported", b"ii*\x00": "unsupported TIFF variant or camera RAW",
-                  b"mm\x00*": "unsupported TIFF variant or camera RAW"}
+    signatures = {
+        b"%pdf": "PDF document",
+        b"pk\x03\x04": "ZIP archive",
+        b"<?xml": "XML text",
+        b"{": "JSON text",
+        b"8bps": "Photoshop document",
+        b"\xff\x0a": "JPEG XL, unsupported",
+        b"\x00\x00\x00\x0cjxl ": "JPEG XL, unsupported",
+        b"ii*\x00": "unsupported TIFF variant or camera RAW",
+        b"mm\x00*": "unsupported TIFF variant or camera RAW",
+    }
     for magic, what in signatures.items():
         if lowered.startswith(magic):
             return what
@@ -491,14 +502,14 @@ def _looks_like_text(head: bytes) -> bool:
     return sum(ch.isprintable() or ch in "\r\n\t" for ch in text) >= 0.95 * len(text)
 
 
-def upright(image: Image.Image, orientation: Optional[int] = None) -> Image.Image:
+def upright(image: Image.Image, orientation: int | None = None) -> Image.Image:
     """Apply EXIF orientation (the picture's own, or `orientation` when given); a broken orientation tag
     or EXIF block leaves the picture as stored."""
     try:
         if orientation:
             image.getexif()[0x0112] = orientation  # exif_transpose reads it from there
         return ImageOps.exif_transpose(image)
-    except Exception as exc:  # malformed EXIF raises anything from SyntaxError to struct.error
+    except Exception as exc:  # noqa: BLE001 - malformed EXIF raises anything from SyntaxError to struct.error
         log.debug("ignoring unusable EXIF orientation: %s", exc)
         return image
 
@@ -548,13 +559,13 @@ class TextCache:
         " PRIMARY KEY (model_id, text)) WITHOUT ROWID"
     )
 
-    def __init__(self, path: Optional[Path]):
+    def __init__(self, path: Path | None):
         self.path = Path(path) if path else None
-        self._conn: Optional[sqlite3.Connection] = None
+        self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._broken = self.path is None
 
-    def get(self, model: str, text: str) -> Optional[np.ndarray]:
+    def get(self, model: str, text: str) -> np.ndarray | None:
         row = self._run("SELECT vector FROM text_embedding WHERE model_id = ? AND text = ?", (model, text))
         if not row or len(row[0]) % 4 or not row[0]:
             return None
@@ -622,7 +633,7 @@ class TextCache:
 class Embedder:
     """Lazily loaded CLIP model. Thread-safe; model calls are serialized (torch already uses all cores)."""
 
-    def __init__(self, settings, cache_path: Optional[Path] = None):
+    def __init__(self, settings, cache_path: Path | None = None):
         self.settings = settings
         self._load_lock = threading.Lock()
         self._model_lock = threading.Lock()
@@ -630,9 +641,9 @@ class Embedder:
         self._lru_lock = threading.Lock()
         self._cache = TextCache(cache_path)
         self._model = self._transform = self._tokenizer = None
-        self._failure: Optional[ModelUnavailable] = None
-        self._model_id: Optional[str] = None
-        self._dim: Optional[int] = None
+        self._failure: ModelUnavailable | None = None
+        self._model_id: str | None = None
+        self._dim: int | None = None
         self.device: str = settings.model_device
         self.model_calls = 0  # forward passes run, for tests and stats
         self.decode_workers = max(2, min(4, os.cpu_count() or 2))
@@ -692,7 +703,7 @@ class Embedder:
 
     # ---------------------------------------------------------------- images
 
-    def embed_images(self, paths: Sequence[PathLike]) -> list[Union[np.ndarray, ImageError]]:
+    def embed_images(self, paths: Sequence[PathLike]) -> list[np.ndarray | ImageError]:
         """One entry per path: a normalized float32 vector, or the ImageError explaining the file."""
         self.load()
         results: list[Any] = [None] * len(paths)
@@ -717,7 +728,7 @@ class Embedder:
             return self._transform(load_image(path, self.settings.index_max_pixels, self.input_size))
         except ImageError as exc:
             return exc
-        except Exception as exc:  # the transform itself should not fail, but one file must not sink a batch
+        except Exception as exc:  # noqa: BLE001 - the transform itself should not fail, but one file must not sink a batch
             return ImageError(f"cannot preprocess: {_one_line(exc)}")
 
     def _embed_decoded(self, batch: range, futures: list[Future], results: list) -> None:
@@ -735,7 +746,7 @@ class Embedder:
             for slot, vector in zip(slots, self._encode_images(torch.stack(tensors))):
                 results[slot] = vector
 
-    def embed_bytes(self, data: bytes, orientation: Optional[int] = None) -> Union[np.ndarray, ImageError]:
+    def embed_bytes(self, data: bytes, orientation: int | None = None) -> np.ndarray | ImageError:
         """A picture held in memory (a camera RAW's embedded preview): its vector, or the ImageError why not."""
         self.load()
         try:
@@ -783,7 +794,7 @@ class Embedder:
             return np.zeros((0, self.dim), np.float32)
         return np.stack(found).astype(np.float32, copy=False)
 
-    def _cached_text(self, text: str) -> Optional[np.ndarray]:
+    def _cached_text(self, text: str) -> np.ndarray | None:
         with self._lru_lock:
             if text in self._lru:
                 self._lru.move_to_end(text)

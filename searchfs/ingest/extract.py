@@ -75,7 +75,8 @@ import tempfile
 import threading
 import time
 import warnings
-from typing import Any, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import exiftool
 
@@ -96,11 +97,10 @@ def normalize(tags: dict) -> list[Facet]:
     if not isinstance(tags, dict):
         return []
     facets: list[Facet] = []
-    for part in (_camera_facets, _lens_facets, _date_facets, _shot_facets, _image_facets, _gps_facets,
-                 _text_facets):
+    for part in (_camera_facets, _lens_facets, _date_facets, _shot_facets, _image_facets, _gps_facets, _text_facets):
         try:
             facets.extend(part(tags))
-        except Exception:  # a tag shape nobody foresaw costs that group of facets, not the whole file
+        except Exception:  # noqa: BLE001 - a tag shape nobody foresaw costs that group of facets, not the whole file
             continue
     return facets
 
@@ -113,7 +113,7 @@ def format_number(value: float) -> str:
     return text if text not in ("0", "-0") else f"{value:.6g}"  # smaller than 1e-10: keep it visible
 
 
-def _number(value: Any) -> Optional[float]:
+def _number(value: Any) -> float | None:
     """A finite number from an int, float or numeric string; None for anything else."""
     if isinstance(value, bool):
         return None
@@ -142,7 +142,7 @@ def _positive(tags: dict, key: str, name: str) -> list[Facet]:
     return [_num_facet(key, value)] if value is not None and value > 0 else []
 
 
-def _text(value: Any) -> Optional[str]:
+def _text(value: Any) -> str | None:
     """A display string from a string or number; None for blanks, lists and binary markers."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         number = _number(value)
@@ -155,7 +155,7 @@ def _text(value: Any) -> Optional[str]:
     return text[:MAX_TEXT]
 
 
-def _first_text(tags: dict, *names: str) -> Optional[str]:
+def _first_text(tags: dict, *names: str) -> str | None:
     for name in names:
         text = _text(tags.get(name))
         if text:
@@ -166,8 +166,28 @@ def _first_text(tags: dict, *names: str) -> Optional[str]:
 # --- camera ---
 
 # Trailing words of a maker's name that only say what kind of company it is.
-_COMPANY_WORDS = {"co", "co.", "corp", "corp.", "corporation", "company", "ltd", "ltd.", "limited", "inc",
-                  "inc.", "ab", "ag", "gmbh", "llc", "plc", "optical", "imaging", "electric", "computer"}
+_COMPANY_WORDS = {
+    "co",
+    "co.",
+    "corp",
+    "corp.",
+    "corporation",
+    "company",
+    "ltd",
+    "ltd.",
+    "limited",
+    "inc",
+    "inc.",
+    "ab",
+    "ag",
+    "gmbh",
+    "llc",
+    "plc",
+    "optical",
+    "imaging",
+    "electric",
+    "computer",
+}
 
 
 def _camera_facets(tags: dict) -> list[Facet]:
@@ -177,7 +197,7 @@ def _camera_facets(tags: dict) -> list[Facet]:
     return facets + ([Facet("camera", camera)] if camera else [])
 
 
-def camera_name(make: Optional[str], model: Optional[str]) -> Optional[str]:
+def camera_name(make: str | None, model: str | None) -> str | None:
     """Make and model without repetition; see the module docstring."""
     if not make or not model:
         return model or make
@@ -194,7 +214,7 @@ def _starts_with_word(text: str, word: str) -> bool:
     word = word.rstrip(".,")
     if not word or not text.casefold().startswith(word.casefold()):
         return False
-    rest = text[len(word):]
+    rest = text[len(word) :]
     return not rest or not rest[0].isalnum()
 
 
@@ -229,7 +249,7 @@ def _date_facets(tags: dict) -> list[Facet]:
     return []
 
 
-def parse_date(value: Any) -> Optional[tuple[dt.date, Optional[int]]]:
+def parse_date(value: Any) -> tuple[dt.date, int | None] | None:
     """(day, hour or None) from an exiftool date such as "2014:03:05 05:28:09+02:00"; None if not a day."""
     match = _DATE.match(value) if isinstance(value, str) else None
     if not match:
@@ -268,7 +288,7 @@ def _image_facets(tags: dict) -> list[Facet]:
     return facets + ([Facet("format", file_type)] if file_type else [])
 
 
-def _dimensions(tags: dict) -> tuple[Optional[float], Optional[float]]:
+def _dimensions(tags: dict) -> tuple[float | None, float | None]:
     size = _numbers(tags.get("ImageSize")) if isinstance(tags.get("ImageSize"), str) else []
     candidates = [
         (_number(tags.get("ImageWidth")), _number(tags.get("ImageHeight"))),
@@ -306,12 +326,16 @@ def _text_facets(tags: dict) -> list[Facet]:
     camera_words.add((camera_name(_text(tags.get("Make")), _text(tags.get("Model"))) or "").casefold())
     descriptions = [
         text
-        for text in _distinct(sum((_values(tags.get(name)) for name in ("ImageDescription", "Description",
-                                                                         "Caption-Abstract")), []))
+        for text in _distinct(
+            sum((_values(tags.get(name)) for name in ("ImageDescription", "Description", "Caption-Abstract")), [])
+        )
         if not _BOILERPLATE.fullmatch(text) and text.casefold() not in camera_words
     ]
-    return ([Facet("keyword", k) for k in keywords] + [Facet("title", t) for t in titles]
-            + [Facet("description", d) for d in descriptions])
+    return (
+        [Facet("keyword", k) for k in keywords]
+        + [Facet("title", t) for t in titles]
+        + [Facet("description", d) for d in descriptions]
+    )
 
 
 def _values(value: Any) -> list[str]:
@@ -342,17 +366,22 @@ class _CallFailed(Exception):
 class ExifExtractor:
     """Reads metadata of many files through one long-lived exiftool process. Not thread-safe."""
 
-    def __init__(self, exiftool_path: str = "exiftool", timeout: float = 30.0, batch: int = 64,
-                 scratch_dir: pathlib.Path | None = None) -> None:
+    def __init__(
+        self,
+        exiftool_path: str = "exiftool",
+        timeout: float = 30.0,
+        batch: int = 64,
+        scratch_dir: pathlib.Path | None = None,
+    ) -> None:
         self.exiftool_path = exiftool_path
         self.timeout = timeout
         self.batch = max(1, int(batch))
         self._scratch_root = pathlib.Path(scratch_dir) if scratch_dir is not None else None
-        self._link_dir: Optional[str] = None  # private folder for ASCII-named symlinks, made on demand
+        self._link_dir: str | None = None  # private folder for ASCII-named symlinks, made on demand
         self._link_numbers = itertools.count()
-        self._tool: Optional[exiftool.ExifTool] = None
+        self._tool: exiftool.ExifTool | None = None
 
-    def __enter__(self) -> "ExifExtractor":
+    def __enter__(self) -> ExifExtractor:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -363,10 +392,10 @@ class ExifExtractor:
         paths = list(paths)
         results: dict[bytes, list[Facet] | str] = {}
         for start in range(0, len(paths), self.batch):
-            results.update(self._extract_chunk(paths[start:start + self.batch]))
+            results.update(self._extract_chunk(paths[start : start + self.batch]))
         return results
 
-    def preview(self, path: bytes) -> Optional[bytes]:
+    def preview(self, path: bytes) -> bytes | None:
         """The largest JPEG embedded in a file, or None. Camera RAW files carry one or more (JpgFromRaw,
         PreviewImage, ...): what a RAW is embedded from when Pillow cannot decode its sensor data."""
         try:
@@ -492,7 +521,7 @@ class ExifExtractor:
         return self._link_dir
 
 
-def _plain_argument(path: bytes) -> Optional[str]:
+def _plain_argument(path: bytes) -> str | None:
     """The path as exiftool's argument stream can carry it (one UTF-8 line, absolute), or None."""
     try:
         text = os.fsencode(path).decode("utf-8")
@@ -524,20 +553,20 @@ def _parse_output(stdout: bytes, stderr: bytes, arguments: dict[str, bytes]) -> 
 PREVIEW_TAGS = ("JpgFromRaw", "PreviewImage", "OtherImage", "ThumbnailImage")
 
 
-def _largest_jpeg(stdout: bytes) -> Optional[bytes]:
+def _largest_jpeg(stdout: bytes) -> bytes | None:
     """From `exiftool -j -b -<tags>` output (binary values come as "base64:..."), the largest JPEG."""
     try:
         objects = json.loads(stdout.decode("utf-8", "replace")) if stdout.strip() else []
     except ValueError:
         return None
-    best: Optional[bytes] = None
+    best: bytes | None = None
     for item in objects if isinstance(objects, list) else []:
         for tag in PREVIEW_TAGS:
             value = item.get(tag) if isinstance(item, dict) else None
             if not (isinstance(value, str) and value.startswith("base64:")):
                 continue
             try:
-                data = base64.b64decode(value[len("base64:"):], validate=True)
+                data = base64.b64decode(value[len("base64:") :], validate=True)
             except ValueError:
                 continue
             if data.startswith(b"\xff\xd8") and (best is None or len(data) > len(best)):
@@ -549,7 +578,7 @@ def _error_for(argument: str, stderr_lines: list[str]) -> str:
     """exiftool's own words for a file it skipped: "Error: File not found - /x/y.jpg"."""
     for line in stderr_lines:
         if line.startswith("Error: ") and line.endswith(f" - {argument}"):
-            return f"exiftool failed: {line[len('Error: '):-len(argument) - 3]}"
+            return f"exiftool failed: {line[len('Error: ') : -len(argument) - 3]}"
     return "exiftool failed: no metadata returned"
 
 
@@ -594,10 +623,10 @@ class _GuardedCall:
     def _work(self) -> None:
         try:
             self._outcome["stdout"] = self._tool.execute(b"-j", *self._params, raw_bytes=True)
-        except BaseException as error:  # reported by run(), in the caller's thread
+        except BaseException as error:  # noqa: BLE001 - reported by run(), in the caller's thread
             self._outcome["error"] = error
 
-    def _wait(self, worker: threading.Thread) -> Optional[str]:
+    def _wait(self, worker: threading.Thread) -> str | None:
         """None when the call ended by itself, else why it had to be stopped."""
         deadline = time.monotonic() + self._timeout
         while True:
@@ -632,7 +661,7 @@ def _alive(tool: exiftool.ExifTool) -> bool:
     return process is not None and process.poll() is None
 
 
-def _reap(tool: Optional[exiftool.ExifTool], close_pipes: bool = True) -> None:
+def _reap(tool: exiftool.ExifTool | None, close_pipes: bool = True) -> None:
     """Kill a discarded exiftool, close its pipes, and let pyexiftool notice it is gone."""
     process = tool._process if tool is not None else None
     if process is None:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -30,13 +31,13 @@ log = logging.getLogger(__name__)
 HASH_BATCH = 256  # files hashed per write transaction
 WORK_BATCH = 256  # contents per metadata / embedding round
 
-Progress = Callable[[str, int, Optional[int]], None]  # (phase, done, total or None)
+Progress = Callable[[str, int, int | None], None]  # (phase, done, total or None)
 
 
 class Extractor(Protocol):
-    def extract(self, paths: Sequence[bytes]) -> dict[bytes, "list[Facet] | str"]: ...
+    def extract(self, paths: Sequence[bytes]) -> dict[bytes, list[Facet] | str]: ...
 
-    def preview(self, path: bytes) -> Optional[bytes]: ...
+    def preview(self, path: bytes) -> bytes | None: ...
 
 
 class ImageEmbedder(Protocol):
@@ -44,7 +45,7 @@ class ImageEmbedder(Protocol):
 
     def embed_images(self, paths: Sequence[bytes]) -> list: ...
 
-    def embed_bytes(self, data: bytes, orientation: Optional[int] = None): ...
+    def embed_bytes(self, data: bytes, orientation: int | None = None): ...
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Indexer:
         catalog: Catalog,
         rules: ScanRules,
         extractor: Extractor,
-        embedder: Optional[ImageEmbedder],
+        embedder: ImageEmbedder | None,
         progress: Progress = lambda phase, done, total: None,
         defer_fresh: float = 0.0,
     ):
@@ -77,7 +78,7 @@ class Indexer:
 
     # -- whole roots -------------------------------------------------------------------------------
 
-    def index(self, roots: Sequence[Root], report: Optional[IndexReport] = None) -> IndexReport:
+    def index(self, roots: Sequence[Root], report: IndexReport | None = None) -> IndexReport:
         """Scan the roots, then bring metadata and embeddings up to date."""
         report = report or IndexReport()
         started = time.monotonic()
@@ -193,13 +194,15 @@ class Indexer:
                     continue  # vanished between stat and read: the next scan or event settles it
                 if error:
                     report.errors.append(f"{os.fsdecode(os.path.join(root.path, st.relpath))}: {error}")
-                self.catalog.upsert_file(conn, root.id, st.relpath, st.size, st.mtime_ns, st.inode, content_id, error, token)
+                self.catalog.upsert_file(
+                    conn, root.id, st.relpath, st.size, st.mtime_ns, st.inode, content_id, error, token
+                )
             self.catalog.bump(conn)
         self._read += len(linked)
         self.progress("read", self._read, None)
         pending.stats = []
 
-    def _identify(self, root: Root, st: FileStat) -> tuple[Optional[str], int, Optional[str]]:
+    def _identify(self, root: Root, st: FileStat) -> tuple[str | None, int, str | None]:
         """(hash, size, error). A file moved within the root (same inode, size, mtime) is not read again."""
         content_id = self.catalog.content_by_inode(root.id, st)
         if content_id is not None:
@@ -277,7 +280,9 @@ class Indexer:
             return
         model = self.embedder.model_id
         done, failed_ids, total = 0, set(), self.catalog.count_needing(model)
-        while batch := [row for row in self.catalog.contents_needing_embedding(model, WORK_BATCH) if row not in failed_ids]:
+        while batch := [
+            row for row in self.catalog.contents_needing_embedding(model, WORK_BATCH) if row not in failed_ids
+        ]:
             try:
                 results = self.embedder.embed_images([path for _, path in batch])
             except ModelUnavailable as exc:
@@ -300,10 +305,12 @@ class Indexer:
         why = f": {rescued}" if rescued is not None else ""
         return ImageError(f"{result}; and no usable embedded preview (camera RAW){why}")
 
-    def _orientation(self, content_id: int) -> Optional[int]:
-        row = self.catalog.read().execute(
-            "SELECT num FROM facets WHERE content_id = ? AND key = 'orientation'", (content_id,)
-        ).fetchone()
+    def _orientation(self, content_id: int) -> int | None:
+        row = (
+            self.catalog.read()
+            .execute("SELECT num FROM facets WHERE content_id = ? AND key = 'orientation'", (content_id,))
+            .fetchone()
+        )
         return int(row[0]) if row and row[0] else None
 
     def _store_embeddings(self, model, batch, results, report, failed_ids) -> None:

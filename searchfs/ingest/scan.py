@@ -12,8 +12,8 @@ import hashlib
 import logging
 import os
 import stat
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 from ..records import FileStat
 
@@ -27,7 +27,9 @@ IMAGE_EXTENSIONS = frozenset(
     " .ppm .pgm .pbm .pnm .tga .ico .dds"
     " .dng .nef .nrw .cr2 .cr3 .crw .arw .srf .sr2 .orf .rw2 .raf .pef .srw .x3f .3fr .erf .kdc .mos .mrw".split()
 )
-RAW_EXTENSIONS = frozenset(".dng .nef .nrw .cr2 .cr3 .crw .arw .srf .sr2 .orf .rw2 .raf .pef .srw .x3f .3fr .erf .kdc .mos .mrw".split())
+RAW_EXTENSIONS = frozenset(
+    ".dng .nef .nrw .cr2 .cr3 .crw .arw .srf .sr2 .orf .rw2 .raf .pef .srw .x3f .3fr .erf .kdc .mos .mrw".split()
+)
 
 # Leading bytes of image formats, for files that have no extension at all.
 _MAGIC = (

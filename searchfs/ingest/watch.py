@@ -36,8 +36,9 @@ import re
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol
+from typing import Protocol
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -62,13 +63,35 @@ log = logging.getLogger(__name__)
 # What we ask watchdog for. Leaving out opens, read-only closes and folder "modified" events keeps the
 # indexer's own reads from echoing back and keeps the kernel queue short during large copies.
 EVENT_FILTER: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileAttribEvent, FileClosedEvent,
-    FileDeletedEvent, DirDeletedEvent, FileMovedEvent, DirMovedEvent,
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileModifiedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
 ]
 
 # File systems where inotify misses changes made by other machines: poll them instead.
-NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "virtiofs", "ceph", "glusterfs",
-              "lustre", "gpfs", "davfs", "fuse"}
+NETWORK_FS = {
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "ncpfs",
+    "afs",
+    "9p",
+    "virtiofs",
+    "ceph",
+    "glusterfs",
+    "lustre",
+    "gpfs",
+    "davfs",
+    "fuse",
+}
 
 BATCH_CHANGES = 10_000  # most changes per sink.apply call
 PROBE_TIMEOUT = 5.0  # seconds a stat of a root folder may take before the root counts as offline
@@ -93,7 +116,7 @@ class ChangeSink(Protocol):
 class _WatchGroup(InotifyWatchGroup):
     """watchdog's watch group, reporting what it otherwise only logs or ignores."""
 
-    def __init__(self, *args, on_lost: Callable[[str, Optional[BaseException]], None], **kwargs) -> None:
+    def __init__(self, *args, on_lost: Callable[[str, BaseException | None], None], **kwargs) -> None:
         self.on_lost = on_lost  # set before the dataclass __init__, which already adds the watches
         super().__init__(*args, **kwargs)
 
@@ -116,7 +139,7 @@ class _WatchGroup(InotifyWatchGroup):
 
 
 class _Emitter(InotifyEmitter):
-    def __init__(self, *args, on_lost: Callable[[str, Optional[BaseException]], None], **kwargs) -> None:
+    def __init__(self, *args, on_lost: Callable[[str, BaseException | None], None], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._on_lost = on_lost
 
@@ -134,14 +157,16 @@ class _Emitter(InotifyEmitter):
 class _InotifyObserver(InotifyObserver):
     """An inotify observer with its own inotify instance whose losses reach `on_lost`."""
 
-    def __init__(self, on_lost: Callable[[str, Optional[BaseException]], None]) -> None:
+    def __init__(self, on_lost: Callable[[str, BaseException | None], None]) -> None:
         super().__init__()
         self._emitter_class = _Emitter
         self._emitter_kwargs["on_lost"] = on_lost
 
     def threads_alive(self) -> bool:
         fd_thread = getattr(self, "_inotify_fd", None)
-        return self.is_alive() and all(e.is_alive() for e in self.emitters) and (fd_thread is None or fd_thread.is_alive())
+        return (
+            self.is_alive() and all(e.is_alive() for e in self.emitters) and (fd_thread is None or fd_thread.is_alive())
+        )
 
 
 def _threads_alive(observer: BaseObserver) -> bool:
@@ -191,7 +216,7 @@ class _Probe:
     fs_type: str
 
 
-def _probe(path: bytes) -> Optional[_Probe]:
+def _probe(path: bytes) -> _Probe | None:
     """What the root is now; None if it is not there (or not a folder)."""
     try:
         st = os.stat(path)
@@ -219,14 +244,20 @@ class _Filter:
     def wanted(self, path: bytes) -> bool:
         if not path.startswith(self.prefix):
             return False  # the root itself, or outside it
-        for part in path[len(self.prefix):].split(b"/"):
+        for part in path[len(self.prefix) :].split(b"/"):
             if (not self.hidden and part.startswith(b".")) or self.excluded.match(os.fsdecode(part)):
                 return False
         return True
 
 
-_KINDS = {"created": "created", "modified": "modified", "attrib": "attrib", "closed": "closed",
-          "deleted": "deleted", "moved": "moved"}
+_KINDS = {
+    "created": "created",
+    "modified": "modified",
+    "attrib": "attrib",
+    "closed": "closed",
+    "deleted": "deleted",
+    "moved": "moved",
+}
 
 
 def to_raw(event: FileSystemEvent, keep: _Filter, now: float) -> list[RawEvent]:
@@ -256,7 +287,7 @@ def _under(path: bytes, top: bytes) -> bool:
 
 
 def split_ready(
-    events: list[RawEvent], now: float, settle: float, open_limit: Optional[float] = None
+    events: list[RawEvent], now: float, settle: float, open_limit: float | None = None
 ) -> tuple[list[RawEvent], list[RawEvent]]:
     """Split a buffer into events that can go now and events to hold (files still being written).
 
@@ -276,7 +307,7 @@ def split_ready(
             names.setdefault(ev.path, {ev.path})
             closed.discard(ev.path)
             if ev.kind == "modified":  # bytes written: wait for the close. A bare "created" may be a
-                written.add(ev.path)   # file moved in from outside, complete, whose close never comes
+                written.add(ev.path)  # file moved in from outside, complete, whose close never comes
         elif ev.kind == "attrib" and not ev.is_dir:  # touch, chmod, or cp -p setting times after close
             pending[ev.path] = ev.time
             names.setdefault(ev.path, {ev.path})
@@ -290,7 +321,7 @@ def split_ready(
             for p in gone:
                 when, old_names = pending.pop(p), names.pop(p)
                 if ev.kind == "moved" and ev.dest is not None:  # the writer may go on under the new name
-                    new = ev.dest + p[len(ev.path):]
+                    new = ev.dest + p[len(ev.path) :]
                     pending[new] = when
                     names[new] = old_names | {new}
                     if p in closed:
@@ -339,28 +370,35 @@ class _Root:
     keep: _Filter
     lock: threading.Lock = field(default_factory=threading.Lock)
     mode: str = "offline"  # "inotify" | "polling" | "offline"
-    observer: Optional[BaseObserver] = None
-    polling_reason: Optional[str] = None  # why this root polls even though inotify was wanted
-    probe: Optional[_Probe] = None  # what the root was when last seen online
+    observer: BaseObserver | None = None
+    polling_reason: str | None = None  # why this root polls even though inotify was wanted
+    probe: _Probe | None = None  # what the root was when last seen online
     expect_mount: bool = False  # it was a mount point: an empty folder in its place means unmounted
     buffer: list[RawEvent] = field(default_factory=list)
     first_event: float = 0.0
     last_event: float = 0.0
-    lost: Optional[str] = None  # set by watchdog threads, handled by the supervisor
-    last_reconcile: Optional[float] = None  # wall-clock time, for status
+    lost: str | None = None  # set by watchdog threads, handled by the supervisor
+    last_reconcile: float | None = None  # wall-clock time, for status
     last_reconcile_at: float = 0.0  # watcher clock, for scheduling
-    last_reconcile_reason: Optional[str] = None
+    last_reconcile_reason: str | None = None
     restarts: int = 0
     next_restart_at: float = 0.0
-    last_error: Optional[str] = None
+    last_error: str | None = None
     batches: int = 0
-    prober: Optional[threading.Thread] = None  # the last stat of the root folder, maybe stuck on a dead server
+    prober: threading.Thread | None = None  # the last stat of the root folder, maybe stuck on a dead server
     probe_box: list = field(default_factory=list)
 
 
 class Watcher:
-    def __init__(self, roots: dict[str, bytes], sink: ChangeSink, settings, *,
-                 clock: Callable[[], float] = time.monotonic, force_polling: bool = False) -> None:
+    def __init__(
+        self,
+        roots: dict[str, bytes],
+        sink: ChangeSink,
+        settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        force_polling: bool = False,
+    ) -> None:
         self._sink = sink
         self._settings = settings
         self._clock = clock
@@ -370,10 +408,12 @@ class Watcher:
         self._max_delay = max(5.0, 5 * self._settle)  # ... or when it has gone on for this long
         self._tick = min(0.25, max(0.02, self._settle / 4))
         exclude, hidden = tuple(settings.index_exclude), bool(settings.index_hidden)
-        self._roots = {name: _Root(name, os.fsencode(path), _Filter(os.fsencode(path), exclude, hidden))
-                       for name, path in roots.items()}
+        self._roots = {
+            name: _Root(name, os.fsencode(path), _Filter(os.fsencode(path), exclude, hidden))
+            for name, path in roots.items()
+        }
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
     # -- public ------------------------------------------------------------------------------------------
@@ -446,15 +486,16 @@ class Watcher:
         if period > 0 and self._clock() - root.last_reconcile_at >= period:
             self._reconcile(root, "periodic")
 
-    def _timed_probe(self, root: _Root) -> tuple[bool, Optional[_Probe]]:
+    def _timed_probe(self, root: _Root) -> tuple[bool, _Probe | None]:
         """(answered, probe). The stat runs in a thread of its own: on a hard-mounted network share whose
         server went away it never returns, and it must not take the supervisor (every root) with it.
         While such a stat hangs no second one is started; the root counts as not answering."""
         if root.prober is None or not root.prober.is_alive():
             box: list = []
             root.probe_box = box
-            root.prober = threading.Thread(target=lambda: box.append(_probe(root.path)), daemon=True,
-                                           name=f"searchfs-probe-{root.name}")
+            root.prober = threading.Thread(
+                target=lambda: box.append(_probe(root.path)), daemon=True, name=f"searchfs-probe-{root.name}"
+            )
             root.prober.start()
             root.prober.join(PROBE_TIMEOUT)
         if root.prober.is_alive():
@@ -482,7 +523,7 @@ class Watcher:
             self._restart(root, "root-replaced")
         return True
 
-    def _bring_up(self, root: _Root, probe: Optional[_Probe] = None, reason: str = "start") -> None:
+    def _bring_up(self, root: _Root, probe: _Probe | None = None, reason: str = "start") -> None:
         probe = probe or _probe(root.path)
         if probe is None:
             log.warning("watcher: root %s (%s) is not there; waiting for it", root.name, os.fsdecode(root.path))
@@ -543,8 +584,12 @@ class Watcher:
         polling = self._force_polling or root.polling_reason is not None
         if not polling and root.probe is not None and is_network_fs(root.probe.fs_type):
             root.polling_reason = f"network file system ({root.probe.fs_type})"
-            log.info("watcher: root %s is on %s; polling every %ss", root.name, root.probe.fs_type,
-                     self._settings.watch_poll_seconds)
+            log.info(
+                "watcher: root %s is on %s; polling every %ss",
+                root.name,
+                root.probe.fs_type,
+                self._settings.watch_poll_seconds,
+            )
             polling = True
         if not polling:
             try:
@@ -575,13 +620,14 @@ class Watcher:
         if observer is not None:
             _halt(observer, timeout)
 
-    def _loss_reporter(self, root: _Root) -> Callable[[str, Optional[BaseException]], None]:
-        def report(reason: str, exc: Optional[BaseException]) -> None:  # called on a watchdog thread
+    def _loss_reporter(self, root: _Root) -> Callable[[str, BaseException | None], None]:
+        def report(reason: str, exc: BaseException | None) -> None:  # called on a watchdog thread
             with root.lock:
                 if root.lost is None or reason == "watch-limit":
                     root.lost = reason
                 if exc is not None:
                     root.last_error = f"{reason}: {exc}"
+
         return report
 
     # -- events ------------------------------------------------------------------------------------------
@@ -604,8 +650,12 @@ class Watcher:
         with root.lock:
             if not root.buffer:
                 return
-            due = (final or now - root.last_event >= self._quiet or now - root.first_event >= self._max_delay
-                   or len(root.buffer) >= FLUSH_EVENTS)
+            due = (
+                final
+                or now - root.last_event >= self._quiet
+                or now - root.first_event >= self._max_delay
+                or len(root.buffer) >= FLUSH_EVENTS
+            )
             if not due:
                 return
             events, root.buffer = root.buffer, []
@@ -619,7 +669,7 @@ class Watcher:
         for start in range(0, len(changes), BATCH_CHANGES):
             with root.lock:
                 root.batches += 1
-            self._call(root, self._sink.apply, root.name, changes[start:start + BATCH_CHANGES])
+            self._call(root, self._sink.apply, root.name, changes[start : start + BATCH_CHANGES])
 
     def _reconcile(self, root: _Root, reason: str) -> None:
         with root.lock:

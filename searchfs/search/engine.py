@@ -8,7 +8,7 @@ same ranking from the CLI, the Python API and the mount.
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -26,12 +26,12 @@ class Engine:
     def __init__(
         self,
         catalog: Catalog,
-        vectors: Callable[[], Optional[object]],  # -> VectorIndex or None when nothing is embedded
+        vectors: Callable[[], object | None],  # -> VectorIndex or None when nothing is embedded
         embed_text: Callable[[str], np.ndarray],
         embed_image: Callable[[bytes], np.ndarray],
         model_id: Callable[[], str],
         default_limit: int,
-        default_min_score: Optional[float],
+        default_min_score: float | None,
     ):
         self.catalog = catalog
         self.vectors = vectors
@@ -70,7 +70,7 @@ class Engine:
             params.extend(values)
         return " AND ".join(parts), params
 
-    def allowed_contents(self, query: Query) -> Optional[np.ndarray]:
+    def allowed_contents(self, query: Query) -> np.ndarray | None:
         if not query.filters:
             return None
         where, params = self._filter_clause(query)
@@ -94,7 +94,7 @@ class Engine:
         scored = index.search(vector, limit + (own_file is not None), allowed=allowed, min_score=min_score)
         return self._files_for(scored, limit, skip_file=own_file)
 
-    def _query_vector(self, query: Query) -> tuple[np.ndarray, Optional[int]]:
+    def _query_vector(self, query: Query) -> tuple[np.ndarray, int | None]:
         """The query's vector, and for similar/ the file id of the photo itself."""
         if query.text is not None:
             return self.embed_text(query.text), None
@@ -108,24 +108,33 @@ class Engine:
         return vector, row[0]
 
     def _file(self, root: str, relpath: bytes) -> tuple:
-        row = self.catalog.read().execute(
-            "SELECT f.id, f.content_id FROM files f JOIN roots r ON r.id = f.root_id WHERE r.name = ? AND f.relpath = ?",
-            (root, relpath),
-        ).fetchone()
+        row = (
+            self.catalog.read()
+            .execute(
+                "SELECT f.id, f.content_id FROM files f JOIN roots r ON r.id = f.root_id"
+                " WHERE r.name = ? AND f.relpath = ?",
+                (root, relpath),
+            )
+            .fetchone()
+        )
         if row is None:
             raise NotFound(f"{os.fsdecode(relpath)} is not a photo in {root}")
         return row
 
-    def _files_for(self, scored: list[tuple[int, float]], limit: int, skip_file: Optional[int]) -> list[Hit]:
+    def _files_for(self, scored: list[tuple[int, float]], limit: int, skip_file: int | None) -> list[Hit]:
         if not scored:
             return []
         ids = [content_id for content_id, _ in scored]
-        rows = self.catalog.read().execute(
-            f"""SELECT f.id, f.content_id, r.name, r.path, f.relpath FROM files f JOIN roots r ON r.id = f.root_id
-                WHERE f.content_id IN ({','.join('?' * len(ids))}) AND r.online = 1 AND f.error IS NULL
+        rows = (
+            self.catalog.read()
+            .execute(
+                f"""SELECT f.id, f.content_id, r.name, r.path, f.relpath FROM files f JOIN roots r ON r.id = f.root_id
+                WHERE f.content_id IN ({",".join("?" * len(ids))}) AND r.online = 1 AND f.error IS NULL
                 ORDER BY r.name, f.relpath""",
-            ids,
-        ).fetchall()
+                ids,
+            )
+            .fetchall()
+        )
         by_content: dict[int, list[tuple]] = {}
         for row in rows:
             if row[0] != skip_file:
@@ -139,7 +148,7 @@ class Engine:
         return hits
 
     @staticmethod
-    def _hit(rank: int, score: Optional[float], row: tuple) -> Hit:
+    def _hit(rank: int, score: float | None, row: tuple) -> Hit:
         file_id, content_id, root_name, root_path, relpath = row
         relpath = bytes(relpath)
         return Hit(rank, score, root_name, relpath, os.path.join(bytes(root_path), relpath), file_id, content_id)

@@ -14,19 +14,18 @@ import calendar
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Optional, Union
 
 from ..errors import QueryError
 from ..records import FACET_BY_KEY, TEXT_FIELDS
 
-Bound = Optional[Union[float, str]]
+Bound = float | str | None
 
 
 @dataclass(frozen=True)
 class Filter:
     key: str
     op: str  # "eq" | "match" | "range"
-    value: Union[str, float, None] = None
+    value: str | float | None = None
     lo: Bound = None
     hi: Bound = None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from ..errors import QueryError
 from .filters import Filter, parse_filter
@@ -22,12 +21,12 @@ class Query:
     min_score:  drop results whose cosine similarity is below this
     """
 
-    text: Optional[str] = None
-    image: Optional[bytes] = None
-    similar_to: Optional[tuple[str, bytes]] = None
+    text: str | None = None
+    image: bytes | None = None
+    similar_to: tuple[str, bytes] | None = None
     filters: tuple[Filter, ...] = ()
-    limit: Optional[int] = None
-    min_score: Optional[float] = None
+    limit: int | None = None
+    min_score: float | None = None
 
     def __post_init__(self) -> None:
         rankers = [x for x in (self.text, self.image, self.similar_to) if x is not None]
@@ -45,6 +44,6 @@ class Query:
         return self.text is not None or self.image is not None or self.similar_to is not None
 
     @classmethod
-    def build(cls, where: tuple[str, ...] | list[str] = (), **fields) -> "Query":
+    def build(cls, where: tuple[str, ...] | list[str] = (), **fields) -> Query:
         """Query from filter words, as the CLI and the Python API take them."""
         return cls(filters=tuple(parse_filter(w) for w in where), **fields)

@@ -15,10 +15,10 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class Catalog:
         if not self.path.exists():
             _create_private_file(self.path)
         self._write_lock = threading.RLock()
-        self._writer: Optional[sqlite3.Connection] = None
+        self._writer: sqlite3.Connection | None = None
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -144,7 +144,8 @@ class Catalog:
                 raise CatalogError(f"catalog {self.path} is not a usable SQLite file: {exc}") from exc
             if version > SCHEMA_VERSION:
                 raise CatalogError(
-                    f"catalog {self.path} has schema {version}, newer than this searchfs ({SCHEMA_VERSION}): upgrade searchfs"
+                    f"catalog {self.path} has schema {version}, newer than this searchfs ({SCHEMA_VERSION}): "
+                    "upgrade searchfs"
                 )
             if version < SCHEMA_VERSION:
                 script = resources.files("searchfs.store").joinpath("schema.sql").read_text(encoding="utf-8")
@@ -235,21 +236,29 @@ class Catalog:
         )
         return {bytes(r[0]): tuple(r[1:]) for r in rows}
 
-    def file_row(self, root_id: int, relpath: bytes) -> Optional[tuple]:
+    def file_row(self, root_id: int, relpath: bytes) -> tuple | None:
         """(file id, size, mtime_ns, inode, content id) or None."""
-        return self.read().execute(
-            "SELECT id, size, mtime_ns, inode, content_id FROM files WHERE root_id = ? AND relpath = ?",
-            (root_id, relpath),
-        ).fetchone()
+        return (
+            self.read()
+            .execute(
+                "SELECT id, size, mtime_ns, inode, content_id FROM files WHERE root_id = ? AND relpath = ?",
+                (root_id, relpath),
+            )
+            .fetchone()
+        )
 
-    def content_by_inode(self, root_id: int, stat: FileStat) -> Optional[int]:
+    def content_by_inode(self, root_id: int, stat: FileStat) -> int | None:
         """The content of a file recorded with the same inode, size and mtime: a move seen by a rescan.
         It spares reading the file again to hash it."""
-        row = self.read().execute(
-            "SELECT content_id FROM files WHERE root_id = ? AND inode = ? AND size = ? AND mtime_ns = ? "
-            "AND content_id IS NOT NULL AND inode != 0 LIMIT 1",
-            (root_id, stat.inode, stat.size, stat.mtime_ns),
-        ).fetchone()
+        row = (
+            self.read()
+            .execute(
+                "SELECT content_id FROM files WHERE root_id = ? AND inode = ? AND size = ? AND mtime_ns = ? "
+                "AND content_id IS NOT NULL AND inode != 0 LIMIT 1",
+                (root_id, stat.inode, stat.size, stat.mtime_ns),
+            )
+            .fetchone()
+        )
         return row[0] if row else None
 
     @staticmethod
@@ -265,8 +274,8 @@ class Catalog:
         size: int,
         mtime_ns: int,
         inode: int,
-        content_id: Optional[int],
-        error: Optional[str],
+        content_id: int | None,
+        error: str | None,
         token: int,
     ) -> None:
         folder = os.path.dirname(relpath)
@@ -277,15 +286,18 @@ class Catalog:
             """INSERT INTO files(root_id, relpath, dir, size, mtime_ns, inode, content_id, error, seen)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(root_id, relpath) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
-                 inode = excluded.inode, content_id = excluded.content_id, error = excluded.error, seen = excluded.seen""",
+                 inode = excluded.inode, content_id = excluded.content_id, error = excluded.error,
+                 seen = excluded.seen""",
             (root_id, relpath, folder, size, mtime_ns, inode, content_id, error, token),
         )
         if content_id is not None:
-            conn.execute("UPDATE contents SET orphaned_at = NULL WHERE id = ? AND orphaned_at IS NOT NULL", (content_id,))
+            conn.execute(
+                "UPDATE contents SET orphaned_at = NULL WHERE id = ? AND orphaned_at IS NOT NULL", (content_id,)
+            )
         if old and old[0] is not None and old[0] != content_id:
             Catalog._orphan_contents(conn, "SELECT ?", (old[0],))
 
-    def sweep(self, conn: sqlite3.Connection, root_id: int, token: int, prefix: Optional[bytes] = None) -> int:
+    def sweep(self, conn: sqlite3.Connection, root_id: int, token: int, prefix: bytes | None = None) -> int:
         """Delete the files of a root (or of one folder of it) that the scan with `token` did not see."""
         where, params = "root_id = ? AND seen != ?", [root_id, token]
         if prefix:
@@ -365,28 +377,38 @@ class Catalog:
             limit,
         )
 
-    def count_needing(self, model: Optional[str]) -> int:
+    def count_needing(self, model: str | None) -> int:
         """How many contents wait for metadata (model None) or for an embedding by `model`."""
         if model is None:
             where, params = "c.meta_state = 'pending'", ()
         else:
-            where = "c.error IS NULL AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.model = ? AND e.content_id = c.id)"
+            where = (
+                "c.error IS NULL AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.model = ? AND e.content_id = c.id)"
+            )
             params = (model,)
-        return self.read().execute(
-            f"""SELECT count(*) FROM contents c WHERE {where} AND EXISTS (SELECT 1 FROM files f JOIN roots r
+        return (
+            self.read()
+            .execute(
+                f"""SELECT count(*) FROM contents c WHERE {where} AND EXISTS (SELECT 1 FROM files f JOIN roots r
                 ON r.id = f.root_id WHERE f.content_id = c.id AND r.online = 1 AND f.error IS NULL)""",
-            params,
-        ).fetchone()[0]
+                params,
+            )
+            .fetchone()[0]
+        )
 
     def _content_paths(self, where: str, params: tuple, limit: int) -> list[tuple[int, bytes]]:
-        rows = self.read().execute(
-            f"""SELECT c.id, r.path, f.relpath FROM contents c
+        rows = (
+            self.read()
+            .execute(
+                f"""SELECT c.id, r.path, f.relpath FROM contents c
                 JOIN files f ON f.id = (SELECT f2.id FROM files f2 JOIN roots r2 ON r2.id = f2.root_id
                                          WHERE f2.content_id = c.id AND r2.online = 1 AND f2.error IS NULL LIMIT 1)
                 JOIN roots r ON r.id = f.root_id
                 WHERE {where} ORDER BY c.id LIMIT ?""",
-            (*params, limit),
-        ).fetchall()
+                (*params, limit),
+            )
+            .fetchall()
+        )
         return [(r[0], os.path.join(bytes(r[1]), bytes(r[2]))) for r in rows]
 
     @staticmethod
@@ -436,7 +458,11 @@ class Catalog:
         for content_id, blob in rows:
             ids.append(content_id)
             blobs.append(blob)
-        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim) if ids else np.zeros((0, dim), np.float32)
+        vectors = (
+            np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim)
+            if ids
+            else np.zeros((0, dim), np.float32)
+        )
         return np.asarray(ids, dtype=np.int64), vectors
 
     def live_ids(self, model: str) -> np.ndarray:
@@ -452,7 +478,8 @@ class Catalog:
         found_ids, blobs = [], []
         for chunk in _chunks([int(i) for i in ids]):
             rows = self.read().execute(
-                f"SELECT content_id, vector FROM embeddings WHERE model = ? AND content_id IN ({','.join('?' * len(chunk))})",
+                "SELECT content_id, vector FROM embeddings WHERE model = ?"
+                f" AND content_id IN ({','.join('?' * len(chunk))})",
                 (model, *chunk),
             )
             for content_id, blob in rows:
@@ -462,18 +489,24 @@ class Catalog:
         return np.asarray(found_ids, dtype=np.int64), vectors
 
     def live_count(self, model: str) -> int:
-        return self.read().execute(
-            """SELECT count(*) FROM embeddings e WHERE e.model = ? AND EXISTS (SELECT 1 FROM files f
+        return (
+            self.read()
+            .execute(
+                """SELECT count(*) FROM embeddings e WHERE e.model = ? AND EXISTS (SELECT 1 FROM files f
                JOIN roots r ON r.id = f.root_id WHERE f.content_id = e.content_id AND r.online = 1)""",
-            (model,),
-        ).fetchone()[0]
+                (model,),
+            )
+            .fetchone()[0]
+        )
 
-    def vector_of(self, model: str, content_id: int) -> Optional[np.ndarray]:
-        row = self.read().execute(
-            "SELECT vector FROM embeddings WHERE model = ? AND content_id = ?", (model, content_id)
-        ).fetchone()
+    def vector_of(self, model: str, content_id: int) -> np.ndarray | None:
+        row = (
+            self.read()
+            .execute("SELECT vector FROM embeddings WHERE model = ? AND content_id = ?", (model, content_id))
+            .fetchone()
+        )
         return np.frombuffer(row[0], dtype=np.float32).copy() if row else None
 
-    def embedding_dim(self, model: str) -> Optional[int]:
+    def embedding_dim(self, model: str) -> int | None:
         row = self.read().execute("SELECT length(vector) FROM embeddings WHERE model = ? LIMIT 1", (model,)).fetchone()
         return row[0] // 4 if row else None

@@ -42,10 +42,10 @@ import os
 import secrets
 import threading
 import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import hnswlib
 import numpy as np
@@ -75,8 +75,8 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 200
 # Query breadth: ef = max(EF_FACTOR * k, EF_FLOOR). Measured at 100k and 300k: max(3k, 128) keeps
 # recall >= 0.997 for image-like and text-like queries at k = 10/50/200; max(2k, 64) dropped to
-# 0.981-0.991 (text-like, k=10, 300k, two runs). Costs 0.5-2.5 ms a query. (Random directions, whose top k are near-ties,
-# stay far below 0.98 at any affordable ef; real queries are not like that.)
+# 0.981-0.991 (text-like, k=10, 300k, two runs). Costs 0.5-2.5 ms a query. (Random directions, whose top k
+# are near-ties, stay far below 0.98 at any affordable ef; real queries are not like that.)
 EF_FACTOR = 3
 EF_FLOOR = 128
 # Rebuild the graph when this share of its nodes are deleted (deleted nodes still cost search time).
@@ -142,7 +142,7 @@ class _Table:
 
     vectors: np.ndarray  # (rows, dim) float32, read-only view of the writer's buffer; dead rows included
     row_ids: np.ndarray  # (rows,) content id of each row
-    alive: Optional[np.ndarray]  # (rows,) bool, None when every row is alive
+    alive: np.ndarray | None  # (rows,) bool, None when every row is alive
     ids: np.ndarray  # (n,) sorted live content ids
     rows: np.ndarray  # (n,) row of each of `ids`
 
@@ -158,7 +158,7 @@ class _Table:
 @dataclass(frozen=True)
 class _State:
     table: _Table
-    graph: Optional[hnswlib.Index]  # None: readers scan exactly
+    graph: hnswlib.Index | None  # None: readers scan exactly
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
@@ -224,7 +224,7 @@ class VectorIndex:
         self.exact_below = int(exact_below)
         self._write = threading.RLock()  # serializes writers (add, remove, save)
         self._graph_lock = _RWLock()  # graph queries (read) vs. in-place graph changes (write)
-        self._generation: Optional[int] = None
+        self._generation: int | None = None
         self._mapped = False  # table buffer is a memory map of vectors.npy
         # Writer-side buffers: rows past _used are invisible to readers and free to fill.
         self._buffer = np.empty((0, self.dim), np.float32)
@@ -237,7 +237,7 @@ class VectorIndex:
     @classmethod
     def build(
         cls, ids: np.ndarray, vectors: np.ndarray, model_id: str, exact_below: int = DEFAULT_EXACT_BELOW
-    ) -> "VectorIndex":
+    ) -> VectorIndex:
         vectors = np.asarray(vectors)
         if vectors.ndim != 2:
             raise ValueError("vectors must be a 2-d array")
@@ -264,7 +264,7 @@ class VectorIndex:
         """Sorted live content ids (a read-only array)."""
         return self._state.table.ids
 
-    def vector(self, content_id: int) -> Optional[np.ndarray]:
+    def vector(self, content_id: int) -> np.ndarray | None:
         table = self._state.table
         found, rows = table.find(np.array([content_id], dtype=np.int64))
         return np.array(table.vectors[rows[0]]) if len(found) else None
@@ -273,9 +273,9 @@ class VectorIndex:
         self,
         query: np.ndarray,
         k: int,
-        allowed: Optional[np.ndarray] = None,
-        min_score: Optional[float] = None,
-        exclude: Optional[np.ndarray] = None,
+        allowed: np.ndarray | None = None,
+        min_score: float | None = None,
+        exclude: np.ndarray | None = None,
     ) -> list[tuple[int, float]]:
         """Up to k (content id, cosine similarity), best first."""
         q = _normalized(query, self.dim)
@@ -325,7 +325,7 @@ class VectorIndex:
             hits = [h for h in hits if h[0] not in drop]
         return hits[:k]
 
-    def _query_graph(self, graph: hnswlib.Index, q: np.ndarray, want: int, keep: Optional[Callable] = None) -> list:
+    def _query_graph(self, graph: hnswlib.Index, q: np.ndarray, want: int, keep: Callable | None = None) -> list:
         with self._graph_lock.read():
             labels, distances = graph.knn_query(q, k=want, num_threads=1, filter=keep)
         return list(zip(labels[0].astype(np.int64).tolist(), (1.0 - distances[0]).tolist()))
@@ -401,7 +401,7 @@ class VectorIndex:
         self._state = _State(new_table, self._state.graph)
 
     def _publish_table(
-        self, alive: Optional[np.ndarray], ids: np.ndarray, rows: np.ndarray, dead_rows: Optional[np.ndarray] = None
+        self, alive: np.ndarray | None, ids: np.ndarray, rows: np.ndarray, dead_rows: np.ndarray | None = None
     ) -> _Table:
         used = self._used
         if len(ids) == used:
@@ -520,7 +520,7 @@ class VectorIndex:
     @classmethod
     def load(
         cls, folder: Path, model_id: str, generation: int, count: int, exact_below: int = DEFAULT_EXACT_BELOW
-    ) -> Optional["VectorIndex"]:
+    ) -> VectorIndex | None:
         """The saved index, or None when it is missing, damaged or stale (then rebuild from SQLite)."""
         try:
             return cls._load(Path(folder), model_id, generation, count, exact_below)
@@ -536,10 +536,12 @@ class VectorIndex:
         if not isinstance(stamp, dict):
             raise ValueError("the stamp is not a JSON object")
         expected = {"format": FORMAT_VERSION, "model_id": model_id, "generation": generation, "count": count}
-        return stamp, [f"stamp {k} is {stamp.get(k)!r}, expected {v!r}" for k, v in expected.items() if stamp.get(k) != v]
+        return stamp, [
+            f"stamp {k} is {stamp.get(k)!r}, expected {v!r}" for k, v in expected.items() if stamp.get(k) != v
+        ]
 
     @classmethod
-    def _load(cls, folder: Path, model_id: str, generation: int, count: int, exact_below: int) -> "VectorIndex":
+    def _load(cls, folder: Path, model_id: str, generation: int, count: int, exact_below: int) -> VectorIndex:
         stamp, mismatches = cls.read_stamp(folder, model_id, generation, count)
         if mismatches:
             raise ValueError("; ".join(mismatches))
@@ -637,9 +639,7 @@ def _remove_temp_files(folder: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _write_file(
-    folder: Path, name: str, writer: Optional[Callable] = None, path_writer: Optional[Callable] = None
-) -> dict:
+def _write_file(folder: Path, name: str, writer: Callable | None = None, path_writer: Callable | None = None) -> dict:
     """Write `name` atomically (temp file, fsync, rename); return its size and crc32 for the stamp.
 
     `writer(f)` writes to a file object; `path_writer(path)` writes the file itself (hnswlib). The
@@ -668,7 +668,11 @@ def _write_file(
 def _write_vectors(file, table: _Table) -> None:
     """The live vectors in id order as an .npy, in chunks: no full gathered copy in memory."""
     count, dim = len(table.ids), table.vectors.shape[1]
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (count, dim)}
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+        "fortran_order": False,
+        "shape": (count, dim),
+    }
     np.lib.format.write_array_header_1_0(file, header)
     for start in range(0, count, CHUNK_ROWS):
         file.write(np.ascontiguousarray(table.vectors[table.rows[start : start + CHUNK_ROWS]]))
