@@ -137,3 +137,23 @@ def test_reader_connections_of_ended_threads_are_reused(tmp_path):
         worker.join()
     assert len(os.listdir("/proc/self/fd")) <= open_files + 2
     catalog.close()
+
+
+def test_reader_connections_stay_bounded_for_foreign_threads(tmp_path):
+    """libfuse calls Python from C threads. For those, `threading.local` is empty on every call and the
+    made-up thread object reports itself alive forever; 300 calls from 300 short-lived pthreads must not
+    hold 300 connections (each one is a file descriptor, and desktops allow 1024)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    catalog = Catalog(tmp_path / "c.sqlite")
+    answers = []
+    callback_type = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)
+    callback = callback_type(lambda _arg: answers.append(catalog.read().execute("SELECT 1").fetchone()[0]))
+    for _ in range(300):
+        thread = ctypes.c_ulong()
+        assert libc.pthread_create(ctypes.byref(thread), None, callback, None) == 0
+        assert libc.pthread_join(thread, None) == 0
+    assert answers == [1] * 300
+    assert len(catalog._readers) <= 3
+    catalog.close()

@@ -182,3 +182,60 @@ def test_everything_searchfs_writes_is_private(mounted):
     assert os.stat(home).st_mode & 0o777 == 0o700
     assert not loose, loose
     assert (home / "logs" / "mount.log").exists()
+
+
+def _fds_and_rss(pid: int) -> tuple[int, int]:
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    rss_kb = next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS:"))
+    return fds, rss_kb
+
+
+def _daemon_pid(env) -> int:
+    return int(json.loads((Path(env["SEARCHFS_HOME"]) / "libraries" / "default" / "daemon.json").read_text())["pid"])
+
+
+def test_thousands_of_calls_under_a_desktop_fd_limit(env, tmp_path):
+    """libfuse calls back on its own C threads; a reader connection per call once ran a 1024-fd desktop
+    session out of descriptors within minutes. Under `ulimit -n 256`, thousands of lookups, listings and
+    readlinks must leave the daemon's descriptor count and memory flat."""
+    photos = tmp_path / "photos"
+    make_library(photos, 6)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    searchfs("index", str(photos), "--no-progress", env=env)
+    done = subprocess.run(
+        ["bash", "-c", f'ulimit -n 256 && exec "{sys.executable}" -m searchfs mount "{photos}" "{mnt}"'],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    try:
+        pid = _daemon_pid(env)
+        script = """
+import os, sys
+mnt = sys.argv[1]
+for round in range(int(sys.argv[2])):
+    for folder in ("query/red flower", "exif/camera=Canon", "similar/photos/album0/IMG_0000.jpg", "exif/camera"):
+        path = os.path.join(mnt, folder)
+        for name in os.listdir(path):
+            full = os.path.join(path, name)
+            st = os.lstat(full)
+            if os.path.islink(full):
+                os.readlink(full)
+"""
+        run = [sys.executable, "-c", script, str(mnt)]
+        assert subprocess.run(run + ["20"], capture_output=True, timeout=120).returncode == 0  # warm up
+        before = _fds_and_rss(pid)
+        for _ in range(3):  # separate processes: fresh client threads in the kernel too
+            done = subprocess.run(run + ["60"], capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr
+        after = _fds_and_rss(pid)
+        assert after[0] <= before[0] + 4, f"descriptors grew from {before[0]} to {after[0]}"
+        assert after[1] <= before[1] + 40_000, f"RSS grew from {before[1]} kB to {after[1]} kB"
+        assert len(listing(mnt / "query" / "red flower")) == 6  # and the mount still answers
+    finally:
+        searchfs("umount", str(mnt), env=env, check=False)
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount", "-uz", str(mnt)], capture_output=True)

@@ -49,6 +49,14 @@ def _create_private_file(path: Path) -> None:
     os.close(fd)
 
 
+def _live_thread_ids() -> set[int]:
+    """OS ids of this process's live threads: /proc on Linux, else the threads Python knows of."""
+    try:
+        return {int(name) for name in os.listdir("/proc/self/task")}
+    except OSError:
+        return {t.native_id for t in threading.enumerate() if t.native_id is not None}
+
+
 def _chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -62,8 +70,7 @@ class Catalog:
             _create_private_file(self.path)
         self._write_lock = threading.RLock()
         self._writer: sqlite3.Connection | None = None
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: dict[int, sqlite3.Connection] = {}  # OS thread id -> its read-only connection
         self._readers_lock = threading.Lock()
         self._migrate()
 
@@ -104,30 +111,36 @@ class Catalog:
     def read(self) -> sqlite3.Connection:
         """This thread's read-only connection.
 
-        A thread that has ended hands its connection on to the next new thread: libfuse starts and ends
-        worker threads all the time, and one connection per thread ever seen ran out of file descriptors."""
-        conn = getattr(self._local, "conn", None)
+        Connections are keyed by the OS thread id, not kept in a `threading.local`: libfuse calls back on
+        its own C threads, and for those Python makes up a new thread object, with an empty
+        `threading.local`, on every call. A new thread first takes the connection of a thread that has
+        ended (its id is gone from /proc/self/task), so the count stays bounded by the threads alive."""
+        tid = threading.get_native_id()
+        with self._readers_lock:
+            conn = self._readers.get(tid)
+            if conn is not None:
+                return conn
+            conn = self._take_dead_reader()
         if conn is None:
             self._writer_conn()  # make sure WAL mode and the -shm file exist before a read-only open
-            me = threading.current_thread()
-            with self._readers_lock:
-                for entry in self._readers:
-                    if not entry[0].is_alive():
-                        entry[0], conn = me, entry[1]
-                        break
-            if conn is None:
-                conn = _connect(self.path, readonly=True)
-                with self._readers_lock:
-                    self._readers.append([me, conn])
-            self._local.conn = conn
+            conn = _connect(self.path, readonly=True)
+        with self._readers_lock:
+            self._readers[tid] = conn
         return conn
+
+    def _take_dead_reader(self) -> sqlite3.Connection | None:
+        """A connection whose thread has ended (a dead thread cannot be using it), or None."""
+        alive = _live_thread_ids()
+        for tid in list(self._readers):
+            if tid not in alive:
+                return self._readers.pop(tid)
+        return None
 
     def close(self) -> None:
         with self._readers_lock:
-            for _, conn in self._readers:
+            for conn in self._readers.values():
                 conn.close()
             self._readers.clear()
-        self._local = threading.local()
         with self._write_lock:
             if self._writer is not None:
                 self._writer.close()
