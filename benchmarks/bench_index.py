@@ -204,7 +204,7 @@ def run(args) -> dict:
             model_batch_size=args.batch,
             model_threads=args.threads,
         )
-        lib = Library(settings)
+        lib = Library(settings, create=True)
         try:
             t = time.perf_counter()
             lib.embedder.load()

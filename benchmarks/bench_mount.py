@@ -112,7 +112,7 @@ def build_library(settings, photos: Path, n: int, cameras: int, dim: int, seed: 
     vectors = rng.standard_normal((n, dim), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     t1 = time.perf_counter()
-    with Library(settings) as lib:
+    with Library(settings, create=True) as lib:
         model = lib.model_id
         root = lib.catalog.add_root(os.fsencode(os.path.realpath(photos)))
         with lib.catalog.write() as conn:
@@ -248,7 +248,7 @@ def bench_size(n: int, args) -> dict:
         setup["first_query_s"] = round(time.perf_counter() - t, 2)
         say(f"[{n}] mounted (pid {pid}); {setup}")
 
-        lib = Library(settings)
+        lib = Library(settings, create=True)
         bare = BareText(config, env)
         try:
             for w in range(3):  # first calls allocate and pick kernels

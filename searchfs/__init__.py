@@ -1,7 +1,7 @@
 """searchfs: search a photo library from any file manager, shell or script.
 
 import searchfs
-lib = searchfs.open_library()            # the "default" library under SEARCHFS_HOME
+lib = searchfs.open_library(create=True)  # the "default" library under SEARCHFS_HOME
 lib.index(["~/Pictures"])                # scan, read EXIF, embed with CLIP
 for hit in lib.search("red flower", where=["year=2019..2021"], limit=10):
     print(hit.rank, hit.score, hit.path)

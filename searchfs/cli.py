@@ -15,7 +15,7 @@ import time
 import click
 
 from .config import load_settings
-from .errors import SearchfsError
+from .errors import NotFound, SearchfsError
 
 log = logging.getLogger("searchfs")
 
@@ -23,6 +23,10 @@ log = logging.getLogger("searchfs")
 def _fail(message: str, code: int = 1) -> None:
     click.echo(f"searchfs: {message}", err=True)
     sys.exit(code)
+
+
+class _PipeClosed(Exception):
+    """The reader of our output went away (`searchfs status | head -1`): a normal end, not an error."""
 
 
 def handle_errors(func):
@@ -36,6 +40,8 @@ def handle_errors(func):
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except BrokenPipeError:
+            raise _PipeClosed() from None  # click would make an EPIPE exit 1; main() ends quietly instead
         except OSError as exc:
             _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), 1)
 
@@ -52,10 +58,11 @@ class Context:
     def settings(self, **flags):
         return load_settings(self.config, library=self.library_name, **flags)
 
-    def library(self, **flags):
+    def library(self, create: bool = False, **flags):
+        """The library; only `index`, `watch` and `mount` pass create=True."""
         from .library import Library
 
-        return Library(self.settings(**flags))
+        return Library(self.settings(**flags), create=create)
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -115,7 +122,7 @@ def index(ctx, folders, retry_quarantined, as_json, no_progress):
     """
     from .progress import IndexProgress
 
-    with ctx.library() as lib, IndexProgress(enabled=not no_progress and not as_json) as progress:
+    with ctx.library(create=True) as lib, IndexProgress(enabled=not no_progress and not as_json) as progress:
         report = lib.index(folders, progress=progress.update, retry_quarantined=retry_quarantined)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
@@ -192,15 +199,22 @@ def search(ctx, query, limit, min_score, where, force_image, force_text, as_json
     if query is None and not where:
         raise click.UsageError("give a QUERY (text or image file) or at least one --where filter")
     is_image = query is not None and not force_text and (force_image or os.path.isfile(query))
-    with ctx.library() as lib:
-        hits = lib.search(
-            None if is_image else query,
-            image=query if is_image else None,
-            where=where,
-            limit=limit,
-            min_score=min_score,
-        )
+    if query is not None and not force_text and not is_image and _looks_like_path(query):
+        raise NotFound(f"no such image file: {query} (to search for these words, add --text)")
+    from .search.query import Query
+
+    image = os.fsencode(os.path.abspath(query)) if is_image else None
+    wanted = Query.build(where, text=None if is_image else query, image=image, limit=limit, min_score=min_score)
+    with ctx.library() as lib:  # after the query parsed: a bad filter is exit 2 whatever the library
+        hits = lib.search(query=wanted)
     _print_hits(hits, as_json, null)
+
+
+def _looks_like_path(query: str) -> bool:
+    """A query with a slash or an image extension is meant as a file; a typo in it must not become text."""
+    from .ingest.scan import is_photo_name
+
+    return "/" in query or is_photo_name(os.fsencode(query))
 
 
 def _print_hits(hits, as_json: bool, null: bool) -> None:
@@ -215,19 +229,29 @@ def _print_hits(hits, as_json: bool, null: bool) -> None:
 
 
 @cli.command()
-@click.argument("image_a", type=click.Path(exists=True, dir_okay=False))
-@click.argument("image_b", type=click.Path(exists=True, dir_okay=False))
+@click.argument("image_a")
+@click.argument("image_b")
+@click.option("--json", "as_json", is_flag=True, help="Print {a, b, score} as JSON.")
 @pass_context
 @handle_errors
-def compare(ctx, image_a, image_b):
+def compare(ctx, image_a, image_b, as_json):
     """Print the CLIP similarity (cosine, -1..1) of two image files.
 
     \b
     Example:
         searchfs compare a.jpg b.jpg
+        searchfs compare a.jpg b.jpg --json
     """
-    with ctx.library() as lib:
-        click.echo(f"{lib.compare(image_a, image_b):.4f}")
+    from .library import compare_images
+
+    for path in (image_a, image_b):
+        if not os.path.isfile(path):
+            raise NotFound(f"no such image file: {path}")
+    score = compare_images(ctx.settings(), image_a, image_b)
+    if as_json:
+        click.echo(json.dumps({"a": os.path.abspath(image_a), "b": os.path.abspath(image_b), "score": score}))
+    else:
+        click.echo(f"{score:.4f}")
 
 
 # -- status and doctor ---------------------------------------------------------------------------------
@@ -354,7 +378,7 @@ def _split_roots_and_mountpoint(paths):
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, required=True)
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (for systemd and debugging).")
 @click.option(
     "--allow-other",
@@ -366,9 +390,11 @@ def _split_roots_and_mountpoint(paths):
 @pass_context
 @handle_errors
 def mount(ctx, paths, foreground, allow_other, no_watch, debug):
-    """Mount the search tree: ROOT... MOUNTPOINT. Without ROOTs, the library's known folders.
+    """Mount the search tree: [ROOT...] MOUNTPOINT. Serves every root of the library.
 
-    Runs a daemon that keeps the index in step with the folders and serves query/, exif/ and
+    ROOTs named here are added to the library first; the mount then serves all of the library's roots
+    (named before or now; `searchfs status` lists them, `searchfs forget` drops one, and `--library` keeps
+    separate sets apart). A daemon keeps the index in step with the folders and serves query/, exif/ and
     similar/ at MOUNTPOINT. Logs go to $SEARCHFS_HOME/logs/mount.log.
 
     \b
@@ -378,19 +404,12 @@ def mount(ctx, paths, foreground, allow_other, no_watch, debug):
         searchfs umount ~/search
     """
     from .fs import mount as mounting
-    from .library import root_path
 
     roots, mountpoint = _split_roots_and_mountpoint(paths)
     target = os.path.abspath(mountpoint)
+    mounting.clear_stale(target)  # left by a killed daemon; before any check that would stat it
     settings = ctx.settings(mount_allow_other=True if allow_other else None)
-    with ctx.library() as lib:
-        # Check everything before the library changes: a refused mount must not leave new roots behind.
-        sources = [root_path(path) for path in roots] or [r.path for r in lib.roots()]
-        if not sources:
-            raise click.UsageError("no photo folders: searchfs mount ~/Pictures ~/search")
-        mounting.clear_stale(target)  # left by a killed daemon
-        mounting.check_mountpoint(target, sources)
-        lib.add_roots(roots)
+    served = _roots_to_serve(ctx, roots, target)
     if not foreground:
         command = [sys.executable, "-m", "searchfs"] + _global_args(ctx) + ["mount", "--foreground"]
         command += (["--allow-other"] if settings.mount_allow_other else []) + (["--no-watch"] if no_watch else [])
@@ -398,8 +417,10 @@ def mount(ctx, paths, foreground, allow_other, no_watch, debug):
         pid = mounting.mount(
             None, target, foreground=False, command=command + [target], log_file=mounting.default_log_file(settings)
         )
-        click.echo(f"searchfs mounted at {target} (daemon pid {pid}); searchfs umount {mountpoint} to stop")
+        click.echo(f"searchfs mounted at {target} (daemon pid {pid}), serving {served}")
+        click.echo(f"stop it with: searchfs umount {mountpoint}")
         return
+    click.echo(f"searchfs mounting at {target}, serving {served}", err=True)
     mounting.mount(
         lambda: _daemon_backend(ctx, not no_watch),
         mountpoint,
@@ -408,6 +429,35 @@ def mount(ctx, paths, foreground, allow_other, no_watch, debug):
         debug=debug,
         log_file=mounting.default_log_file(settings),
     )
+
+
+def _roots_to_serve(ctx, roots, target: str) -> str:
+    """Check everything before the library changes (a refused mount leaves no new library and no new
+    roots), then add `roots`. Returns what the mount will serve, for the user to read."""
+    from .fs import mount as mounting
+    from .library import Library, root_path
+
+    settings = ctx.settings()
+    known = []
+    if settings.catalog_path.exists():
+        with Library(settings) as lib:
+            lib.check_not_busy()
+            known = [r.path for r in lib.roots()]
+    for path in roots:
+        if not os.path.isdir(path):
+            raise NotFound(f"not a folder: {path}")
+    sources = list(dict.fromkeys([root_path(path) for path in roots] + known))
+    if not sources:
+        raise click.UsageError("no photo folders: searchfs mount ~/Pictures ~/search")
+    mounting.check_mountpoint(target, sources)
+    with ctx.library(create=True) as lib:
+        lib.add_roots(roots)
+        return _describe_roots(lib)
+
+
+def _describe_roots(lib) -> str:
+    listed = ", ".join(f"{r.name} ({r.display})" for r in lib.roots())
+    return f"every root of library {lib.settings.library!r}: {listed}"
 
 
 def _global_args(ctx) -> list[str]:
@@ -455,7 +505,10 @@ def umount(mountpoint, lazy):
 @pass_context
 @handle_errors
 def watch(ctx, folders):
-    """Keep the index in step with photo folders, without mounting. Stops on Ctrl-C or SIGTERM.
+    """Keep the index in step with every root of the library, without mounting.
+
+    FOLDERS named here are added to the library first; the watcher then follows all of its roots until
+    Ctrl-C or SIGTERM.
 
     \b
     Example:
@@ -467,7 +520,7 @@ def watch(ctx, folders):
 
     from .daemon import SyncDaemon
 
-    with ctx.library() as lib:
+    with ctx.library(create=bool(folders)) as lib:
         if folders:
             lib.add_roots(folders)
         if not lib.roots():
@@ -477,7 +530,7 @@ def watch(ctx, folders):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         daemon.start()
-        click.echo(f"watching {', '.join(r.display for r in lib.roots())}; Ctrl-C to stop", err=True)
+        click.echo(f"watching {_describe_roots(lib)}; Ctrl-C to stop", err=True)
         try:
             while not stop.wait(1.0):
                 pass
@@ -486,7 +539,24 @@ def watch(ctx, folders):
 
 
 def main() -> None:
-    cli(prog_name="searchfs")
+    """The console entry point: every failure ends as one line `searchfs: <reason>` and an exit code."""
+    try:
+        code = cli.main(prog_name="searchfs", standalone_mode=False)
+    except click.ClickException as exc:  # usage errors: bad option, missing argument, bad value
+        hint = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) is not None else ""
+        _fail(exc.format_message() + hint, exc.exit_code)
+    except click.exceptions.Abort:
+        _fail("interrupted", 130)
+    except (_PipeClosed, BrokenPipeError):
+        _quiet_stdout()
+        code = 0
+    sys.exit(code or 0)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot complain about the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def load_settings(
     values.update(_from_env(env))
     values.update({k: v for k, v in flags.items() if v is not None})
     values.setdefault("home", default_home(env))
-    if env.get("SEARCHFS_LIBRARY") and "library" not in flags:
+    if env.get("SEARCHFS_LIBRARY") and flags.get("library") is None:
         values["library"] = env["SEARCHFS_LIBRARY"]
     settings = Settings(**_coerce_all(values))
     _validate(settings)

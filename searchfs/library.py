@@ -77,8 +77,13 @@ def _slug(text: str) -> str:
 
 
 class Library:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, create: bool = False):
+        """Open the library `settings.library`. Only `create=True` (what `index`, `watch` and `mount` pass)
+        makes a library that does not exist yet; anything else says which libraries there are, so a
+        mistyped name never silently becomes a new empty library."""
         self.settings = settings
+        if not create and not settings.catalog_path.exists():
+            raise NotFound(missing_library_message(settings))
         ensure_private_dir(settings.home)
         ensure_private_dir(settings.library_dir)
         self.catalog = Catalog(settings.catalog_path)
@@ -118,6 +123,11 @@ class Library:
 
     def writer_lock(self) -> WriterLock:
         return WriterLock(self.settings.library_dir / "writer.lock")
+
+    def check_not_busy(self) -> None:
+        """Raise LibraryBusy (naming the pid) when another process holds the writer lock."""
+        with self.writer_lock():
+            pass
 
     def extractor(self):
         from .ingest.extract import ExifExtractor
@@ -164,8 +174,9 @@ class Library:
         """Stop indexing a root and drop its photos from the catalog (their vectors stay for the orphan
         grace period, so adding the folder back soon costs no embedding). Nothing on disk is touched."""
         wanted = os.fsencode(name_or_path)
+        as_path = root_path(wanted)
         for root in self.roots():
-            if wanted in (os.fsencode(root.name), root.path, root_path(wanted)):
+            if wanted == os.fsencode(root.name) or as_path == root.path:
                 with self.writer_lock():
                     self.catalog.remove_root(root.name)
                 return root
@@ -432,11 +443,15 @@ class Library:
         self.close()
 
 
-def open_library(name: str | None = None, settings: Settings | None = None, **overrides) -> Library:
-    """Open (creating if needed) a named library with settings from config, environment and `overrides`.
+def open_library(
+    name: str | None = None, settings: Settings | None = None, *, create: bool = False, **overrides
+) -> Library:
+    """Open a named library (default: $SEARCHFS_LIBRARY, else "default") with settings from config,
+    environment and `overrides`. A library that does not exist yet raises NotFound, naming the libraries
+    there are, unless `create=True`.
 
     >>> import searchfs
-    >>> lib = searchfs.open_library()
+    >>> lib = searchfs.open_library(create=True)
     >>> lib.index(["~/Pictures"])
     >>> [hit.path for hit in lib.search("red flower", limit=5)]
     """
@@ -444,9 +459,36 @@ def open_library(name: str | None = None, settings: Settings | None = None, **ov
         settings = load_settings(library=name, **overrides)
     elif name is not None or overrides:
         settings = settings.replace(**({"library": name} if name else {}), **overrides)
-    return Library(settings)
+    return Library(settings, create=create)
+
+
+def compare_images(settings: Settings, a: os.PathLike | str | bytes, b: os.PathLike | str | bytes) -> float:
+    """Cosine similarity of two image files. Uses the library's stored vectors when it exists; works
+    without any library too (comparing two files needs no index)."""
+    if settings.catalog_path.exists():
+        with Library(settings) as lib:
+            return lib.compare(a, b)
+    from .ingest.embed import Embedder
+
+    embedder = Embedder(settings)
+    try:
+        vectors = []
+        for path in (a, b):
+            result = embedder.embed_images([os.fsencode(os.fsdecode(path))])[0]
+            if not isinstance(result, np.ndarray):
+                raise QueryError(f"cannot use {os.fsdecode(path)} as an image: {result}")
+            vectors.append(result)
+    finally:
+        embedder.close()
+    return round(float(np.dot(vectors[0], vectors[1])), 6)
 
 
 def library_names(settings: Settings) -> list[str]:
     base = settings.home / "libraries"
     return sorted(p.name for p in base.iterdir() if (p / "catalog.sqlite").exists()) if base.is_dir() else []
+
+
+def missing_library_message(settings: Settings) -> str:
+    names = library_names(settings)
+    there = f"libraries: {', '.join(names)}" if names else f"no library exists yet in {settings.home}"
+    return f"no library {settings.library!r} ({there}); `searchfs index FOLDER` creates it"

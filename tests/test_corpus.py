@@ -27,7 +27,7 @@ def indexed(tmp_path_factory, tiny_model):
 
     home = tmp_path_factory.mktemp("corpus-home")
     settings = load_settings(env={"SEARCHFS_HOME": str(home)}, index_hidden=True, **tiny_model)
-    library = Library(settings)
+    library = Library(settings, create=True)
     report = library.index([CORPUS])
     yield library, report
     library.close()

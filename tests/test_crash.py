@@ -70,7 +70,7 @@ def test_sigkill_during_index_then_resume(home, tiny_model, tmp_path, phase):
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
 
-    with Library(settings) as lib:
+    with Library(settings, create=True) as lib:
         report = lib.index()
         status = lib.status()
         assert (status.files, status.indexed, status.pending, status.quarantined) == (N, N, 0, 0), report

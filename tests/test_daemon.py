@@ -95,7 +95,7 @@ def start_daemon(settings, request):
     is always stopped and the library closed afterwards."""
 
     def start(*roots: Path, started=lambda: None, **overrides):
-        lib = Library(settings.replace(watch_settle_seconds=SETTLE, **overrides))
+        lib = Library(settings.replace(watch_settle_seconds=SETTLE, **overrides), create=True)
         request.addfinalizer(lib.close)
         lib.add_roots(roots)
         daemon = SyncDaemon(lib, watch=True)

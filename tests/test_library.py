@@ -42,7 +42,7 @@ def photos(tmp_path):
 
 @pytest.fixture
 def lib(settings):
-    library = Library(settings)
+    library = Library(settings, create=True)
     yield library
     library.close()
 
@@ -175,7 +175,7 @@ def test_missing_weights_still_serve_metadata(home, tiny_model, photos):
     from searchfs.config import load_settings
 
     broken = dict(tiny_model, model_pretrained=str(photos / "no-such-checkpoint.pt"))
-    with Library(load_settings(**broken)) as library:
+    with Library(load_settings(**broken), create=True) as library:
         report = library.index([photos])
         assert report.embedded == 0 and report.pending == 6
         assert any("no-such-checkpoint" in e for e in report.errors)
@@ -191,7 +191,7 @@ def test_one_writer_at_a_time(lib, photos):
 
 
 def test_derived_vector_files_are_rebuilt_when_damaged(settings, photos):
-    with Library(settings) as library:
+    with Library(settings, create=True) as library:
         library.index([photos])
         expected = [h.path for h in library.search("query", limit=6)]
         folder = library.vectors_dir
@@ -207,7 +207,7 @@ def test_derived_vector_files_are_rebuilt_when_damaged(settings, photos):
     assert files
     for path in files:
         path.write_bytes(path.read_bytes()[:-7])  # truncated by a crash
-    with Library(settings) as library:
+    with Library(settings, create=True) as library:
         assert [h.path for h in library.search("query", limit=6)] == expected
 
 

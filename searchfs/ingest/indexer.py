@@ -183,6 +183,7 @@ class Indexer:
         root, linked = pending.root, []
         for st in pending.stats:
             linked.append((st, *self._identify(root, st)))
+        relinked = False
         with self.catalog.write() as conn:
             for st, digest, size, error in linked:
                 content_id = None
@@ -194,10 +195,12 @@ class Indexer:
                     continue  # vanished between stat and read: the next scan or event settles it
                 if error:
                     report.errors.append(f"{os.fsdecode(os.path.join(root.path, st.relpath))}: {error}")
-                self.catalog.upsert_file(
+                relinked |= self.catalog.upsert_file(
                     conn, root.id, st.relpath, st.size, st.mtime_ns, st.inode, content_id, error, token
                 )
-            self.catalog.bump(conn)
+            # A known content linked again (a photo moved out and back) is searchable again at once: the
+            # vector index must hear of it, not only the metadata folders.
+            self.catalog.bump(conn, vectors=relinked)
         self._read += len(linked)
         self.progress("read", self._read, None)
         pending.stats = []

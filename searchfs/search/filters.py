@@ -73,14 +73,15 @@ def parse_filter(word: str) -> Filter:
 def _range(key: str, kind: str, lo: str, hi: str, word: str) -> Filter:
     if not lo and not hi:
         raise QueryError(f"filter {word!r}: a range needs at least one end")
+    low: Bound
+    high: Bound
     if kind == "number":
-        return Filter(key, "range", lo=_number(lo, word) if lo else None, hi=_number(hi, word) if hi else None)
-    return Filter(
-        key,
-        "range",
-        lo=_date_span(lo, word)[0] if lo else None,
-        hi=_date_span(hi, word)[1] if hi else None,
-    )
+        low, high = (_number(lo, word) if lo else None), (_number(hi, word) if hi else None)
+    else:
+        low, high = (_date_span(lo, word)[0] if lo else None), (_date_span(hi, word)[1] if hi else None)
+    if low is not None and high is not None and low > high:  # type: ignore[operator]
+        raise QueryError(f"filter {word!r}: the range is empty ({lo} is after {hi}); write it low..high")
+    return Filter(key, "range", lo=low, hi=high)
 
 
 def _number(text: str, word: str) -> float:

@@ -70,7 +70,8 @@ class Catalog:
             _create_private_file(self.path)
         self._write_lock = threading.RLock()
         self._writer: sqlite3.Connection | None = None
-        self._readers: dict[int, sqlite3.Connection] = {}  # OS thread id -> its read-only connection
+        # OS thread id -> (its read-only connection, its Thread when Python started it)
+        self._readers: dict[int, tuple[sqlite3.Connection, threading.Thread | None]] = {}
         self._readers_lock = threading.Lock()
         self._migrate()
 
@@ -114,31 +115,41 @@ class Catalog:
         Connections are keyed by the OS thread id, not kept in a `threading.local`: libfuse calls back on
         its own C threads, and for those Python makes up a new thread object, with an empty
         `threading.local`, on every call. A new thread first takes the connection of a thread that has
-        ended (its id is gone from /proc/self/task), so the count stays bounded by the threads alive."""
+        ended, so the count stays bounded by the threads alive."""
         tid = threading.get_native_id()
         with self._readers_lock:
-            conn = self._readers.get(tid)
-            if conn is not None:
-                return conn
+            entry = self._readers.get(tid)
+            if entry is not None:
+                return entry[0]
             conn = self._take_dead_reader()
         if conn is None:
             self._writer_conn()  # make sure WAL mode and the -shm file exist before a read-only open
             conn = _connect(self.path, readonly=True)
+        current = threading.current_thread()
+        owner = None if isinstance(current, threading._DummyThread) else current
         with self._readers_lock:
-            self._readers[tid] = conn
+            self._readers[tid] = (conn, owner)
         return conn
 
     def _take_dead_reader(self) -> sqlite3.Connection | None:
-        """A connection whose thread has ended (a dead thread cannot be using it), or None."""
-        alive = _live_thread_ids()
-        for tid in list(self._readers):
-            if tid not in alive:
-                return self._readers.pop(tid)
+        """A connection whose thread has ended (a dead thread cannot be using it), or None. A thread Python
+        started is asked directly (its id can linger in /proc for a moment after join); a foreign (C)
+        thread is dead when its id has left /proc/self/task."""
+        alive = None
+        for tid, (conn, owner) in list(self._readers.items()):
+            if owner is not None:
+                dead = not owner.is_alive()
+            else:
+                alive = _live_thread_ids() if alive is None else alive
+                dead = tid not in alive
+            if dead:
+                del self._readers[tid]
+                return conn
         return None
 
     def close(self) -> None:
         with self._readers_lock:
-            for conn in self._readers.values():
+            for conn, _ in self._readers.values():
                 conn.close()
             self._readers.clear()
         with self._write_lock:
@@ -290,7 +301,9 @@ class Catalog:
         content_id: int | None,
         error: str | None,
         token: int,
-    ) -> None:
+    ) -> bool:
+        """Record a file as seen by scan `token`. True when this changes which content the path holds
+        (a new file, or new bytes): the set of searchable vectors may have changed."""
         folder = os.path.dirname(relpath)
         old = conn.execute(
             "SELECT content_id FROM files WHERE root_id = ? AND relpath = ?", (root_id, relpath)
@@ -309,6 +322,7 @@ class Catalog:
             )
         if old and old[0] is not None and old[0] != content_id:
             Catalog._orphan_contents(conn, "SELECT ?", (old[0],))
+        return old is None or old[0] != content_id
 
     def sweep(self, conn: sqlite3.Connection, root_id: int, token: int, prefix: bytes | None = None) -> int:
         """Delete the files of a root (or of one folder of it) that the scan with `token` did not see."""

@@ -1,0 +1,209 @@
+"""What a new user trips over: one test per point found trying searchfs end to end as a new user would.
+
+Each test names its point; each failed before its fix. The CLI is run as the user runs it (a subprocess of
+`python -m searchfs`), because exit codes and what reaches stderr are the point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from photos import make_library, make_photo
+
+from searchfs.errors import NotFound, QueryError
+from searchfs.library import Library, open_library
+from searchfs.search.filters import parse_filter
+
+
+def searchfs(*args, env, stdin=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "searchfs", *args], env=env, capture_output=True, text=True, timeout=120, stdin=stdin
+    )
+
+
+def ok(*args, env) -> str:
+    done = searchfs(*args, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def one_line_error(done: subprocess.CompletedProcess, code: int, words: str) -> str:
+    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("searchfs: "), done.stderr
+    assert words in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def env(home, tiny_model):
+    environment = dict(os.environ)
+    environment.update({"SEARCHFS_" + k.upper(): v for k, v in tiny_model.items()})
+    return environment
+
+
+@pytest.fixture
+def indexed(env, tmp_path):
+    photos = tmp_path / "photos"
+    make_library(photos, 4)
+    ok("index", str(photos), "--no-progress", env=env)
+    return photos
+
+
+# -- 1. forget -----------------------------------------------------------------------------------------
+
+
+def test_1_forget_by_path_forgets_that_root_and_an_unknown_one_is_exit_3(env, tmp_path):
+    first, second = tmp_path / "photos2", tmp_path / "photos" / "moved"
+    make_library(first, 1)
+    make_library(second, 1)
+    ok("index", str(first), str(second), "--no-progress", env=env)
+    assert ok("forget", str(first), env=env).strip() == f"forgot photos2 ({first})"
+    roots = [r["name"] for r in json.loads(ok("status", "--json", env=env))["roots"]]
+    assert roots == ["moved"]
+    line = one_line_error(searchfs("forget", "/never/added", env=env), 3, "no root")
+    assert "moved" in line  # the roots there are
+    assert [r["name"] for r in json.loads(ok("status", "--json", env=env))["roots"]] == ["moved"]
+
+
+# -- 2. a photo that leaves a root and comes back --------------------------------------------------------
+
+
+def test_2_a_photo_moved_out_and_back_is_ranked_again_by_the_same_library(settings, tmp_path):
+    """The mount keeps one Library (and its vector index) for hours: reusing known content must move the
+    vectors generation, or ranked folders never see the photo again."""
+    photos, outside = tmp_path / "photos", tmp_path / "outside"
+    make_library(photos, 3)
+    outside.mkdir()
+    with Library(settings, create=True) as lib:
+        lib.index([photos])
+        first = sorted(photos.rglob("*.jpg"))[0]
+        assert str(first) in [h.path for h in lib.search("anything")]
+        shutil.move(first, outside / first.name)
+        lib.index()
+        assert str(first) not in [h.path for h in lib.search("anything")]
+        shutil.move(outside / first.name, first)
+        report = lib.index()
+        assert report.embedded == 0 and report.reused == 1
+        assert str(first) in [h.path for h in lib.search("anything")]
+
+
+# -- 4. SEARCHFS_LIBRARY ----------------------------------------------------------------------------------
+
+
+def test_4_searchfs_library_is_honoured_by_the_cli_and_open_library(env, indexed, monkeypatch):
+    work = dict(env, SEARCHFS_LIBRARY="work")
+    ok("index", str(indexed), "--no-progress", env=work)
+    assert json.loads(ok("status", "--json", env=work))["library"] == "work"
+    assert json.loads(ok("--library", "default", "status", "--json", env=work))["library"] == "default"
+    monkeypatch.setenv("SEARCHFS_LIBRARY", "work")
+    with open_library() as lib:
+        assert lib.settings.library == "work"
+
+
+# -- 5. a mistyped image path ---------------------------------------------------------------------------------
+
+
+def test_5_a_missing_image_path_is_not_found_and_text_can_be_forced(env, indexed):
+    one_line_error(searchfs("search", "/tmp/nope.jpg", env=env), 3, "no such image file")
+    one_line_error(searchfs("search", "holiday.jpg", env=env), 3, "--text")
+    hits = json.loads(ok("search", "/tmp/nope.jpg", "--text", "--json", env=env))
+    assert len(hits) == 4  # the words were searched
+    assert len(json.loads(ok("search", "red flower", "--json", env=env))) == 4
+
+
+# -- 6. silent empty answers -----------------------------------------------------------------------------------
+
+
+def test_6_an_inverted_range_is_an_error(env, indexed):
+    for word in ("iso=5..1", "date=2020..2019-05", "fnumber=2.8..1.4"):
+        with pytest.raises(QueryError, match="empty"):
+            parse_filter(word)
+    one_line_error(searchfs("search", "--where", "iso=5..1", env=env), 2, "empty")
+    assert parse_filter("iso=1..5").lo == 1.0
+
+
+def test_6_a_mistyped_library_is_not_created(env, indexed, settings):
+    libraries = settings.home / "libraries"
+    before = sorted(p.name for p in libraries.iterdir())
+    for command in (["status"], ["search", "dog"], ["forget", "x"], ["watch"]):
+        line = one_line_error(searchfs("--library", "typo", *command, env=env), 3, "no library 'typo'")
+        assert "default" in line  # says which libraries exist
+    with pytest.raises(NotFound, match="default"):
+        open_library("typo")
+    assert sorted(p.name for p in libraries.iterdir()) == before
+    assert open_library("typo", create=True).settings.catalog_path.exists()
+
+
+def test_6_a_refused_mount_creates_no_library(env, tmp_path, settings):
+    photos = tmp_path / "photos"
+    make_library(photos, 1)
+    inside = photos / "mnt"
+    inside.mkdir()
+    one_line_error(searchfs("--library", "fresh", "mount", str(photos), str(inside), env=env), 7, "inside")
+    one_line_error(searchfs("--library", "fresh", "mount", str(tmp_path / "nope"), str(tmp_path), env=env), 3, "")
+    assert not (settings.home / "libraries" / "fresh").exists()
+
+
+# -- 12. messages --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, code, words",
+    [
+        (["index", __file__], 2, "is a file"),
+        (["search", "dog", "--min", "abc"], 2, "--min"),
+        (["search", "dog", "-n"], 2, "-n"),
+        (["compare", "/tmp/nope.jpg", "x.jpg"], 3, "no such image file"),
+        (["frobnicate"], 2, "No such command"),
+    ],
+)
+def test_12_usage_errors_are_one_line(env, indexed, args, code, words):
+    one_line_error(searchfs(*args, env=env), code, words)
+
+
+def test_12_a_closed_pipe_is_a_normal_end(env, indexed):
+    """`searchfs status | head -1`: the reader is gone before searchfs writes (here: before it starts)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    done = subprocess.run(
+        [sys.executable, "-m", "searchfs", "status"],
+        env=env,
+        stdout=write_end,
+        capture_output=False,
+        stderr=subprocess.PIPE,
+        timeout=60,
+    )
+    os.close(write_end)
+    assert done.returncode == 0 and done.stderr == b"", done.stderr
+
+
+def test_12_help_and_version_still_exit_0(env):
+    assert "Example:" in ok("--help", env=env)
+    assert ok("--version", env=env).strip()
+
+
+# -- 13. JSON for scripts ----------------------------------------------------------------------------------------
+
+
+def test_13_compare_json(env, tmp_path, indexed):
+    a = make_photo(tmp_path / "a.jpg", seed=1)
+    data = json.loads(ok("compare", str(a), str(a), "--json", env=env))
+    assert data["a"] == str(a) and data["score"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_7_first_use_paths_are_documented_in_the_readme():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "open_library(create=True)" in readme and "--text" in readme
+
+
+def test_compare_needs_no_library(env, tmp_path):
+    a, b = make_photo(tmp_path / "a.jpg", seed=1), make_photo(tmp_path / "b.jpg", (0, 0, 250), seed=2)
+    assert -1.0 <= float(ok("compare", str(a), str(b), env=env)) <= 1.0
+    assert not (Path(env["SEARCHFS_HOME"]) / "libraries").exists()
