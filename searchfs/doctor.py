@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes.util
 import os
 import shutil
+import time
 from dataclasses import dataclass
 
 from .config import Settings
@@ -72,14 +73,22 @@ def _weights(settings: Settings, fetch: bool) -> Check:
     from .ingest.embed import Embedder, weights_status
 
     name = f"model {settings.model_name} ({settings.model_pretrained})"
-    if fetch:
-        try:
-            Embedder(settings).load()
-        except SearchfsError as exc:
-            return Check(name, False, str(exc))
-        return Check(name, True, "weights downloaded and loaded")
-    ok, message = weights_status(settings)
-    return Check(name, ok, message)
+    if not fetch:
+        ok, message = weights_status(settings)
+        if not ok:
+            return Check(name, False, message)
+    # Weights on disk are not enough (an unknown architecture, a config file naming another model, a
+    # checkpoint of another shape): load the model exactly as a search will.
+    started = time.monotonic()
+    embedder = Embedder(settings)
+    try:
+        embedder.load()
+        loaded = f"loads on {embedder.device} in {time.monotonic() - started:.1f} s, {embedder.dim}-d embeddings"
+    except SearchfsError as exc:
+        return Check(name, False, str(exc))
+    finally:
+        embedder.close()
+    return Check(name, True, loaded)
 
 
 def _home(settings: Settings) -> Check:

@@ -207,3 +207,92 @@ def test_compare_needs_no_library(env, tmp_path):
     a, b = make_photo(tmp_path / "a.jpg", seed=1), make_photo(tmp_path / "b.jpg", (0, 0, 250), seed=2)
     assert -1.0 <= float(ok("compare", str(a), str(b), env=env)) <= 1.0
     assert not (Path(env["SEARCHFS_HOME"]) / "libraries").exists()
+
+
+# -- 3. results grow while indexing runs -------------------------------------------------------------------
+
+
+def test_3_results_grow_while_a_round_embeds(settings, tmp_path):
+    """A reader (the mount, another process) sees photos become searchable batch by batch, not only when a
+    round of hundreds of photos ends."""
+    photos = tmp_path / "photos"
+    make_library(photos, 6)
+    seen: list[tuple[int, int]] = []
+    small_batches = settings.replace(model_batch_size=2)
+    with Library(small_batches, create=True) as writer, Library(small_batches) as reader:
+
+        def progress(phase, done, total):
+            if phase == "embed":
+                seen.append((done, len(reader.search("anything", limit=50))))
+
+        writer.index([photos], progress=progress)
+    assert seen == [(2, 2), (4, 4), (6, 6)]
+
+
+# -- 7. doctor tries what search will do -------------------------------------------------------------------
+
+
+def _doctor_model_line(env) -> tuple[int, str]:
+    done = searchfs("doctor", env=env)
+    lines = [line for line in done.stdout.splitlines() if " model " in f" {line}" and ":" in line]
+    assert lines, done.stdout
+    return done.returncode, lines[0]
+
+
+def test_7_doctor_fails_for_a_model_that_cannot_load(env, tiny_model):
+    code, line = _doctor_model_line(env)
+    assert code in (0, 1) and line.startswith("ok") and "32-d" in line  # the tiny model really loads
+    unknown = dict(env, SEARCHFS_MODEL_NAME="NoSuchNet")
+    code, line = _doctor_model_line(unknown)
+    assert code == 1 and line.startswith("MISSING") and "unknown model 'NoSuchNet'" in line
+    other = dict(env, SEARCHFS_MODEL_NAME="ViT-B-32")  # the config file registers searchfs-tiny, not this
+    code, line = _doctor_model_line(other)
+    assert code == 1 and line.startswith("MISSING") and "does not fit model ViT-B-32" in line
+
+
+# -- 8. hf-hub: models never hang --------------------------------------------------------------------------
+
+
+def _hub_cache(tmp_path, tiny_model) -> Path:
+    """A huggingface cache holding `searchfs/tiny` the way hf_hub_download leaves a repo."""
+    import torch
+    from conftest import TINY_MODEL
+
+    repo = tmp_path / "hf" / "hub" / "models--searchfs--tiny"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    config = {"model_cfg": TINY_MODEL, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}
+    (snapshot / "open_clip_config.json").write_text(json.dumps(config))
+    state = torch.load(tiny_model["model_pretrained"], weights_only=True)
+    torch.save(state, snapshot / "open_clip_pytorch_model.bin")
+    return tmp_path / "hf"
+
+
+def test_8_an_uncached_hf_hub_model_offline_is_one_clear_line(env, tmp_path):
+    hub = dict(env, SEARCHFS_MODEL_NAME="hf-hub:nobody/nothing", HF_HOME=str(tmp_path / "empty-hf"))
+    hub.pop("SEARCHFS_MODEL_CONFIG_FILE")
+    hub["HTTPS_PROXY"] = hub["https_proxy"] = ""  # the probe, not a proxy, decides
+    code, line = _doctor_model_line(hub)
+    assert code == 1 and "not in the local huggingface cache" in line
+    photos = tmp_path / "photos"
+    make_library(photos, 1)
+    done = searchfs("index", str(photos), "--no-progress", "--json", env=hub)
+    assert done.returncode == 0, done.stderr  # files and metadata are indexed without the model
+    assert json.loads(done.stdout)["pending"] == 1
+    problem = one_line_error(searchfs("search", "dog", env=hub), 4, "hf-hub:nobody/nothing")
+    assert "unreachable" in problem
+
+
+def test_8_a_cached_hf_hub_model_loads_without_the_network(env, tmp_path, tiny_model):
+    hub = dict(env, SEARCHFS_MODEL_NAME="hf-hub:searchfs/tiny", HF_HOME=str(_hub_cache(tmp_path, tiny_model)))
+    hub.pop("SEARCHFS_MODEL_CONFIG_FILE")
+    hub["HF_HUB_OFFLINE"] = "0"
+    code, line = _doctor_model_line(hub)
+    assert line.startswith("ok") and "32-d" in line, line
+    photos = tmp_path / "photos"
+    make_library(photos, 2)
+    report = json.loads(ok("index", str(photos), "--no-progress", "--json", env=hub))
+    assert report["embedded"] == 2
+    assert len(json.loads(ok("search", "dog", "--json", env=hub))) == 2

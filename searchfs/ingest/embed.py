@@ -114,6 +114,11 @@ def model_id(settings) -> str:
 def weights_status(settings) -> tuple[bool, str]:
     """Can the configured weights be loaded without network? (ok, one-line message) for `searchfs doctor`."""
     name, pretrained = settings.model_name, settings.model_pretrained.strip()
+    if name.startswith(HF_HUB):
+        folder = _cached_hub_model(name[len(HF_HUB) :])
+        if folder:
+            return True, f"model {name} is cached at {folder}"
+        return False, f"model {name} is not in the local huggingface cache; {FIX_WEIGHTS}"
     if not pretrained:
         return False, f"model {name} has no weights configured (random init); {FIX_WEIGHTS}"
     if is_checkpoint_path(pretrained):
@@ -262,6 +267,43 @@ def _fetch_weights(name: str, tag: str, cfg: dict) -> str:
     return path
 
 
+HF_HUB = "hf-hub:"
+
+
+def model_source(settings) -> str:
+    """The architecture name to hand open_clip. An `hf-hub:org/repo` model whose config and weights are in
+    the huggingface cache loads from that folder (`local-dir:`), which needs no network at all; one that is
+    not cached is fetched only when the hub answers within 3 s, the rule tag weights follow (open_clip
+    alone retries for ~30 s and prints a dozen warnings when offline)."""
+    name = settings.model_name
+    if not name.startswith(HF_HUB):
+        return name
+    repo = name[len(HF_HUB) :]
+    folder = _cached_hub_model(repo)
+    if folder is not None:
+        return f"local-dir:{folder}"
+    if not _hub_reachable():
+        raise ModelUnavailable(
+            f"model {name} is not in the local huggingface cache and the hub is unreachable (offline?); {FIX_WEIGHTS}"
+        )
+    return name
+
+
+def _cached_hub_model(repo: str) -> str | None:
+    """The cache folder holding both the repo's open_clip_config.json and its weights, else None."""
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    config = try_to_load_from_cache(repo, HF_CONFIG_NAME)
+    if not isinstance(config, str):
+        return None
+    for weights in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME):
+        found = try_to_load_from_cache(repo, weights)
+        if isinstance(found, str) and os.path.dirname(found) == os.path.dirname(config):
+            return os.path.dirname(config)
+    return None
+
+
 def resolve_weights(settings) -> tuple[str | None, dict]:
     """(checkpoint file or None for random init, create_model_and_transforms overrides from the tag)."""
     name, pretrained = settings.model_name, settings.model_pretrained.strip()
@@ -329,7 +371,8 @@ def reparameterize(model):
 
 def _explain_load_error(name: str, pretrained: str, exc: Exception) -> ModelUnavailable:
     text = _one_line(exc)
-    if "state_dict" in text or "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
+    shape_words = ("state_dict", "size mismatch", "Missing key", "Unexpected key", "width changed")
+    if any(words in text for words in shape_words):
         return ModelUnavailable(
             f"checkpoint {pretrained} does not fit model {name} ({text[:200]}); "
             "set [model] name to the architecture the checkpoint was trained with"
@@ -687,7 +730,7 @@ class Embedder:
         if s.model_threads > 0:
             torch.set_num_threads(s.model_threads)
         try:
-            model, transform, tokenizer = open_model(s.model_name, checkpoint, self.device, overrides)
+            model, transform, tokenizer = open_model(model_source(s), checkpoint, self.device, overrides)
         except ModelUnavailable:
             raise
         except Exception as exc:
@@ -703,8 +746,11 @@ class Embedder:
 
     # ---------------------------------------------------------------- images
 
-    def embed_images(self, paths: Sequence[PathLike]) -> list[np.ndarray | ImageError]:
-        """One entry per path: a normalized float32 vector, or the ImageError explaining the file."""
+    def embed_images(self, paths: Sequence[PathLike], on_batch=None) -> list[np.ndarray | ImageError]:
+        """One entry per path: a normalized float32 vector, or the ImageError explaining the file.
+
+        `on_batch(positions, results)`, when given, is called after each model batch with the positions
+        it filled, so the caller can store them at once (results then grow while a long round runs)."""
         self.load()
         results: list[Any] = [None] * len(paths)
         size = self.settings.model_batch_size
@@ -717,6 +763,8 @@ class Embedder:
                 if number + 1 < len(batches):
                     ahead = self._submit(pool, paths, batches[number + 1])
                 self._embed_decoded(batch, current, results)
+                if on_batch is not None:
+                    on_batch(batch, results)
         return results
 
     def _submit(self, pool: ThreadPoolExecutor, paths: Sequence[PathLike], batch: range) -> list[Future]:

@@ -43,7 +43,7 @@ class Extractor(Protocol):
 class ImageEmbedder(Protocol):
     model_id: str
 
-    def embed_images(self, paths: Sequence[bytes]) -> list: ...
+    def embed_images(self, paths: Sequence[bytes], on_batch: Callable | None = None) -> list: ...
 
     def embed_bytes(self, data: bytes, orientation: int | None = None): ...
 
@@ -282,19 +282,25 @@ class Indexer:
         if self.embedder is None:
             return
         model = self.embedder.model_id
-        done, failed_ids, total = 0, set(), self.catalog.count_needing(model)
+        failed_ids: set[tuple[int, bytes]] = set()
+        done, total = 0, self.catalog.count_needing(model)
+
+        def store(positions, results) -> None:  # after each model batch: searchable at once
+            nonlocal done
+            rows = [batch[i] for i in positions]
+            found = [self._rescue_raw(content_id, path, results[i]) for i, (content_id, path) in zip(positions, rows)]
+            self._store_embeddings(model, rows, found, report, failed_ids)
+            done += len(rows)
+            self.progress("embed", done, total)
+
         while batch := [
             row for row in self.catalog.contents_needing_embedding(model, WORK_BATCH) if row not in failed_ids
         ]:
             try:
-                results = self.embedder.embed_images([path for _, path in batch])
+                self.embedder.embed_images([path for _, path in batch], on_batch=store)
             except ModelUnavailable as exc:
                 report.errors.append(str(exc))
                 return
-            results = [self._rescue_raw(content_id, path, result) for (content_id, path), result in zip(batch, results)]
-            self._store_embeddings(model, batch, results, report, failed_ids)
-            done += len(batch)
-            self.progress("embed", done, total)
 
     def _rescue_raw(self, content_id: int, path: bytes, result):
         """A camera RAW file Pillow cannot decode is embedded from the JPEG preview it carries, turned
