@@ -280,6 +280,7 @@ def status(ctx, as_json, show_all):
     if as_json:
         data = report.to_json()
         data["libraries"] = libraries
+        data["indexing"] = _indexing_state(report, watcher)
         click.echo(json.dumps(data, indent=2, default=str))
         return
     click.echo(f"library {report.library} ({report.catalog})   all libraries: {', '.join(libraries)}")
@@ -305,19 +306,41 @@ def status(ctx, as_json, show_all):
         click.echo(f"  ... {report.quarantined - len(report.quarantine)} more: searchfs status --quarantine")
 
 
+def _indexing_state(report, watcher: dict | None) -> dict:
+    """One place a script can wait on: `idle` is true when no daemon has anything queued or in hand;
+    `photos_pending` says how many photos still wait for the model (0 once everything is searchable)."""
+    return {
+        "idle": watcher is None or bool(watcher.get("idle")),
+        "photos_pending": report.pending,
+        "daemon_pid": watcher.get("pid") if watcher else None,
+        "working_on": watcher.get("working_on") if watcher else None,
+        "jobs_queued": watcher.get("pending_jobs", 0) if watcher else 0,
+        "events_pending": watcher.get("events_pending", 0) if watcher else 0,
+        "last_reconcile": watcher.get("last_reconcile", {}) if watcher else {},
+    }
+
+
 def _watcher_lines(watcher: dict | None) -> list[str]:
     if not watcher:
         return ["watcher none running (searchfs mount or searchfs watch keep the index in step)"]
-    lines = [f"watcher pid {watcher['pid']}: {watcher.get('pending_jobs', 0)} jobs queued"]
+    doing = (
+        f"working on {watcher['working_on']}"
+        if watcher.get("working_on")
+        else "idle"
+        if watcher.get("idle")
+        else "busy"
+    )
+    lines = [f"watcher pid {watcher['pid']}: {doing}, {watcher.get('pending_jobs', 0)} jobs queued"]
     for name, root in (watcher.get("watch") or {}).items():
-        when = (
-            time.strftime("%H:%M:%S", time.localtime(root["last_reconcile"])) if root.get("last_reconcile") else "never"
-        )
+        when = "never"
+        if root.get("last_reconcile"):
+            when = time.strftime("%H:%M:%S", time.localtime(root["last_reconcile"]))
+            when += f" ({root.get('last_reconcile_reason')})" if root.get("last_reconcile_reason") else ""
         why = f" ({root['polling_reason']})" if root.get("polling_reason") else ""
         error = f", last error: {root['last_error']}" if root.get("last_error") else ""
         lines.append(
             f"        {name}: {root['mode']}{why}, {root.get('pending', 0)} events pending, "
-            f"last reconcile {when} ({root.get('last_reconcile_reason')}){error}"
+            f"last reconcile {when}{error}"
         )
     done = watcher.get("since_start", {})
     lines.append(

@@ -22,7 +22,7 @@ from .records import IndexReport, Root
 
 log = logging.getLogger(__name__)
 
-_STATUS_EVERY = 2.0  # seconds between status file writes while busy
+_STATUS_EVERY = 2.0  # seconds between refreshes of daemon.json (what `searchfs status` reads)
 _SAVE_VECTORS_EVERY = 300.0
 
 
@@ -50,10 +50,11 @@ class SyncDaemon:
         self._idle = threading.Event()
         self.last_reconcile: dict[str, tuple[float, str]] = {}
         self.totals = IndexReport()
-        self._last_status = 0.0
         self._last_save = time.monotonic()
         self._rechecks = 0  # re-checks of too-fresh files waiting on their timer
         self._rechecks_lock = threading.Lock()
+        self._working_on: str | None = None  # the job kind the writer thread is doing now
+        self._status_thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -64,6 +65,9 @@ class SyncDaemon:
         self._indexer = self.library.indexer(self._extractor, defer_fresh=self._settle)
         self._thread = threading.Thread(target=self._run, name="searchfs-writer", daemon=True)
         self._thread.start()
+        self._status_thread = threading.Thread(target=self._write_status_often, name="searchfs-status", daemon=True)
+        self._status_thread.start()
+        self._write_status()
         roots = {root.name: root.path for root in self.library.roots()}
         if self.watch:
             from .ingest.watch import Watcher  # the only place watchdog is needed
@@ -123,12 +127,13 @@ class SyncDaemon:
             try:
                 if job is None:
                     return
+                self._working_on = job.kind
                 self._do(job)
             except Exception:  # one bad job must not stop the writer; the next reconcile catches up
                 log.exception("sync job %s for root %s failed", job.kind if job else None, job.root if job else None)
             finally:
+                self._working_on = None
                 self._jobs.task_done()
-                self._maybe_write_status()
 
     def _do(self, job: _Job) -> None:
         root = self._root(job.root)
@@ -247,21 +252,29 @@ class SyncDaemon:
         return self.library.settings.library_dir / "daemon.json"
 
     def status(self) -> dict:
+        watch = self._watcher.status() if self._watcher is not None else None
+        events = sum(int(root.get("pending", 0)) for root in (watch or {}).values())
+        queued = self._jobs.unfinished_tasks + self._rechecks
         return {
             "pid": os.getpid(),
             "pending_jobs": self._jobs.qsize() + self._rechecks,
-            "watch": self._watcher.status() if self._watcher is not None else None,
+            "working_on": self._working_on,
+            "idle": queued == 0 and events == 0,  # nothing queued, nothing being done, no events held
+            "events_pending": events,
+            "watch": watch,
             "last_reconcile": {k: {"at": v[0], "reason": v[1]} for k, v in self.last_reconcile.items()},
             "since_start": {k: v for k, v in self.totals.to_json().items() if k != "seconds"},
             "offline_roots": [r.name for r in self.library.roots() if not r.online],
             "updated_at": time.time(),
         }
 
-    def _maybe_write_status(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_status < _STATUS_EVERY and self._jobs.qsize():
-            return
-        self._last_status = now
+    def _write_status_often(self) -> None:
+        """Refresh daemon.json every few seconds, so `searchfs status` is current even while the writer
+        thread spends minutes on one job (a first embedding round)."""
+        while not self._stopping.wait(_STATUS_EVERY):
+            self._write_status()
+
+    def _write_status(self) -> None:
         path = self._status_path()
         tmp = path.with_suffix(".tmp")
         try:

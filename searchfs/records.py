@@ -54,6 +54,23 @@ FACET_BY_KEY = {spec.key: spec for spec in FACETS}
 TEXT_FIELDS = ("keyword", "title", "description")
 
 
+def format_number(value: float) -> str:
+    """Display form of a number: "100", "2.8", "0.004"; no ".0", no exponent."""
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    text = f"{value:.10f}".rstrip("0").rstrip(".")
+    return text if text not in ("0", "-0") else f"{value:.6g}"  # smaller than 1e-10: keep it visible
+
+
+def display_number(key: str, value: float) -> str:
+    """How a number of facet `key` is shown (folder names, manifests) and compared by `key=value`.
+    Exposures below a quarter second read as photographers (and exiftool) write them: "1/60", not
+    "0.0166666667"; longer ones in seconds ("0.5", "30")."""
+    if key == "exposure" and 0 < value < 0.25001:
+        return f"1/{int(0.5 + 1 / value)}"
+    return format_number(value)
+
+
 @dataclass(frozen=True)
 class Facet:
     """One stored metadata value. `text` is the display form; `num` is set for numbers and dates."""
@@ -117,7 +134,7 @@ class IndexReport:
     removed: int = 0
     reused: int = 0  # new or changed files whose content was already known (moves, copies)
     embedded: int = 0  # contents sent through the model
-    quarantined: int = 0
+    quarantined: int = 0  # files put in quarantine by this pass (copies and unreadable files included)
     pending: int = 0  # waiting for the model (e.g. weights unavailable)
     offline_roots: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)

@@ -173,14 +173,16 @@ def test_iso_takes_the_first_positive_value(iso, expected):
     assert one(normalize({"ISO": iso}), "iso") == expected
 
 
-def test_exposure_values_display_without_trailing_zero():
+def test_numbers_display_without_trailing_zero_and_exposures_as_photographers_write_them():
     facets = normalize({"FNumber": 2.8, "ExposureTime": 0.004, "FocalLength": 35.0})
     assert one(facets, "fnumber") == Facet("fnumber", "2.8", 2.8)
-    assert one(facets, "exposure") == Facet("exposure", "0.004", 0.004)
+    assert one(facets, "exposure") == Facet("exposure", "1/250", 0.004)
     assert one(facets, "focal") == Facet("focal", "35", 35.0)
-    assert text(normalize({"ExposureTime": 1 / 8000}), "exposure") == "0.000125"
+    assert text(normalize({"ExposureTime": 0.0166666667}), "exposure") == "1/60"  # not 0.0166666667
+    assert text(normalize({"ExposureTime": 1 / 8000}), "exposure") == "1/8000"
+    assert text(normalize({"ExposureTime": 0.3}), "exposure") == "0.3"  # a quarter second and longer: seconds
     assert text(normalize({"ExposureTime": 30}), "exposure") == "30"
-    assert text(normalize({"ExposureTime": 0.00001}), "exposure") == "0.00001"  # no "1e-05"
+    assert text(normalize({"FocalLength": 0.00001}), "focal") == "0.00001"  # no "1e-05"
 
 
 @pytest.mark.parametrize(
@@ -439,7 +441,7 @@ def test_extracts_what_make_photo_wrote(tmp_path, extractor):
         "timeofday": "evening",
         "iso": "400",
         "fnumber": "5.6",
-        "exposure": "0.004",
+        "exposure": "1/250",
         "focal": "35",
         "width": "96",
         "height": "64",

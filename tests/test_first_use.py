@@ -296,3 +296,40 @@ def test_8_a_cached_hf_hub_model_loads_without_the_network(env, tmp_path, tiny_m
     report = json.loads(ok("index", str(photos), "--no-progress", "--json", env=hub))
     assert report["embedded"] == 2
     assert len(json.loads(ok("search", "dog", "--json", env=hub))) == 2
+
+
+# -- 14. values and counts as a person reads them ------------------------------------------------------------
+
+
+def test_14_exposure_reads_1_60_and_both_spellings_filter(settings, tmp_path):
+    photos = tmp_path / "photos"
+    make_photo(photos / "a.jpg", seed=1, exposure=1 / 60, make="Canon")
+    make_photo(photos / "b.jpg", seed=2, exposure=1 / 250, make="Canon")
+    with Library(settings, create=True) as lib:
+        lib.index([photos])
+        assert [value for value, _ in lib.facet_values("exposure")] == ["1/250", "1/60"]  # numeric order
+        for word in ("exposure=1/60", "exposure=0.0166666667", "exposure=0.016667"):
+            assert [os.path.basename(h.path) for h in lib.search(where=[word])] == ["a.jpg"], word
+        assert len(lib.search(where=["exposure=1/100..1/50"])) == 1
+
+
+def test_14_the_index_summary_counts_quarantine_as_status_does(env, tmp_path):
+    photos = tmp_path / "photos"
+    make_library(photos, 2)
+    broken = b"\xff\xd8\xff\xe0 not really a jpeg"
+    for name in ("broken.jpg", "copy of broken.jpg", "sub/broken again.jpg"):
+        (photos / name).parent.mkdir(exist_ok=True)
+        (photos / name).write_bytes(broken)
+    report = json.loads(ok("index", str(photos), "--no-progress", "--json", env=env))
+    status = json.loads(ok("status", "--json", env=env))
+    assert report["quarantined"] == status["quarantined"] == 3
+    copy = photos / "one more.jpg"
+    copy.write_bytes(broken)
+    again = json.loads(ok("index", "--no-progress", "--json", env=env))
+    assert again["quarantined"] == 1 and json.loads(ok("status", "--json", env=env))["quarantined"] == 4
+
+
+def test_13_status_json_says_when_indexing_is_finished(env, indexed):
+    data = json.loads(ok("status", "--json", env=env))
+    assert data["indexing"]["idle"] is True and data["indexing"]["photos_pending"] == 0
+    assert data["indexing"]["daemon_pid"] is None

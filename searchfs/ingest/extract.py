@@ -40,8 +40,9 @@ How tags become facets (`normalize`):
   "DSC00019" or "000015", a lone generic word ("image", "untitled"), or text equal to the make, model
   or camera.
 
-Display text: numbers are written without a trailing ".0" (ISO "100", f-number "2.8", exposure
-"0.004") and without an exponent ("0.000125"). Text values are stripped of whitespace and NUL padding and cut
+Display text: numbers are written without a trailing ".0" (ISO "100", f-number "2.8") and without an
+exponent ("0.000125"); exposures shorter than a quarter second as exiftool prints them ("1/250"); see
+`records.display_number`. Text values are stripped of whitespace and NUL padding and cut
 at 1000 characters. Odd values (a string where a number belongs, a list, "(Binary data ...)",
 "base64:...") skip that field only; `normalize` never raises.
 
@@ -82,7 +83,7 @@ import exiftool
 
 from searchfs.config import ensure_private_dir
 from searchfs.errors import ExiftoolError
-from searchfs.records import Facet
+from searchfs.records import Facet, display_number, format_number
 
 INSTALL_HINT = "install exiftool: apt install libimage-exiftool-perl / brew install exiftool"
 MAX_TEXT = 1000
@@ -103,14 +104,6 @@ def normalize(tags: dict) -> list[Facet]:
         except Exception:  # noqa: BLE001 - a tag shape nobody foresaw costs that group of facets, not the whole file
             continue
     return facets
-
-
-def format_number(value: float) -> str:
-    """Display form of a number: "100", "2.8", "0.004"; no ".0", no exponent."""
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    text = f"{value:.10f}".rstrip("0").rstrip(".")
-    return text if text not in ("0", "-0") else f"{value:.6g}"  # smaller than 1e-10: keep it visible
 
 
 def _number(value: Any) -> float | None:
@@ -134,7 +127,7 @@ def _numbers(value: Any) -> list[float]:
 
 
 def _num_facet(key: str, value: float) -> Facet:
-    return Facet(key, format_number(value), float(value))
+    return Facet(key, display_number(key, value), float(value))
 
 
 def _positive(tags: dict, key: str, name: str) -> list[Facet]:

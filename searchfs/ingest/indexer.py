@@ -188,11 +188,13 @@ class Indexer:
             for st, digest, size, error in linked:
                 content_id = None
                 if digest is not None:
-                    known = conn.execute("SELECT id FROM contents WHERE hash = ?", (digest,)).fetchone()
+                    known = conn.execute("SELECT id, error FROM contents WHERE hash = ?", (digest,)).fetchone()
                     report.reused += known is not None
+                    report.quarantined += bool(known and known[1])  # a copy of a file already quarantined
                     content_id = known[0] if known else self.catalog.content_for_hash(conn, digest, size)
                 elif isinstance(size, int) and size < 0:
                     continue  # vanished between stat and read: the next scan or event settles it
+                report.quarantined += bool(error)  # unreadable: in quarantine with its reason, as status counts
                 if error:
                     report.errors.append(f"{os.fsdecode(os.path.join(root.path, st.relpath))}: {error}")
                 relinked |= self.catalog.upsert_file(
@@ -336,9 +338,9 @@ class Indexer:
                     failed_ids.add((content_id, path))
                 else:
                     reason = str(result) or type(result).__name__
-                    self.catalog.quarantine(conn, content_id, reason)
+                    files = self.catalog.quarantine(conn, content_id, reason)
                     log.info("quarantined %s: %s", os.fsdecode(path), reason)
-                    report.quarantined += 1
+                    report.quarantined += files  # files, not contents: the count `searchfs status` shows
             self.catalog.bump(conn, vectors=embedded > 0)
         report.embedded += embedded
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ..errors import QueryError
-from ..records import FACET_BY_KEY, TEXT_FIELDS
+from ..records import FACET_BY_KEY, TEXT_FIELDS, display_number
 
 Bound = float | str | None
 
@@ -32,6 +32,8 @@ class Filter:
     def __str__(self) -> str:
         if self.op == "range":
             return f"{self.key}={_fmt(self.lo)}..{_fmt(self.hi)}"
+        if isinstance(self.value, float):
+            return f"{self.key}={display_number(self.key, self.value)}"
         return f"{self.key}={_fmt(self.value)}"
 
 
@@ -141,8 +143,10 @@ def filter_sql(flt: Filter) -> tuple[str, list]:
             params.append(flt.hi)
         return head + " AND ".join(parts) + ")", params
     if isinstance(flt.value, float):
-        params.extend([flt.value - 1e-9 * max(1.0, abs(flt.value)), flt.value + 1e-9 * max(1.0, abs(flt.value))])
-        return head + "num BETWEEN ? AND ?)", params
+        # Equal as shown (exposure=1/60 finds 0.0166666667 and 0.016667) or equal as a number.
+        tolerance = 1e-9 * max(1.0, abs(flt.value))
+        params.extend([display_number(flt.key, flt.value).casefold(), flt.value - tolerance, flt.value + tolerance])
+        return head + "(fold = ? OR num BETWEEN ? AND ?))", params
     params.append(str(flt.value).casefold())
     return head + "fold = ?)", params
 

@@ -460,8 +460,10 @@ class Catalog:
         conn.execute("UPDATE contents SET error = NULL WHERE id = ?", (content_id,))
 
     @staticmethod
-    def quarantine(conn: sqlite3.Connection, content_id: int, reason: str) -> None:
+    def quarantine(conn: sqlite3.Connection, content_id: int, reason: str) -> int:
+        """Quarantine a content with its reason; returns how many files hold it."""
         conn.execute("UPDATE contents SET error = ? WHERE id = ?", (reason, content_id))
+        return conn.execute("SELECT count(*) FROM files WHERE content_id = ?", (content_id,)).fetchone()[0]
 
     def retry_quarantined(self) -> int:
         with self.write() as conn:
