@@ -432,3 +432,41 @@ def test_bad_files_are_quarantined_and_the_daemon_goes_on(start_daemon, photos):
     status = lib.status()
     assert status.files == 6 and status.indexed == 4 and status.quarantined == 2 and status.pending == 0
     assert since(daemon)["quarantined"] == 2 and daemon._thread.is_alive()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# links that lead out of a root
+
+
+def _atime_is_kept(folder: Path) -> bool:
+    """Whether reading a file here updates its atime (relatime does when atime < mtime): the probe below."""
+    probe = folder / "atime-probe"
+    probe.write_bytes(b"x")
+    os.utime(probe, (0, time.time()))
+    probe.read_bytes()
+    return os.stat(probe).st_atime > 0
+
+
+def test_links_out_of_the_root_are_never_followed_while_watching(start_daemon, photos, outside):
+    """`ln -s /elsewhere r/evil` and `ln -s /elsewhere/private.jpg r/leak.jpg` under a running daemon: the
+    outside photos must not be indexed, their metadata (GPS!) must not show, the daemon must not open them."""
+    private = leica_photo(outside / "private.jpg", 3, gps=(48.85, 2.35))
+    leica_photo(outside / "sub" / "deep.jpg", 4)
+    reads_seen = _atime_is_kept(outside)
+    for path in (private, outside / "sub" / "deep.jpg"):
+        os.utime(path, (0, os.stat(path).st_mtime))  # any read would now move the atime
+    daemon, lib = start_daemon(photos)
+    os.symlink(outside, photos / "evil")
+    os.symlink(private, photos / "leak.jpg")
+    os.symlink(outside / "sub", photos / "album0" / "evil2")
+    inside_link = photos / "album1" / "again.jpg"
+    os.symlink(photos / "album0" / "IMG_0000.jpg", inside_link)  # inside the root: followed, as documented
+    wait_for(lambda: str(inside_link) in catalog_files(lib), "the inside link to be indexed")
+    settled(daemon)
+    daemon.reconcile("photos", "test")  # and a full rescan does not take them either
+    settled(daemon)
+    files = catalog_files(lib)
+    assert not [p for p in files if "evil" in p or "leak" in p], files
+    assert leica(lib) == [] and lib.search(where=["has_gps=yes"]) == []
+    if reads_seen:
+        assert os.stat(private).st_atime == 0 and os.stat(outside / "sub" / "deep.jpg").st_atime == 0

@@ -165,6 +165,12 @@ def test_live_changes_show_on_the_next_listing(mounted):
     assert status["watcher"]["since_start"]["embedded"] == 1  # the rename cost no embedding
 
 
+def _idle(env) -> bool:
+    """The daemon says it holds no events and has nothing queued or in hand (status --json .indexing)."""
+    indexing = json.loads(searchfs("status", "--json", env=env).stdout)["indexing"]
+    return indexing["idle"] and indexing["events_pending"] == 0 and indexing["photos_pending"] == 0
+
+
 def _eventually(check, timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -259,3 +265,17 @@ for round in range(int(sys.argv[2])):
         searchfs("umount", str(mnt), env=env, check=False)
         if os.path.ismount(mnt):
             subprocess.run(["fusermount", "-uz", str(mnt)], capture_output=True)
+
+
+def test_links_out_of_a_root_never_show_through_the_mount(mounted, tmp_path):
+    photos, mnt, env = mounted
+    outside = tmp_path / "elsewhere"
+    make_photo(outside / "private.jpg", (1, 2, 3), seed=7, make="Leica", model="Leica Q", gps=(48.85, 2.35))
+    os.symlink(outside, photos / "evil")
+    os.symlink(outside / "private.jpg", photos / "leak.jpg")
+    make_photo(photos / "marker.jpg", (9, 9, 9), seed=8, make="Fujifilm", model="X100V")  # after the links
+    assert _eventually(lambda: len(listing(mnt / "exif" / "camera=Fujifilm")) == 1)
+    assert _eventually(lambda: _idle(env))  # every event handled, the links' included
+    assert listing(mnt / "exif" / "camera=Leica") == [] and listing(mnt / "exif" / "has_gps=yes") == []
+    assert "evil" not in listing(mnt / "similar" / "photos") and "leak.jpg" not in listing(mnt / "similar" / "photos")
+    assert not [n for n in listing(mnt / "query" / "anything") if "private" in n]

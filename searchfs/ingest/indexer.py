@@ -24,7 +24,17 @@ import numpy as np
 from ..errors import ImageError, ModelUnavailable
 from ..records import Facet, FileStat, IndexReport, Root
 from ..store.catalog import Catalog
-from .scan import ScanProblem, ScanRules, hash_file, is_raw_name, root_state, stat_photo, walk
+from .scan import (
+    ScanProblem,
+    ScanRules,
+    hash_file,
+    is_raw_name,
+    is_under,
+    resolves_inside,
+    root_state,
+    stat_photo,
+    walk,
+)
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +219,8 @@ class Indexer:
 
     def _identify(self, root: Root, st: FileStat) -> tuple[str | None, int, str | None]:
         """(hash, size, error). A file moved within the root (same inode, size, mtime) is not read again."""
+        if not resolves_inside(root.path, st.relpath):
+            return None, -1, None  # swapped for a link out of the root since the scan: as if it had vanished
         content_id = self.catalog.content_by_inode(root.id, st)
         if content_id is not None:
             row = self.catalog.read().execute("SELECT hash, size FROM contents WHERE id = ?", (content_id,)).fetchone()
@@ -268,10 +280,13 @@ class Indexer:
     def _extract_all(self, report: IndexReport) -> None:
         done, total = 0, self.catalog.count_needing(None)
         while batch := self.catalog.contents_needing_meta(WORK_BATCH):
-            results = self.extractor.extract([path for _, path in batch])
+            inside = [path for _, path in batch if self._inside_a_root(path)]
+            results = self.extractor.extract(inside) if inside else {}
             with self.catalog.write() as conn:
                 for content_id, path in batch:
                     result = results.get(path, "exiftool returned nothing for this file")
+                    if path not in inside:
+                        result = "its path now leads out of the root (a symlink swapped in): not read"
                     if isinstance(result, str):
                         self.catalog.store_meta_error(conn, content_id, result)
                     else:
@@ -298,11 +313,21 @@ class Indexer:
         while batch := [
             row for row in self.catalog.contents_needing_embedding(model, WORK_BATCH) if row not in failed_ids
         ]:
+            outside = [row for row in batch if not self._inside_a_root(row[1])]
+            failed_ids.update(outside)  # not this round: the watcher or the next scan drops the link
+            batch = [row for row in batch if row not in outside]
+            if not batch:
+                continue
             try:
                 self.embedder.embed_images([path for _, path in batch], on_batch=store)
             except ModelUnavailable as exc:
                 report.errors.append(str(exc))
                 return
+
+    def _inside_a_root(self, path: bytes) -> bool:
+        """The last check before a file is opened: it still resolves inside one of the roots."""
+        real = os.path.realpath(path)
+        return any(is_under(real, os.path.realpath(root.path)) for root in self.catalog.roots() if root.online)
 
     def _rescue_raw(self, content_id: int, path: bytes, result):
         """A camera RAW file Pillow cannot decode is embedded from the JPEG preview it carries, turned

@@ -98,14 +98,25 @@ def is_candidate(abspath: bytes, name: bytes) -> bool:
     return b"." not in name.lstrip(b".") and looks_like_image(abspath)
 
 
-def _inside(path: bytes, root_real: bytes) -> bool:
-    return path == root_real or path.startswith(root_real.rstrip(b"/") + b"/")
+def is_under(path: bytes, top: bytes) -> bool:
+    """`path` is `top` or below it (both absolute, compared as given: resolve them first if needed)."""
+    top = top.rstrip(b"/") or b"/"
+    return path == top or top == b"/" or path.startswith(top + b"/")
+
+
+def resolves_inside(root: bytes, relpath: bytes) -> bool:
+    """Whether root/relpath, with every symlink resolved, stays inside the root (resolved too). Every path
+    the daemon opens on anyone's behalf passes this first: a link to /elsewhere is never followed."""
+    path = os.path.join(root, relpath) if relpath else root
+    return is_under(os.path.realpath(path), os.path.realpath(root))
 
 
 def walk(root: bytes, rules: ScanRules, problems: list[ScanProblem], start: bytes = b"") -> Iterator[Folder]:
     """Yield every folder of `root` (or of its subfolder `start`) with its photo files. Problems
     (unlistable folders) are appended to `problems`; the walk goes on."""
     root_real = os.path.realpath(root)
+    if start and not resolves_inside(root, start):
+        return  # a folder that is (or sits behind) a link out of the root: nothing of it is ours
     seen_dirs: set[tuple[int, int]] = set()
     stack = [start]
     while stack:
@@ -152,7 +163,7 @@ def _entry_kind(entry: os.DirEntry, root_real: bytes) -> str:
     """'dir', 'file' or 'other'. A symlink counts only when its target stays inside the root."""
     if entry.is_symlink():
         target = os.path.realpath(os.fsencode(entry.path))
-        if not _inside(target, root_real):
+        if not is_under(target, root_real):
             return "other"
         mode = os.stat(target).st_mode
     else:
@@ -165,7 +176,7 @@ def _entry_kind(entry: os.DirEntry, root_real: bytes) -> str:
 def stat_photo(root: bytes, relpath: bytes, rules: ScanRules) -> FileStat | None:
     """Stat one path for a watch event: None when it is gone, excluded, or not a photo."""
     parts = relpath.split(b"/")
-    if any(rules.skips(part) for part in parts):
+    if any(rules.skips(part) for part in parts) or not resolves_inside(root, relpath):
         return None
     abspath = os.path.join(root, relpath)
     try:
