@@ -15,7 +15,7 @@ import time
 import click
 
 from .config import load_settings
-from .errors import NotFound, SearchfsError
+from .errors import DiskFull, NotFound, SearchfsError, disk_full_message, is_disk_full
 
 log = logging.getLogger("searchfs")
 
@@ -43,6 +43,8 @@ def handle_errors(func):
         except BrokenPipeError:
             raise _PipeClosed() from None  # click would make an EPIPE exit 1; main() ends quietly instead
         except OSError as exc:
+            if is_disk_full(exc):
+                _fail(disk_full_message(os.path.dirname(exc.filename or "") or "searchfs's files"), DiskFull.exit_code)
             _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), 1)
 
     return wrapper
@@ -316,6 +318,7 @@ def _indexing_state(report, watcher: dict | None) -> dict:
         "working_on": watcher.get("working_on") if watcher else None,
         "jobs_queued": watcher.get("pending_jobs", 0) if watcher else 0,
         "events_pending": watcher.get("events_pending", 0) if watcher else 0,
+        "backlog": watcher.get("backlog") if watcher else None,
         "last_reconcile": watcher.get("last_reconcile", {}) if watcher else {},
     }
 
@@ -331,6 +334,10 @@ def _watcher_lines(watcher: dict | None) -> list[str]:
         else "busy"
     )
     lines = [f"watcher pid {watcher['pid']}: {doing}, {watcher.get('pending_jobs', 0)} jobs queued"]
+    backlog = watcher.get("backlog") or {}
+    if backlog.get("jobs"):
+        retry = max(0, int((backlog.get("next_try_at") or time.time()) - time.time()))
+        lines.append(f"        WAITING: {backlog['jobs']} jobs failed ({backlog['reason']}); next try in {retry} s")
     for name, root in (watcher.get("watch") or {}).items():
         when = "never"
         if root.get("last_reconcile"):
@@ -353,12 +360,16 @@ def _watcher_lines(watcher: dict | None) -> list[str]:
 def _watcher_state(settings) -> dict | None:
     """What a running daemon last wrote about its watcher (None when no daemon runs)."""
     path = settings.library_dir / "daemon.json"
-    try:
-        data = json.loads(path.read_text())
-        os.kill(int(data.get("pid", 0)), 0)
-        return data
-    except (OSError, ValueError):
-        return None
+    for _ in range(5):  # the daemon rewrites it in place: a read may catch it half written
+        try:
+            data = json.loads(path.read_text())
+            os.kill(int(data.get("pid", 0)), 0)
+            return data
+        except ValueError:
+            time.sleep(0.02)
+        except OSError:
+            return None
+    return None
 
 
 @cli.command()

@@ -17,12 +17,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .errors import DiskFull
 from .library import Library
 from .records import IndexReport, Root
 
 log = logging.getLogger(__name__)
 
 _STATUS_EVERY = 2.0  # seconds between refreshes of daemon.json (what `searchfs status` reads)
+STATUS_BYTES = 64 * 1024  # daemon.json's reserved size: written in place, space-padded
 _SAVE_VECTORS_EVERY = 300.0
 
 
@@ -32,6 +34,37 @@ class _Job:
     root: str
     changes: list = field(default_factory=list)
     reason: str = ""
+
+
+class _Backlog:
+    """Jobs that failed for want of disk space: how many wait, why, and the back-off before the next try
+    (5 s, doubling up to 5 minutes; reset by the first job that succeeds)."""
+
+    FIRST, LONGEST = 5.0, 300.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.waiting = 0
+        self.reason: str | None = None
+        self.delay = 0.0
+        self.next_try_at: float | None = None
+
+    def failed(self, reason: str) -> float:
+        with self._lock:
+            self.waiting += 1
+            self.reason = reason
+            self.delay = min(self.LONGEST, self.delay * 2) if self.delay else self.FIRST
+            self.next_try_at = time.time() + self.delay
+            return self.delay
+
+    def succeeded(self) -> None:
+        with self._lock:
+            if self.waiting:
+                self.waiting, self.reason, self.delay, self.next_try_at = 0, None, 0.0, None
+
+    def status(self) -> dict:
+        with self._lock:
+            return {"jobs": self.waiting, "reason": self.reason, "next_try_at": self.next_try_at}
 
 
 class SyncDaemon:
@@ -54,6 +87,8 @@ class SyncDaemon:
         self._rechecks = 0  # re-checks of too-fresh files waiting on their timer
         self._rechecks_lock = threading.Lock()
         self._working_on: str | None = None  # the job kind the writer thread is doing now
+        self._backlog = _Backlog()
+        self._status_warned: int | None = None
         self._status_thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -90,6 +125,8 @@ class SyncDaemon:
         self._finish()
 
     def _finish(self) -> None:
+        if self._status_thread is not None:
+            self._status_thread.join(timeout=5)  # so it cannot write daemon.json again after the unlink
         try:
             self.library.save_vectors()
         except Exception:  # derived data: the next start rebuilds it
@@ -129,6 +166,9 @@ class SyncDaemon:
                     return
                 self._working_on = job.kind
                 self._do(job)
+                self._backlog.succeeded()
+            except DiskFull as exc:  # nothing is lost: the job waits and is tried again, later and later
+                self._retry_later(job, str(exc))
             except Exception:  # one bad job must not stop the writer; the next reconcile catches up
                 log.exception("sync job %s for root %s failed", job.kind if job else None, job.root if job else None)
             finally:
@@ -163,14 +203,24 @@ class SyncDaemon:
         self._add_totals(report)
         self._maybe_save_vectors()
 
+    def _retry_later(self, job: _Job, reason: str) -> None:
+        delay = self._backlog.failed(reason)
+        log.warning("%s; %s job for %s retried in %.0f s", reason, job.kind, job.root, delay)
+        if not self._stopping.is_set():
+            self._after(delay, job)
+
+    def _after(self, delay: float, job: _Job) -> None:
+        """Queue `job` after `delay` seconds; wait_idle and `idle` count it as pending meanwhile."""
+        with self._rechecks_lock:
+            self._rechecks += 1
+        timer = threading.Timer(delay, self._queue_recheck, [job])
+        timer.daemon = True
+        timer.start()
+
     def _recheck_later(self, root: Root, relpaths: list[bytes]) -> None:
         """Files a scan found too fresh to read: look again once they have been quiet for a while."""
         if relpaths and not self._stopping.is_set():
-            with self._rechecks_lock:
-                self._rechecks += 1
-            timer = threading.Timer(self._settle * 2, self._queue_recheck, [_Job("recheck", root.name, list(relpaths))])
-            timer.daemon = True
-            timer.start()
+            self._after(self._settle * 2, _Job("recheck", root.name, list(relpaths)))
 
     def _queue_recheck(self, job: _Job) -> None:
         self._jobs.put(job)  # queued before the count drops, so wait_idle never sees a gap
@@ -261,6 +311,7 @@ class SyncDaemon:
             "working_on": self._working_on,
             "idle": queued == 0 and events == 0,  # nothing queued, nothing being done, no events held
             "events_pending": events,
+            "backlog": self._backlog.status(),
             "watch": watch,
             "last_reconcile": {k: {"at": v[0], "reason": v[1]} for k, v in self.last_reconcile.items()},
             "since_start": {k: v for k, v in self.totals.to_json().items() if k != "seconds"},
@@ -275,15 +326,23 @@ class SyncDaemon:
             self._write_status()
 
     def _write_status(self) -> None:
-        path = self._status_path()
-        tmp = path.with_suffix(".tmp")
+        """Rewrite daemon.json in place, in blocks reserved at start: `searchfs status` must still hear
+        why work waits when the disk is full, and a full disk has no room for a new file."""
+        data = json.dumps(self.status(), default=str).encode()
+        if len(data) > STATUS_BYTES:
+            data = json.dumps({**self.status(), "since_start": {}}, default=str).encode()[:STATUS_BYTES]
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.status(), handle, default=str)
-            os.replace(tmp, path)
+            fd = os.open(self._status_path(), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if os.fstat(fd).st_size < STATUS_BYTES:
+                    os.posix_fallocate(fd, 0, STATUS_BYTES)
+                os.pwrite(fd, data.ljust(STATUS_BYTES), 0)
+            finally:
+                os.close(fd)
         except OSError as exc:
-            log.warning("could not write %s: %s", path, exc)
+            if self._status_warned != exc.errno:  # once per kind of failure, not every 2 s
+                log.warning("could not write %s: %s", self._status_path(), exc)
+                self._status_warned = exc.errno
 
 
 class DaemonBackend:

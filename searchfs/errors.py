@@ -54,5 +54,27 @@ class LibraryBusy(SearchfsError):
     exit_code = 6
 
 
+class DiskFull(SearchfsError):
+    """No space left where searchfs writes (the catalog, the vector files). What was committed stays."""
+
+    exit_code = 8
+
+
+def disk_full_message(where: object) -> str:
+    return (
+        f"no space left on the disk holding {where}: free some space and run it again (nothing indexed so far is lost)"
+    )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL, or ENOSPC/EDQUOT from the operating system."""
+    import errno
+    import sqlite3
+
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 class ReadOnly(SearchfsError):
     """A write was attempted where searchfs only reads (source folders, result folders)."""

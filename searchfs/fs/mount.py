@@ -207,6 +207,7 @@ def _setup_logging(log_file: os.PathLike | None, debug: bool) -> logging.Handler
         return None
     path = Path(log_file)
     ensure_private_file(path)
+    logging.raiseExceptions = False  # a log line lost to a full disk must not print a traceback instead
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG if debug else logging.INFO)

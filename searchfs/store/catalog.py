@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ensure_private_dir
-from ..errors import NotFound, SearchfsError
+from ..errors import DiskFull, NotFound, SearchfsError, disk_full_message, is_disk_full
 from ..records import Facet, FileStat, Root
 
 SCHEMA_VERSION = 1
@@ -47,6 +47,13 @@ def _create_private_file(path: Path) -> None:
     """Create the file 0600 before SQLite does, so it never exists with looser permissions."""
     fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
     os.close(fd)
+
+
+def _no_space_left(folder: Path) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
 
 
 def _live_thread_ids() -> set[int]:
@@ -84,11 +91,18 @@ class Catalog:
                 conn.execute("PRAGMA journal_mode = WAL")
             except sqlite3.DatabaseError as exc:
                 conn.close()
-                raise CatalogError(f"catalog {self.path} is not a usable SQLite file: {exc}") from exc
+                raise self._unusable(exc) from exc
             conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
             self._writer = conn
             self._tighten_modes()
         return self._writer
+
+    def _unusable(self, exc: sqlite3.DatabaseError) -> SearchfsError:
+        """Why the catalog cannot be opened. SQLite reports a full disk at open as a plain I/O error (it
+        cannot grow the -shm file), so an I/O error with no free block left is a full disk, not damage."""
+        if is_disk_full(exc) or (isinstance(exc, sqlite3.OperationalError) and _no_space_left(self.path.parent)):
+            return DiskFull(disk_full_message(self.path.parent))
+        return CatalogError(f"catalog {self.path} is not a usable SQLite file: {exc}")
 
     def _tighten_modes(self) -> None:
         for suffix in ("", "-wal", "-shm"):
@@ -101,13 +115,19 @@ class Catalog:
         """A write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error) on the writer connection."""
         with self._write_lock:
             conn = self._writer_conn()
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except (sqlite3.Error, OSError) as exc:
+                if is_disk_full(exc):  # rolled back: the catalog is as it was before this transaction
+                    raise DiskFull(disk_full_message(self.path.parent)) from exc
                 raise
-            conn.execute("COMMIT")
 
     def read(self) -> sqlite3.Connection:
         """This thread's read-only connection.
@@ -165,7 +185,7 @@ class Catalog:
             try:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
             except sqlite3.DatabaseError as exc:
-                raise CatalogError(f"catalog {self.path} is not a usable SQLite file: {exc}") from exc
+                raise self._unusable(exc) from exc
             if version > SCHEMA_VERSION:
                 raise CatalogError(
                     f"catalog {self.path} has schema {version}, newer than this searchfs ({SCHEMA_VERSION}): "
