@@ -1,0 +1,209 @@
+"""searchfs.ingest.decode: files to upright RGB pictures, or a true one-line reason. Real Pillow, no model."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from photos import make_photo
+from PIL import Image
+
+from searchfs.errors import ImageError
+from searchfs.ingest.decode import decode_image, load_image
+
+
+def halves(size=(96, 64)) -> Image.Image:
+    """A picture whose rotation shows: red left half, blue right, a yellow stripe on top."""
+    image = Image.new("RGB", size, (220, 30, 30))
+    image.paste((30, 30, 220), (size[0] // 2, 0, size[0], size[1]))
+    image.paste((250, 250, 20), (0, 0, size[0], size[1] // 5))
+    return image
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def close(a: Image.Image, b: Image.Image, tolerance: float = 3.0) -> bool:
+    """Same size and on average within `tolerance` levels per channel (lossy codecs differ slightly)."""
+    return a.size == b.size and float(np.abs(pixels(a) - pixels(b)).mean()) <= tolerance
+
+
+# ---------------------------------------------------------------------------------------------- orientation
+
+
+def test_orientation_applied(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": exif_transpose turns the stored pixels by 270 degrees
+    halves().save(tmp_path / "stored.png", exif=exif.tobytes())
+    expected = halves().transpose(Image.Transpose.ROTATE_270)
+    np.testing.assert_array_equal(pixels(load_image(tmp_path / "stored.png")), pixels(expected))
+    halves().save(tmp_path / "plain.png")
+    assert load_image(tmp_path / "plain.png").size == (96, 64)
+
+
+def test_orientation_applied_to_jpeg(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    halves((400, 300)).save(tmp_path / "stored.jpg", quality=95, exif=exif.tobytes())
+    image = load_image(tmp_path / "stored.jpg")
+    assert image.size == (300, 400)
+    assert close(image, halves((400, 300)).transpose(Image.Transpose.ROTATE_270))
+
+
+def test_orientation_given_for_bytes_replaces_the_pictures_own(tmp_path):
+    """A RAW's preview carries no orientation of its own; the RAW's is passed in."""
+    halves().save(tmp_path / "preview.png")
+    data = (tmp_path / "preview.png").read_bytes()
+    assert decode_image(data).size == (96, 64)
+    turned = decode_image(data, orientation=8)
+    np.testing.assert_array_equal(pixels(turned), pixels(halves().transpose(Image.Transpose.ROTATE_90)))
+
+
+@pytest.mark.parametrize("orientation", [0, 9, 255])
+def test_broken_orientation_tag_is_ignored(tmp_path, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    halves().save(tmp_path / "odd.jpg", exif=exif.tobytes())
+    halves().save(tmp_path / "plain.jpg")
+    np.testing.assert_array_equal(pixels(load_image(tmp_path / "odd.jpg")), pixels(load_image(tmp_path / "plain.jpg")))
+
+
+def test_garbage_exif_block_is_ignored(tmp_path):
+    halves().save(tmp_path / "bad.jpg", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff garbage")
+    assert close(load_image(tmp_path / "bad.jpg"), halves())
+
+
+# ---------------------------------------------------------------------------------------------- formats
+
+
+@pytest.mark.parametrize("suffix", [".png", ".webp", ".gif", ".tif", ".jpg", ".bmp", ".ppm", ".tga"])
+def test_formats(tmp_path, suffix):
+    path = tmp_path / f"photo{suffix}"
+    halves((120, 80)).save(path)
+    image = load_image(path)
+    assert image.mode == "RGB" and close(image, halves((120, 80)), tolerance=6), suffix
+
+
+def test_heic(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    if not pillow_heif.libheif_info().get("HEIF"):
+        pytest.skip("pillow-heif has no HEIF encoder here")
+    path = tmp_path / "IMG_0001.HEIC"
+    halves((160, 120)).save(path, format="HEIF", quality=95)
+    assert close(load_image(path), halves((160, 120)), tolerance=6)
+
+
+def test_animated_gif_uses_first_frame(tmp_path):
+    frames = [Image.new("RGB", (64, 64), color) for color in [(200, 20, 20), (20, 20, 200), (20, 200, 20)]]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert close(load_image(tmp_path / "anim.gif"), frames[0], tolerance=1)
+
+
+def test_modes_convert_to_rgb(tmp_path):
+    base = halves((80, 80))
+    base.convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "palette.png")
+    base.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    base.convert("CMYK").save(tmp_path / "cmyk.tif")
+    base.convert("L").save(tmp_path / "grey.png")
+    base.convert("LA").save(tmp_path / "grey_alpha.png")
+    base.convert("1").save(tmp_path / "bilevel.png")
+    for name in ["palette.png", "cmyk.jpg", "cmyk.tif", "grey.png", "grey_alpha.png", "bilevel.png"]:
+        image = load_image(tmp_path / name)
+        assert image.mode == "RGB" and image.size == (80, 80), name
+    assert close(load_image(tmp_path / "palette.png"), base, tolerance=2)
+    assert close(load_image(tmp_path / "cmyk.tif"), base, tolerance=1)
+    grey = np.asarray(base.convert("L"))
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "grey_alpha.png"))[..., 0], grey)
+
+
+def test_transparency_is_composited_over_white(tmp_path):
+    Image.new("RGBA", (64, 64), (255, 0, 0, 0)).save(tmp_path / "clear.png")
+    Image.new("RGBA", (64, 64), (255, 0, 0, 255)).save(tmp_path / "opaque.png")
+    assert load_image(tmp_path / "clear.png").getpixel((5, 5)) == (255, 255, 255)
+    assert load_image(tmp_path / "opaque.png").getpixel((5, 5)) == (255, 0, 0)
+
+
+def test_sixteen_bit_grey_is_rescaled_not_clipped(tmp_path):
+    grey = np.tile(np.arange(0, 256, 4, dtype=np.uint16), (64, 1))
+    Image.fromarray(grey * 257).save(tmp_path / "grey16.png")  # I;16 PNG
+    with Image.open(tmp_path / "grey16.png") as check:
+        assert check.mode.startswith("I")
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "grey16.png"))[..., 1], grey.astype(np.uint8))
+
+
+def test_jpeg_draft_decodes_big_photos_small(tmp_path):
+    halves((4000, 3000)).save(tmp_path / "big.jpg", quality=90)
+    image = load_image(tmp_path / "big.jpg", target=224)
+    assert image.mode == "RGB"
+    assert min(image.size) >= 448 and image.size[0] < 4000  # reduced DCT scale, still above the model size
+
+
+# ---------------------------------------------------------------------------------------------- broken files
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 30)) + chunk(b"IEND", b"")
+    )
+
+
+def write_broken(folder: Path) -> dict[str, str]:
+    """Broken files and the start of the reason each must give."""
+    good = make_photo(folder / "source.jpg", seed=7, size=(320, 240)).read_bytes()
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "random.jpg").write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (folder / "page.jpg").write_text("<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head></html>\n")
+    (folder / "huge.png").write_bytes(png_claiming(100000, 100000))
+    (folder / "notes.png").write_text("just some notes, not a picture\n")
+    return {
+        "empty.jpg": "empty file",
+        "truncated.jpg": "truncated image: ",
+        "random.jpg": "not an image (unrecognised format)",
+        "page.jpg": "not an image (HTML text)",
+        "huge.png": "too large: 100000x100000 pixels exceeds the 178956970-pixel limit",
+        "notes.png": "not an image (text)",
+    }
+
+
+def test_broken_files_give_reasons(tmp_path):
+    for name, reason in write_broken(tmp_path).items():
+        with pytest.raises(ImageError) as caught:
+            load_image(tmp_path / name)
+        assert str(caught.value).startswith(reason), (name, str(caught.value))
+        assert "\n" not in str(caught.value)
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(ImageError, match="cannot read file"):
+        load_image(tmp_path / "gone.jpg")
+    with pytest.raises(ImageError, match="cannot read file"):
+        load_image(tmp_path)  # a directory
+
+
+def test_max_pixels_per_call(tmp_path, monkeypatch):
+    path = make_photo(tmp_path / "p.jpg", size=(96, 64))
+    with pytest.raises(ImageError, match=r"too large: 96x64 pixels exceeds the 5000-pixel limit"):
+        load_image(path, max_pixels=5000)
+    # A limit above Pillow's global one is honoured without touching the global.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageError, match="exceeds the 2000-pixel limit"):
+        load_image(path)
+    assert load_image(path, max_pixels=10_000).size == (96, 64)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
+def test_decoding_imports_neither_torch_nor_open_clip():
+    code = "import sys, searchfs.ingest.decode; print(sorted({'torch', 'open_clip'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
