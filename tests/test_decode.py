@@ -168,7 +168,7 @@ def write_broken(folder: Path) -> dict[str, str]:
     (folder / "notes.png").write_text("just some notes, not a picture\n")
     return {
         "empty.jpg": "empty file",
-        "truncated.jpg": "truncated image: ",
+        "truncated.jpg": "truncated JPEG: ",
         "random.jpg": "not an image (unrecognised format)",
         "page.jpg": "not an image (HTML text)",
         "huge.png": "too large: 100000x100000 pixels exceeds the 178956970-pixel limit",

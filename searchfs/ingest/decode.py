@@ -1,62 +1,103 @@
-"""Image files to upright RGB pictures for the model, or a one-line reason why not.
+"""Image files to small upright RGB pictures for the model, or a one-line reason why not.
 
 `load_image` (a file) and `decode_image` (bytes in memory, a camera RAW's preview) return an 8-bit RGB
 picture with EXIF orientation applied, or raise `ImageError` whose message becomes the file's quarantine
-reason. Nothing here imports torch or open_clip: decoding runs in worker threads beside the model and
-must stay cheap to import.
+reason (`reasons.py` words it from the file's header). What decoders complain about on the way goes to
+the file's notes and the log (`noise.py`). Nothing here imports torch or open_clip.
+
+Memory bound. The model needs a picture of about 2 x its input side (2 x 224 px), so nothing larger is
+kept: JPEG and MPO decode at the smallest DCT scale that keeps both sides >= 2 x target (libjpeg's
+draft mode, 1/2 to 1/8); every other format decodes in full and is reduced by an integer factor to that
+size at once, in horizontal strips of at most STRIP_PIXELS, converting each strip's colour mode after
+the reduce, so no full-size copy or conversion is ever made. Full-size decodes share a PIXEL_BUDGET
+across all decoding threads: they run together while their pixels add up to at most PIXEL_BUDGET, and a
+larger one runs alone. So decoding holds at most max(PIXEL_BUDGET, the largest file's pixels) x 4 bytes
+of full-size pixels (4 bytes is the widest Pillow mode) plus one strip per thread: with the default
+pixel limit (Pillow's 178,956,970) at most 716 MB, whatever the input. JPEG XL is the exception in one
+way: its plugin decodes at open, so its size is read from the codestream header beforehand.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import os
 import re
 import struct
 import threading
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
+from . import noise
+from .reasons import (
+    HEIF_PLUGIN_MISSING,
+    JXL_PLUGIN_MISSING,
+    failure_reason,
+    header_problem,
+    identify,
+    jpeg_frame_kind,
+    one_line,
+    sniff,
+)
 
 log = logging.getLogger(__name__)
 
 PathLike = bytes | str | os.PathLike
+PIXEL_BUDGET = 64_000_000  # full-size pixels decoding at once across threads (a larger picture runs alone)
+STRIP_PIXELS = 4_000_000  # pixels per strip when reducing a full-size decode
+_DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_REDUCIBLE = {"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "I", "F"}  # reduce() averages these right
 
 # We enforce the pixel limit ourselves (per call); Pillow's warning between 1x and 2x its limit is noise.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
-
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, OSError) else text
+__all__ = ["decode_image", "load_image", "one_line", "pixel_limit", "sniff", "to_rgb", "upright"]
 
 
-_HEIF_LOCK = threading.Lock()
-_heif_registered = False
+# ---------------------------------------------------------------------------------------------- plugins
+
+_PLUGIN_LOCK = threading.Lock()
+_plugins: dict[str, bool] = {}
 
 
-def register_heif() -> None:
+def register_heif() -> bool:
     """Teach Pillow HEIC/HEIF once (AVIF is Pillow's own since 11.2; pillow-heif here has no AVIF decoder)."""
-    global _heif_registered
-    with _HEIF_LOCK:
-        if _heif_registered:
-            return
-        try:
-            import pillow_heif
+    with _PLUGIN_LOCK:
+        if "heif" not in _plugins:
+            try:
+                import pillow_heif
 
-            pillow_heif.register_heif_opener()
-            if hasattr(pillow_heif, "register_avif_opener"):
-                from PIL import features
+                pillow_heif.register_heif_opener()
+                if hasattr(pillow_heif, "register_avif_opener"):
+                    from PIL import features
 
-                if not features.check("avif"):
-                    pillow_heif.register_avif_opener()
-        except ImportError:
-            log.warning("pillow-heif is not installed: HEIC/HEIF photos cannot be decoded")
-        _heif_registered = True
+                    if not features.check("avif"):
+                        pillow_heif.register_avif_opener()
+                _plugins["heif"] = True
+            except ImportError:
+                log.warning("pillow-heif is not installed: HEIC/HEIF photos cannot be decoded")
+                _plugins["heif"] = False
+        return _plugins["heif"]
+
+
+def register_jxl() -> bool:
+    """Teach Pillow JPEG XL once, through pillow-jxl-plugin (importing it registers the format)."""
+    with _PLUGIN_LOCK:
+        if "jxl" not in _plugins:
+            try:
+                import pillow_jxl  # noqa: F401
+
+                _plugins["jxl"] = True
+            except ImportError:
+                log.warning("pillow-jxl-plugin is not installed: JPEG XL photos cannot be decoded")
+                _plugins["jxl"] = False
+        return _plugins["jxl"]
 
 
 def pixel_limit(max_pixels: int = 0) -> int | None:
@@ -66,14 +107,14 @@ def pixel_limit(max_pixels: int = 0) -> int | None:
     return None if Image.MAX_IMAGE_PIXELS is None else 2 * Image.MAX_IMAGE_PIXELS
 
 
-def load_image(path: PathLike, max_pixels: int = 0, target: int = 224) -> Image.Image:
-    """Decode a file into an upright RGB picture for the model; ImageError(one-line reason) otherwise.
+# ---------------------------------------------------------------------------------------------- entry points
 
-    `target` is the model's input side: JPEGs are decoded at the smallest DCT scale that keeps both sides
-    at least 2 x target, which is 4-10x faster on camera files and invisible after the model's resize.
-    The file is read inside a `with` block, so no handle outlives the call.
-    """
-    with _image_errors():
+
+def load_image(path: PathLike, max_pixels: int = 0, target: int = 224) -> Image.Image:
+    """Decode a file into an upright RGB picture with sides of about 2 x `target` (never smaller, unless
+    the file is), or raise ImageError(one-line reason). The file is read inside a `with` block, so no
+    handle outlives the call."""
+    with noise.decoding(path) as notes, _image_errors(notes):
         with open(path, "rb") as handle:
             return _decode(handle, max_pixels, target)
 
@@ -81,58 +122,112 @@ def load_image(path: PathLike, max_pixels: int = 0, target: int = 224) -> Image.
 def decode_image(data: bytes, max_pixels: int = 0, target: int = 224, orientation: int | None = None) -> Image.Image:
     """As load_image, for a picture held in memory (a camera RAW's embedded preview). `orientation`, when
     given, is the EXIF orientation to apply instead of the picture's own (a RAW's preview carries none)."""
-    with _image_errors():
+    with noise.decoding("(embedded picture)") as notes, _image_errors(notes):
         return _decode(io.BytesIO(data), max_pixels, target, orientation)
 
 
 def _decode(handle, max_pixels: int, target: int, orientation: int | None = None) -> Image.Image:
-    register_heif()
     if handle.seek(0, io.SEEK_END) == 0:
         raise ImageError("empty file")
     handle.seek(0)
-    image = _open(handle)
-    _check_size(image, pixel_limit(max_pixels))
-    if image.format == "JPEG":
-        image.draft("RGB", (target * 2, target * 2))
-    image.load()
-    return to_rgb(upright(image, orientation))
+    head = handle.read(65536)
+    limit = pixel_limit(max_pixels)
+    early = jxl_size(head) if identify(head) == "JXL" else None  # its plugin decodes everything at open
+    if early:
+        _check_size(early, limit)
+    with _budget.claim(early[0] * early[1] if early else 0):
+        image = _open(handle, head)
+        try:
+            _check_size(image.size, limit)
+            with _budget.claim(0 if early else _draft(image, handle, target)):
+                picture, own = _load_small(image, target)
+        except ImageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Pillow plugins raise anything; the header says why
+            raise ImageError(_reason(exc, handle, image.format)) from exc
+    return to_rgb(upright(picture, orientation or own))
 
 
 @contextlib.contextmanager
-def _image_errors():
-    """Whatever decoding raises becomes an ImageError with a one-line reason."""
+def _image_errors(notes: list[str]) -> Iterator[None]:
+    """Whatever decoding raises becomes an ImageError with a one-line reason, plus what the decoders said."""
     try:
         yield
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as exc:  # raised again by a plugin, e.g. a GIF frame's canvas
+    except ImageError as exc:
+        raise _with_notes(str(exc), notes) from exc
+    except Exception as exc:  # noqa: BLE001 - raised outside a known format's decoding: the file, or Pillow
+        raise _with_notes(_reason(exc, None, None), notes) from exc
+
+
+def _with_notes(reason: str, notes: list[str]) -> ImageError:
+    extra = [text for text in notes if text not in reason]
+    if extra:
+        reason = f"{reason} (decoder said: {'; '.join(extra)})"
+    return ImageError(reason if len(reason) <= 280 else reason[:277] + "...")
+
+
+def _reason(exc: BaseException, handle, fmt: str | None) -> str:
+    if isinstance(exc, Image.DecompressionBombError):  # raised again by a plugin, e.g. a GIF frame's canvas
         claimed = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = f"{claimed.group(1)} pixels" if claimed else "image"
-        raise ImageError(f"too large: {pixels} exceeds the {pixel_limit()}-pixel limit") from exc
-    except OSError as exc:
-        if exc.errno is not None:  # the OS failed us (missing, permission, EIO); Pillow's own errors have none
-            raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
-        kind = "truncated image" if "truncat" in str(exc).lower() else "corrupt image"
-        raise ImageError(f"{kind}: {one_line(exc)}") from exc
-    except MemoryError as exc:
-        raise ImageError("too large: out of memory while decoding") from exc
-    except Exception as exc:  # Pillow plugins raise all sorts (SyntaxError, struct.error, ValueError...)
-        raise ImageError(f"cannot decode: {one_line(exc)}") from exc
+        return f"too large: {pixels} exceeds the {pixel_limit()}-pixel limit"
+    if isinstance(exc, OSError) and exc.errno is not None:  # the OS failed us; Pillow's own errors have none
+        return f"cannot read file: {exc.strerror or exc}"
+    if isinstance(exc, MemoryError):
+        return "too large: out of memory while decoding"
+    if handle is None:
+        return f"cannot decode: {one_line(exc)}"
+    return header_problem(handle, fmt) or failure_reason(exc, fmt, opened=True)
 
 
-def _open(handle: io.BufferedReader) -> Image.Image:
+# ---------------------------------------------------------------------------------------------- opening
+
+
+def _open(handle, head: bytes) -> Image.Image:
+    fmt = identify(head)
+    register_heif()
+    register_jxl()
+    handle.seek(0)
     try:
         return Image.open(handle)
     except UnidentifiedImageError as exc:
-        handle.seek(0)
-        raise ImageError(f"not an image ({sniff(handle.read(2048))})") from exc
+        raise ImageError(_unidentified(handle, head, fmt)) from exc
     except Image.DecompressionBombError:
         # Reopen without Pillow's check: only headers are parsed, and _check_size then applies our own
         # limit (which may be higher than Pillow's global) and says how large the image claims to be.
         return _open_without_bomb_check(handle)
+    except Exception as exc:  # noqa: BLE001 - a plugin's own exception while reading headers
+        raise ImageError(header_problem(handle, fmt) or failure_reason(exc, fmt, opened=False)) from exc
 
 
-def _open_without_bomb_check(handle: io.BufferedReader) -> Image.Image:
+def _unidentified(handle, head: bytes, fmt: str | None) -> str:
+    """Why Pillow could not open a file: a plugin missing, a broken or unsupported header, or not an image."""
+    if fmt == "JXL" and not register_jxl():
+        return JXL_PLUGIN_MISSING
+    if fmt == "HEIF" and not register_heif():
+        return HEIF_PLUGIN_MISSING
+    problem = header_problem(handle, fmt)
+    if problem or fmt is None:
+        return problem or f"not an image ({sniff(head[:2048])})"
+    error = _plugin_error(handle, fmt)
+    return failure_reason(error, fmt, opened=False) if error else f"damaged {fmt}: Pillow cannot open it"
+
+
+def _plugin_error(handle, fmt: str) -> BaseException | None:
+    """The exception the format's own plugin raises (Image.open keeps it to itself)."""
+    Image.init()
+    factory = Image.OPEN.get(fmt, (None, None))[0]
+    if factory is None:
+        return None
+    handle.seek(0)
+    try:
+        factory(handle, "").close()
+    except Exception as exc:  # noqa: BLE001 - exactly what we want to report
+        return exc
+    return None
+
+
+def _open_without_bomb_check(handle) -> Image.Image:
     """Open with the plugin directly: the settings allow more pixels than Pillow's global limit, and
     changing that global would change it for every other thread too. We check the size ourselves after."""
     Image.init()
@@ -149,46 +244,143 @@ def _open_without_bomb_check(handle: io.BufferedReader) -> Image.Image:
     raise ImageError("not an image (unrecognised format)")
 
 
-def _check_size(image: Image.Image, limit: int | None) -> None:
-    width, height = image.size
+def _check_size(size: tuple[int, int], limit: int | None) -> None:
+    width, height = size
     if width <= 0 or height <= 0:
-        raise ImageError(f"corrupt image: {width}x{height} pixels")
+        raise ImageError(f"damaged image: {width}x{height} pixels")
     if limit is not None and width * height > limit:
         raise ImageError(f"too large: {width}x{height} pixels exceeds the {limit}-pixel limit")
 
 
-def sniff(head: bytes) -> str:
-    """A short guess at what a non-image file is, for the quarantine reason."""
-    lowered = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if lowered.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in lowered[:512]:
-        return "HTML text"
-    signatures = {
-        b"%pdf": "PDF document",
-        b"pk\x03\x04": "ZIP archive",
-        b"<?xml": "XML text",
-        b"{": "JSON text",
-        b"8bps": "Photoshop document",
-        b"\xff\x0a": "JPEG XL, unsupported",
-        b"\x00\x00\x00\x0cjxl ": "JPEG XL, unsupported",
-        b"ii*\x00": "unsupported TIFF variant or camera RAW",
-        b"mm\x00*": "unsupported TIFF variant or camera RAW",
-    }
-    for magic, what in signatures.items():
-        if lowered.startswith(magic):
-            return what
-    if head[4:8] == b"ftyp":
-        return "damaged or unsupported HEIF/MP4 container"
-    if head and _looks_like_text(head):
-        return "text"
-    return "unrecognised format"
+def jxl_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG XL SizeHeader (bare codestream or in a jxlc/jxlp box), else None."""
+    code = head if head.startswith(b"\xff\x0a") else _jxl_codestream(head)
+    if code is None or len(code) < 12:
+        return None
+    bits, position = int.from_bytes(code[2:14], "little"), 0
+
+    def read(count: int) -> int:
+        nonlocal position
+        value = (bits >> position) & ((1 << count) - 1)
+        position += count
+        return value
+
+    small = read(1)
+    height = 8 * (1 + read(5)) if small else 1 + read((9, 13, 18, 30)[read(2)])
+    ratio = read(3)
+    if ratio:
+        numerator, denominator = {1: (1, 1), 2: (12, 10), 3: (4, 3), 4: (3, 2), 5: (16, 9), 6: (5, 4), 7: (2, 1)}[ratio]
+        return height * numerator // denominator, height
+    return (8 * (1 + read(5)) if small else 1 + read((9, 13, 18, 30)[read(2)])), height
 
 
-def _looks_like_text(head: bytes) -> bool:
+def _jxl_codestream(head: bytes) -> bytes | None:
+    position = 0
+    while position + 8 <= len(head):
+        size, kind = struct.unpack(">I4s", head[position : position + 8])
+        start = position + (16 if size == 1 else 8)
+        if kind == b"jxlc":
+            return head[start:]
+        if kind == b"jxlp":
+            return head[start + 4 :]
+        if size == 1:
+            size = struct.unpack(">Q", head[position + 8 : position + 16])[0]
+        if size < 8:
+            return None
+        position += size
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- loading small
+
+
+class PixelBudget:
+    """Full-size decodes across threads: admitted in arrival order while their pixels fit `total`;
+    one larger than `total` waits until it can run alone. Claims of 0 pixels pass at once."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.used = 0
+        self._tickets = itertools.count()
+        self._serving = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def claim(self, pixels: int) -> Iterator[None]:
+        if pixels <= 0:
+            yield
+            return
+        with self._cond:
+            ticket = next(self._tickets)
+            self._cond.wait_for(lambda: self._serving == ticket and (not self.used or self.used + pixels <= self.total))
+            self._serving += 1
+            self.used += pixels
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= pixels
+                self._cond.notify_all()
+
+
+_budget = PixelBudget(PIXEL_BUDGET)
+
+
+def _draft(image: Image.Image, handle, target: int) -> int:
+    """Ask JPEGs for the DCT scale we need; the number of pixels the decode will then produce."""
+    if image.format in ("JPEG", "MPO"):
+        image.draft("RGB", (target * 2, target * 2))
+        if jpeg_frame_kind(handle) in (9, 10):
+            # libjpeg's arithmetic decoder cannot suspend for more input, and Pillow feeds it 64 KiB at a
+            # time: give it the whole file in one piece, or any arithmetic JPEG over 64 KiB fails.
+            image.decodermaxblock = max(handle.seek(0, io.SEEK_END), image.decodermaxblock)
+    return image.size[0] * image.size[1]
+
+
+def _load_small(image: Image.Image, target: int) -> tuple[Image.Image, int | None]:
+    """Decode (the first frame), then reduce to about 2 x target. Also returns the EXIF orientation,
+    read before reducing: the reduced copy no longer carries the file's tags."""
+    with noise.c_output() if image.format == "TIFF" else contextlib.nullcontext():
+        image.load()
+    factor = min(image.size) // (2 * target)
+    if factor < 2:
+        return image, None
+    return _reduce(image, factor), _orientation(image)
+
+
+def _reduce(image: Image.Image, factor: int) -> Image.Image:
+    """image.reduce(factor), strip by strip, each strip first put in a mode reduce() averages correctly."""
+    width, height = image.size
+    rows = factor * max(1, STRIP_PIXELS // (width * factor))
+    out = None
+    for top in range(0, height, rows):
+        strip = _reducible(image.crop((0, top, width, min(height, top + rows)))).reduce(factor)
+        if out is None:
+            out = Image.new(strip.mode, (-(-width // factor), -(-height // factor)))
+        out.paste(strip, (0, top // factor))
+    return out
+
+
+def _reducible(strip: Image.Image) -> Image.Image:
+    if strip.mode in ("P", "PA") or "transparency" in strip.info:
+        return strip.convert("RGBA" if strip.mode == "PA" or "transparency" in strip.info else "RGB")
+    if strip.mode.startswith("I;16"):
+        return strip.convert("I")
+    if strip.mode not in _REDUCIBLE:  # 1, HSV, ...: an 8-bit mode that averages
+        return strip.convert("L" if strip.mode == "1" else "RGB")
+    return strip
+
+
+def _orientation(image: Image.Image) -> int | None:
     try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return sum(ch.isprintable() or ch in "\r\n\t" for ch in text) >= 0.95 * len(text)
+        value = image.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - malformed EXIF raises anything; the picture stays as stored
+        return None
+    return value if isinstance(value, int) and 2 <= value <= 8 else None
+
+
+# ---------------------------------------------------------------------------------------------- pixels
 
 
 def upright(image: Image.Image, orientation: int | None = None) -> Image.Image:
@@ -207,7 +399,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Any mode to 8-bit RGB: transparency over white (what a viewer shows), deep greys rescaled."""
     if image.mode == "RGB":
         return image
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+    if image.mode in _DEEP_MODES:
         image = _deep_to_l(image)
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")
