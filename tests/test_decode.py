@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import os
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -14,7 +17,8 @@ from photos import make_photo
 from PIL import Image
 
 from searchfs.errors import ImageError
-from searchfs.ingest.decode import decode_image, load_image
+from searchfs.ingest.decode import PixelBudget, decode_image, jxl_size, load_image, to_rgb
+from searchfs.ingest.scan import is_candidate
 
 
 def halves(size=(96, 64)) -> Image.Image:
@@ -142,6 +146,110 @@ def test_jpeg_draft_decodes_big_photos_small(tmp_path):
     image = load_image(tmp_path / "big.jpg", target=224)
     assert image.mode == "RGB"
     assert min(image.size) >= 448 and image.size[0] < 4000  # reduced DCT scale, still above the model size
+
+
+def test_mpo_uses_the_first_picture(tmp_path):
+    first, second = halves((640, 480)), Image.new("RGB", (640, 480), (20, 200, 20))
+    first.save(tmp_path / "DSCF0001.MPO", "MPO", save_all=True, append_images=[second])
+    with Image.open(tmp_path / "DSCF0001.MPO") as check:
+        assert check.format == "MPO" and check.n_frames == 2
+    assert is_candidate(os.fsencode(tmp_path / "DSCF0001.MPO"), b"DSCF0001.MPO")
+    assert close(load_image(tmp_path / "DSCF0001.MPO", target=160), first, tolerance=4)
+    assert load_image(tmp_path / "DSCF0001.MPO", target=80).size == (320, 240)  # drafted like a JPEG
+
+
+def test_pcx(tmp_path):
+    halves().save(tmp_path / "old.pcx")
+    assert is_candidate(os.fsencode(tmp_path / "old.pcx"), b"old.pcx")
+    assert close(load_image(tmp_path / "old.pcx"), halves(), tolerance=0)
+
+
+@pytest.mark.parametrize("container", [False, True])
+def test_jpeg_xl(tmp_path, container):
+    pytest.importorskip("pillow_jxl")
+    halves((160, 120)).save(tmp_path / "photo.jxl", "JXL", quality=95, use_container=container)
+    assert close(load_image(tmp_path / "photo.jxl"), halves((160, 120)), tolerance=4)
+    # Extensionless: the scan sniffs both the bare codestream and the ISO-BMFF container.
+    (tmp_path / "photo").write_bytes((tmp_path / "photo.jxl").read_bytes())
+    assert is_candidate(os.fsencode(tmp_path / "photo"), b"photo")
+
+
+def test_jpeg_xl_size_is_read_before_decoding(tmp_path):
+    """The plugin decodes at open; the pixel limit must apply before, from the codestream's SizeHeader."""
+    pytest.importorskip("pillow_jxl")
+    for size in [(64, 48), (1920, 1080), (123, 77), (40, 5000), (513, 300)]:
+        for container in (False, True):
+            buffer = io.BytesIO()
+            Image.new("RGB", size).save(buffer, "JXL", effort=1, use_container=container)
+            assert jxl_size(buffer.getvalue()) == size
+    Image.new("RGB", (513, 300)).save(tmp_path / "p.jxl", "JXL", effort=1)
+    with pytest.raises(ImageError, match=r"too large: 513x300 pixels exceeds the 1000-pixel limit"):
+        load_image(tmp_path / "p.jxl", max_pixels=1000)
+
+
+# ---------------------------------------------------------------------------------------------- big pictures
+
+
+@pytest.mark.parametrize(
+    "mode, suffix",
+    [("RGB", ".png"), ("P", ".png"), ("RGBA", ".webp"), ("I;16", ".png"), ("CMYK", ".tif"), ("1", ".png")],
+)
+def test_big_pictures_decode_small(tmp_path, mode, suffix):
+    """Every format is reduced to about 2 x the model side; JPEG by draft, the others by an integer factor."""
+    base = halves((2400, 1800))
+    picture = base.convert(mode) if mode != "I;16" else Image.fromarray(np.asarray(base.convert("L"), np.uint16) * 257)
+    picture.save(tmp_path / f"big{suffix}")
+    image = load_image(tmp_path / f"big{suffix}", target=224)
+    assert image.mode == "RGB"
+    assert 448 <= min(image.size) < 2 * 448 and image.size == (600, 450)  # factor 4
+    with Image.open(tmp_path / f"big{suffix}") as full:  # the same, converted at full size then reduced
+        assert close(image, to_rgb(full).reduce(4), tolerance=2), mode
+
+
+def test_reduced_pictures_keep_orientation_and_transparency(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    halves((2000, 1000)).save(tmp_path / "turned.png", exif=exif.tobytes())
+    assert load_image(tmp_path / "turned.png", target=100).size == (200, 400)  # factor 5, then rotated
+    clear = Image.new("RGBA", (2000, 1000), (255, 0, 0, 0))
+    clear.paste((0, 0, 255, 255), (0, 0, 1000, 1000))
+    clear.save(tmp_path / "alpha.png")
+    palette = Image.new("P", (2000, 1000), 0)
+    palette.putpalette([255, 0, 0, 0, 0, 255])
+    palette.paste(1, (0, 0, 1000, 1000))
+    palette.save(tmp_path / "palette.png", transparency=0)
+    for name in ("alpha.png", "palette.png"):
+        image = load_image(tmp_path / name, target=100)
+        assert image.size == (400, 200), name
+        assert image.getpixel((300, 100)) == (255, 255, 255) and image.getpixel((100, 100)) == (0, 0, 255), name
+
+
+def test_pixel_budget_runs_a_huge_decode_alone():
+    budget = PixelBudget(100)
+    order = []
+    inside = threading.Event()
+    release = threading.Event()
+
+    def hold(name, pixels, wait=None):
+        with budget.claim(pixels):
+            order.append((name, budget.used))
+            if wait:
+                inside.set()
+                release.wait(5)
+
+    first = threading.Thread(target=hold, args=("small", 60, True))
+    first.start()
+    assert inside.wait(5)
+    second = threading.Thread(target=hold, args=("huge", 500))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive() and budget.used == 60  # waits: 60 + 500 > 100
+    with budget.claim(0):  # nothing to budget: never waits
+        pass
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert order == [("small", 60), ("huge", 500)] and budget.used == 0
 
 
 # ---------------------------------------------------------------------------------------------- broken files
