@@ -49,6 +49,7 @@ from .reasons import (
 log = logging.getLogger(__name__)
 
 PathLike = bytes | str | os.PathLike
+MIB = 1 << 20
 PIXEL_BUDGET = 64_000_000  # full-size pixels decoding at once across threads (a larger picture runs alone)
 STRIP_PIXELS = 4_000_000  # pixels per strip when reducing a full-size decode
 _DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -56,6 +57,12 @@ _REDUCIBLE = {"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "I", "F"
 
 # We enforce the pixel limit ourselves (per call); Pillow's warning between 1x and 2x its limit is noise.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+# Pillow allocates a picture's pixels in blocks of 16 MiB. Once glibc has seen a block of that size freed,
+# it serves later ones from per-thread arenas and keeps the memory: each decode thread then holds a
+# full-size picture's worth for good (measured: 1.3 GB instead of 0.7 GB for four 13000x13000 PNGs on two
+# threads). Blocks over 32 MiB are always mapped on their own and returned when freed.
+Image.core.set_block_size(64 * MIB)
 
 __all__ = ["decode_image", "load_image", "one_line", "pixel_limit", "sniff", "to_rgb", "upright"]
 
@@ -346,7 +353,9 @@ def _load_small(image: Image.Image, target: int) -> tuple[Image.Image, int | Non
     factor = min(image.size) // (2 * target)
     if factor < 2:
         return image, None
-    return _reduce(image, factor), _orientation(image)
+    orientation, small = _orientation(image), _reduce(image, factor)
+    image.close()  # frees the full-size pixels now, while this decode still holds its pixel budget
+    return small, orientation
 
 
 def _reduce(image: Image.Image, factor: int) -> Image.Image:
