@@ -8,8 +8,9 @@ the file's notes and the log (`noise.py`). Nothing here imports torch or open_cl
 Memory bound. The model needs a picture of about 2 x its input side (2 x 224 px), so nothing larger is
 kept: JPEG and MPO decode at the smallest DCT scale that keeps both sides >= 2 x target (libjpeg's
 draft mode, 1/2 to 1/8); every other format decodes in full and is reduced by an integer factor to that
-size at once, in horizontal strips of at most STRIP_PIXELS, converting each strip's colour mode after
-the reduce, so no full-size copy or conversion is ever made. Full-size decodes share a PIXEL_BUDGET
+size at once, in horizontal strips of at most STRIP_PIXELS (each strip first put in a mode that averages
+right: palette to RGB(A), 16-bit to 32-bit), so no full-size copy or conversion is ever made; orientation
+and the conversion to RGB apply to the reduced picture. Full-size decodes share a PIXEL_BUDGET
 across all decoding threads: they run together while their pixels add up to at most PIXEL_BUDGET, and a
 larger one runs alone. So decoding holds at most max(PIXEL_BUDGET, the largest file's pixels) x 4 bytes
 of full-size pixels (4 bytes is the widest Pillow mode) plus one strip per thread: with the default
