@@ -150,7 +150,7 @@ def bare_model(embedder, count: int, rounds: int = 3) -> dict:
 
 def bare_decode(embedder, paths: list[Path], sample: int) -> dict:
     """Per-file cost, one thread: load_image (draft decode) + the model's transform; hash; exiftool."""
-    from searchfs.ingest.embed import load_image
+    from searchfs.ingest.decode import load_image
     from searchfs.ingest.extract import ExifExtractor
     from searchfs.ingest.scan import hash_file
 

@@ -118,7 +118,7 @@ def bench_decode(repeats: int = 5) -> dict:
     """A 4000x3000 camera-sized JPEG: full decode vs draft (DCT-scaled) decode vs the full load_image path."""
     from PIL import Image
 
-    from searchfs.ingest.embed import load_image
+    from searchfs.ingest.decode import load_image
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "big.jpg"

@@ -122,9 +122,12 @@ def index(ctx, folders, retry_quarantined, as_json, no_progress):
         searchfs index ~/Pictures /mnt/nas/photos
         searchfs index --json            # again, all roots; prints what changed
     """
+    from .ingest.noise import stderr_to_log
     from .progress import IndexProgress
 
-    with ctx.library(create=True) as lib, IndexProgress(enabled=not no_progress and not as_json) as progress:
+    # Decoders' C-level stderr (libtiff) goes to the log while this runs; our own output still shows.
+    quiet, library = stderr_to_log(), ctx.library(create=True)
+    with quiet, library as lib, IndexProgress(enabled=not no_progress and not as_json) as progress:
         report = lib.index(folders, progress=progress.update, retry_quarantined=retry_quarantined)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))

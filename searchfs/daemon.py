@@ -174,6 +174,8 @@ class SyncDaemon:
             finally:
                 self._working_on = None
                 self._jobs.task_done()
+                if self._jobs.qsize() == 0:
+                    self._write_status()  # a finished burst shows at once, not at the next refresh
 
     def _do(self, job: _Job) -> None:
         root = self._root(job.root)

@@ -8,20 +8,19 @@ import os
 import shutil
 import sqlite3
 import stat
-import struct
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from photos import make_photo
 from PIL import Image
+from test_decode import halves, write_broken
 
 from searchfs.errors import ImageError, ModelUnavailable
 from searchfs.ingest import embed
-from searchfs.ingest.embed import Embedder, load_image, model_id, weights_status
+from searchfs.ingest.embed import Embedder, model_id, weights_status
 
 CORPUS = Path("/work/shared/corpus")
 
@@ -46,14 +45,6 @@ def one(embedder: Embedder, path) -> np.ndarray:
     result = embedder.embed_images([os.fsencode(path)])[0]
     assert isinstance(result, np.ndarray), result
     return result
-
-
-def halves(size=(96, 64)) -> Image.Image:
-    """A picture whose rotation changes what the model sees: red left half, blue right, a noisy stripe."""
-    image = Image.new("RGB", size, (220, 30, 30))
-    image.paste((30, 30, 220), (size[0] // 2, 0, size[0], size[1]))
-    image.paste((250, 250, 20), (0, 0, size[0], size[1] // 5))
-    return image
 
 
 def cosine(a, b) -> float:
@@ -99,143 +90,23 @@ def test_embed_pil_matches_files(embedder, tmp_path):
     np.testing.assert_allclose(vectors[1], vectors[0], atol=1e-6)
 
 
-# ---------------------------------------------------------------------------------------------- orientation
+# ---------------------------------------------------------------------------------------------- decoding
 
 
-def test_orientation_applied(embedder, tmp_path):
-    stored = tmp_path / "stored.png"
-    rotated = tmp_path / "rotated.png"
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 CW to view": exif_transpose turns the stored pixels by 270 degrees
-    halves().save(stored, exif=exif.tobytes())
-    halves().transpose(Image.Transpose.ROTATE_270).save(rotated)
-    np.testing.assert_allclose(one(embedder, stored), one(embedder, rotated), atol=1e-6)
-    halves().save(tmp_path / "plain.png")
-    assert cosine(one(embedder, tmp_path / "plain.png"), one(embedder, rotated)) < 0.9999
-
-
-def test_orientation_applied_to_jpeg(embedder, tmp_path):
+def test_embedder_sees_the_upright_picture(embedder, tmp_path):
+    """Decoding itself is tested in test_decode.py; here: the model gets what load_image makes."""
     exif = Image.Exif()
     exif[0x0112] = 6
-    halves((400, 300)).save(tmp_path / "stored.jpg", quality=95, exif=exif.tobytes())
-    halves((400, 300)).transpose(Image.Transpose.ROTATE_270).save(tmp_path / "rotated.jpg", quality=95)
-    assert load_image(tmp_path / "stored.jpg").size == (300, 400)
-    assert cosine(one(embedder, tmp_path / "stored.jpg"), one(embedder, tmp_path / "rotated.jpg")) > 0.995
-
-
-@pytest.mark.parametrize("orientation", [0, 9, 255])
-def test_broken_orientation_tag_is_ignored(embedder, tmp_path, orientation):
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    halves().save(tmp_path / "odd.jpg", exif=exif.tobytes())
-    halves().save(tmp_path / "plain.jpg")
-    np.testing.assert_allclose(one(embedder, tmp_path / "odd.jpg"), one(embedder, tmp_path / "plain.jpg"), atol=1e-6)
-
-
-def test_garbage_exif_block_is_ignored(tmp_path):
-    halves().save(tmp_path / "bad.jpg", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff garbage")
-    assert load_image(tmp_path / "bad.jpg").size == (96, 64)
-
-
-# ---------------------------------------------------------------------------------------------- formats
-
-
-@pytest.mark.parametrize("suffix", [".png", ".webp", ".gif", ".tif", ".jpg"])
-def test_formats(embedder, tmp_path, suffix):
-    path = make_photo(tmp_path / f"photo{suffix}", (30, 160, 60), size=(120, 80))
-    reference = make_photo(tmp_path / "reference.png", (30, 160, 60), size=(120, 80))
-    assert cosine(one(embedder, path), one(embedder, reference)) > 0.99
-
-
-def test_heic(embedder, tmp_path):
-    pillow_heif = pytest.importorskip("pillow_heif")
-    if not pillow_heif.libheif_info().get("HEIF"):
-        pytest.skip("pillow-heif has no HEIF encoder here")
-    path = tmp_path / "IMG_0001.HEIC"
-    halves((160, 120)).save(path, format="HEIF", quality=95)
-    halves((160, 120)).save(tmp_path / "ref.png")
-    assert load_image(path).size == (160, 120)
-    assert cosine(one(embedder, path), one(embedder, tmp_path / "ref.png")) > 0.99
-
-
-def test_animated_gif_uses_first_frame(embedder, tmp_path):
-    frames = [Image.new("RGB", (64, 64), color) for color in [(200, 20, 20), (20, 20, 200), (20, 200, 20)]]
-    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    frames[0].save(tmp_path / "first.png")
-    assert cosine(one(embedder, tmp_path / "anim.gif"), one(embedder, tmp_path / "first.png")) > 0.999
-
-
-def test_modes_convert_to_rgb(embedder, tmp_path):
-    base = halves((80, 80))
-    base.save(tmp_path / "rgb.png")
-    base.convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "palette.png")
-    base.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
-    base.convert("CMYK").save(tmp_path / "cmyk.tif")
-    base.convert("L").save(tmp_path / "grey.png")
-    base.convert("LA").save(tmp_path / "grey_alpha.png")
-    base.convert("1").save(tmp_path / "bilevel.png")
-    for name in ["palette.png", "cmyk.jpg", "cmyk.tif", "grey.png", "grey_alpha.png", "bilevel.png"]:
-        image = load_image(tmp_path / name)
-        assert image.mode == "RGB" and image.size == (80, 80), name
-        assert isinstance(embedder.embed_images([os.fsencode(tmp_path / name)])[0], np.ndarray)
-    assert cosine(one(embedder, tmp_path / "palette.png"), one(embedder, tmp_path / "rgb.png")) > 0.99
-    assert cosine(one(embedder, tmp_path / "cmyk.tif"), one(embedder, tmp_path / "rgb.png")) > 0.999
-
-
-def test_transparency_is_composited_over_white(embedder, tmp_path):
-    Image.new("RGBA", (64, 64), (255, 0, 0, 0)).save(tmp_path / "clear.png")
-    Image.new("RGB", (64, 64), (255, 255, 255)).save(tmp_path / "white.png")
-    assert load_image(tmp_path / "clear.png").getpixel((5, 5)) == (255, 255, 255)
-    np.testing.assert_allclose(one(embedder, tmp_path / "clear.png"), one(embedder, tmp_path / "white.png"), atol=1e-6)
-
-
-def test_sixteen_bit_grey_is_rescaled_not_clipped(embedder, tmp_path):
-    grey = np.tile(np.arange(0, 256, 4, dtype=np.uint16), (64, 1))
-    Image.fromarray(grey.astype(np.uint8), "L").save(tmp_path / "grey8.png")
-    Image.fromarray(grey * 257).save(tmp_path / "grey16.png")  # I;16 PNG
-    with Image.open(tmp_path / "grey16.png") as check:
-        assert check.mode.startswith("I")
-    assert np.asarray(load_image(tmp_path / "grey16.png"))[0, 10, 0] == 40
-    np.testing.assert_allclose(one(embedder, tmp_path / "grey16.png"), one(embedder, tmp_path / "grey8.png"), atol=1e-6)
-
-
-def test_jpeg_draft_decodes_big_photos_small(tmp_path):
-    halves((4000, 3000)).save(tmp_path / "big.jpg", quality=90)
-    image = load_image(tmp_path / "big.jpg", target=224)
-    assert image.mode == "RGB"
-    assert min(image.size) >= 448 and image.size[0] < 4000  # reduced DCT scale, still above the model size
+    halves().save(tmp_path / "stored.png", exif=exif.tobytes())
+    halves().transpose(Image.Transpose.ROTATE_270).save(tmp_path / "rotated.png")
+    halves().save(tmp_path / "plain.png")
+    np.testing.assert_allclose(
+        one(embedder, tmp_path / "stored.png"), one(embedder, tmp_path / "rotated.png"), atol=1e-6
+    )
+    assert cosine(one(embedder, tmp_path / "plain.png"), one(embedder, tmp_path / "rotated.png")) < 0.9999
 
 
 # ---------------------------------------------------------------------------------------------- broken files
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 30)) + chunk(b"IEND", b"")
-    )
-
-
-def write_broken(folder: Path) -> dict[str, str]:
-    """Broken files and the start of the reason each must give."""
-    good = make_photo(folder / "source.jpg", seed=7, size=(320, 240)).read_bytes()
-    (folder / "empty.jpg").write_bytes(b"")
-    (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
-    (folder / "random.jpg").write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    (folder / "page.jpg").write_text("<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head></html>\n")
-    (folder / "huge.png").write_bytes(png_claiming(100000, 100000))
-    (folder / "notes.png").write_text("just some notes, not a picture\n")
-    return {
-        "empty.jpg": "empty file",
-        "truncated.jpg": "truncated image: ",
-        "random.jpg": "not an image (unrecognised format)",
-        "page.jpg": "not an image (HTML text)",
-        "huge.png": "too large: 100000x100000 pixels exceeds the 178956970-pixel limit",
-        "notes.png": "not an image (text)",
-    }
 
 
 def test_broken_files_give_reasons_and_spare_the_batch(embedder, tmp_path):
@@ -254,25 +125,6 @@ def test_broken_files_give_reasons_and_spare_the_batch(embedder, tmp_path):
         else:
             assert isinstance(result, np.ndarray), (name, result)
             np.testing.assert_allclose(result, one(embedder, tmp_path / name), atol=1e-6)
-
-
-def test_missing_and_unreadable_files(tmp_path):
-    with pytest.raises(ImageError, match="cannot read file"):
-        load_image(tmp_path / "gone.jpg")
-    with pytest.raises(ImageError, match="cannot read file"):
-        load_image(tmp_path)  # a directory
-
-
-def test_max_pixels_per_call(tmp_path, monkeypatch):
-    path = make_photo(tmp_path / "p.jpg", size=(96, 64))
-    with pytest.raises(ImageError, match=r"too large: 96x64 pixels exceeds the 5000-pixel limit"):
-        load_image(path, max_pixels=5000)
-    # A limit above Pillow's global one is honoured without touching the global.
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(ImageError, match="exceeds the 2000-pixel limit"):
-        load_image(path)
-    assert load_image(path, max_pixels=10_000).size == (96, 64)
-    assert Image.MAX_IMAGE_PIXELS == 1000
 
 
 def test_no_files_written_and_no_handles_left(embedder, tmp_path):

@@ -22,9 +22,12 @@ log = logging.getLogger(__name__)
 _READ_SIZE = 1 << 20
 
 # Photo and image formats we try to index. RAW formats carry a JPEG preview that the embedder uses.
+# .mpo is a multi-picture JPEG (3D cameras, Nintendo 3DS, some phones): its first picture is used.
+# SVG stays out: a vector drawing, not a photo, which Pillow cannot render (and rendering one safely is a
+# job of its own: scripts, external references).
 IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .gif .webp .tif .tiff .bmp .heic .heif .hif .avif .jxl .psd .jp2 .j2k .jpf .jpx"
-    " .ppm .pgm .pbm .pnm .tga .ico .dds"
+    ".jpg .jpeg .jpe .jfif .mpo .png .gif .webp .tif .tiff .bmp .heic .heif .hif .avif .jxl .psd .jp2 .j2k .jpf"
+    " .jpx .ppm .pgm .pbm .pnm .tga .ico .dds .pcx"
     " .dng .nef .nrw .cr2 .cr3 .crw .arw .srf .sr2 .orf .rw2 .raf .pef .srw .x3f .3fr .erf .kdc .mos .mrw".split()
 )
 RAW_EXTENSIONS = frozenset(
@@ -43,6 +46,7 @@ _MAGIC = (
     b"8BPS",  # PSD
     b"\x00\x00\x00\x0cjP  ",  # JPEG 2000
     b"\xff\x0a",  # JPEG XL codestream
+    b"\x00\x00\x00\x0cJXL \r\n\x87\n",  # JPEG XL container
 )
 
 
