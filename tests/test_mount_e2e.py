@@ -253,13 +253,16 @@ for round in range(int(sys.argv[2])):
 """
         run = [sys.executable, "-c", script, str(mnt)]
         assert subprocess.run(run + ["20"], capture_output=True, timeout=120).returncode == 0  # warm up
-        before = _fds_and_rss(pid)
-        for _ in range(3):  # separate processes: fresh client threads in the kernel too
-            done = subprocess.run(run + ["60"], capture_output=True, text=True, timeout=300)
+        samples = []
+        for _ in range(5):  # separate processes: fresh client threads in the kernel too
+            done = subprocess.run(run + ["40"], capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, done.stderr
-        after = _fds_and_rss(pid)
-        assert after[0] <= before[0] + 4, f"descriptors grew from {before[0]} to {after[0]}"
-        assert after[1] <= before[1] + 40_000, f"RSS grew from {before[1]} kB to {after[1]} kB"
+            samples.append(_fds_and_rss(pid))
+        fds, rss = [s[0] for s in samples], [s[1] for s in samples]
+        # libfuse grows and shrinks its worker pool with the load, and each worker holds one reader
+        # connection (3 descriptors), so the count breathes; it must not climb, and stays far from 256.
+        assert max(fds[2:]) <= max(fds[:2]) + 3 and max(fds) < 128, f"descriptors over the rounds: {fds}"
+        assert rss[-1] <= rss[0] + 40_000, f"RSS over the rounds (kB): {rss}"
         assert len(listing(mnt / "query" / "red flower")) == 6  # and the mount still answers
     finally:
         searchfs("umount", str(mnt), env=env, check=False)
