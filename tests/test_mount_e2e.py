@@ -282,3 +282,25 @@ def test_links_out_of_a_root_never_show_through_the_mount(mounted, tmp_path):
     assert listing(mnt / "exif" / "camera=Leica") == [] and listing(mnt / "exif" / "has_gps=yes") == []
     assert "evil" not in listing(mnt / "similar" / "photos") and "leak.jpg" not in listing(mnt / "similar" / "photos")
     assert not [n for n in listing(mnt / "query" / "anything") if "private" in n]
+
+
+def test_a_folder_moved_out_and_back_is_ranked_again(mounted, tmp_path):
+    """Moving a folder out of the root and back reuses every embedding; every photo must come back to the
+    ranked folders (query/, similar/), not only to exif/ (12 of 21 once stayed missing)."""
+    photos, mnt, env = mounted
+    album = photos / "trip"
+    for i in range(21):
+        make_photo(album / f"T{i:02d}.jpg", (i * 12, 90, 200 - i * 9), seed=500 + i, make="Sony")
+    query = mnt / "query" / "a trip" / "limit=100"
+    assert _eventually(lambda: len(listing(query)) == 27 and _idle(env), timeout=60)
+    elsewhere = tmp_path / "away"
+    shutil.move(album, elsewhere)
+    assert _eventually(lambda: len(listing(query)) == 6 and _idle(env), timeout=60)
+    shutil.move(elsewhere, album)
+    assert _eventually(lambda: len(listing(query)) == 27 and _idle(env), timeout=60)
+    targets = {os.readlink(query / name) for name in listing(query)}
+    assert {str(album / f"T{i:02d}.jpg") for i in range(21)} <= targets
+    like = mnt / "similar" / "photos" / "trip" / "T00.jpg"
+    assert len(listing(like / "limit=100")) == 26
+    status = json.loads(searchfs("status", "--json", env=env).stdout)
+    assert status["watcher"]["since_start"]["embedded"] == 21  # the way back cost no embedding
