@@ -377,9 +377,10 @@ def _watcher_state(settings) -> dict | None:
 
 @cli.command()
 @click.option("--fetch", is_flag=True, help="Download the configured model weights now (needs network).")
+@click.option("--repair", is_flag=True, help="Rebuild a damaged catalog from what is still readable, then rescan.")
 @pass_context
 @handle_errors
-def doctor(ctx, fetch):
+def doctor(ctx, fetch, repair):
     """Check what searchfs needs (exiftool, libfuse, model weights) and say how to fix what is missing.
 
     Exits 0 when everything is in place, 1 otherwise. Without weights searchfs still indexes and
@@ -389,10 +390,16 @@ def doctor(ctx, fetch):
     Example:
         searchfs doctor
         searchfs doctor --fetch
+        searchfs doctor --repair         # after "catalog ... is damaged"
     """
     from .doctor import run_checks
 
     settings = ctx.settings()
+    if repair:
+        from .library import repair_library
+
+        click.echo(repair_library(settings))
+        return
     checks = run_checks(settings, fetch=fetch)
     for check in checks:
         mark = "ok  " if check.ok else "MISSING"

@@ -26,7 +26,20 @@ def run_checks(settings: Settings, fetch: bool = False) -> list[Check]:
         _heif(),
         _weights(settings, fetch),
         _home(settings),
+        _catalog(settings),
     ]
+
+
+def _catalog(settings: Settings) -> Check:
+    from .store.recover import integrity_problem
+
+    path = settings.catalog_path
+    if not path.exists():
+        return Check("catalog", True, f"library {settings.library!r} not created yet (searchfs index FOLDER)")
+    problem = integrity_problem(path)
+    if problem is None:
+        return Check("catalog", True, f"{path} passes its integrity check")
+    return Check("catalog", False, f"{path} is damaged ({problem}): run searchfs doctor --repair")
 
 
 def _exiftool(settings: Settings) -> Check:

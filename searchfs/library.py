@@ -483,6 +483,26 @@ def compare_images(settings: Settings, a: os.PathLike | str | bytes, b: os.PathL
     return round(float(np.dot(vectors[0], vectors[1])), 6)
 
 
+def repair_library(settings: Settings) -> str:
+    """Rebuild a damaged catalog from its readable rows, then rescan every root: what the salvage lost is
+    found again, and every embedding that survived is reused. A sound catalog is left alone."""
+    from .store.recover import integrity_problem, recover
+
+    if not settings.catalog_path.exists():
+        raise NotFound(missing_library_message(settings))
+    with WriterLock(settings.library_dir / "writer.lock"):
+        problem = integrity_problem(settings.catalog_path)
+        if problem is None:
+            return f"catalog {settings.catalog_path} is sound: nothing to repair"
+        recovery = recover(settings.catalog_path)
+    with Library(settings) as lib:
+        report = lib.index() if lib.roots() else IndexReport()
+    return (
+        f"{recovery.summary()}. Rescan: {report.new} files found again, {report.reused} reused known content, "
+        f"{report.embedded} embedded again, {report.pending} waiting for the model"
+    )
+
+
 def library_names(settings: Settings) -> list[str]:
     base = settings.home / "libraries"
     return sorted(p.name for p in base.iterdir() if (p / "catalog.sqlite").exists()) if base.is_dir() else []

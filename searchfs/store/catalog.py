@@ -102,7 +102,10 @@ class Catalog:
         cannot grow the -shm file), so an I/O error with no free block left is a full disk, not damage."""
         if is_disk_full(exc) or (isinstance(exc, sqlite3.OperationalError) and _no_space_left(self.path.parent)):
             return DiskFull(disk_full_message(self.path.parent))
-        return CatalogError(f"catalog {self.path} is not a usable SQLite file: {exc}")
+        return CatalogError(
+            f"catalog {self.path} is not a usable SQLite file ({exc}); `searchfs doctor --repair` rebuilds it "
+            "from what is still readable"
+        )
 
     def _tighten_modes(self) -> None:
         for suffix in ("", "-wal", "-shm"):
@@ -197,9 +200,12 @@ class Catalog:
                 conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('generation', '0')")
                 conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('scan_token', '0')")
                 conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('vectors_generation', '0')")
-            quick = conn.execute("PRAGMA quick_check").fetchone()[0]
+            quick = "; ".join(" ".join(r[0].split()) for r in conn.execute("PRAGMA quick_check(3)"))
             if quick != "ok":
-                raise CatalogError(f"catalog {self.path} failed its integrity check: {quick}")
+                raise CatalogError(
+                    f"catalog {self.path} is damaged ({quick}); `searchfs doctor --repair` rebuilds it from what "
+                    "is still readable and keeps every intact embedding"
+                )
 
     # -- generation --------------------------------------------------------------------------------
 
