@@ -71,6 +71,45 @@ def display_number(key: str, value: float) -> str:
     return format_number(value)
 
 
+def display_span(key: str, value: float) -> tuple[float, float]:
+    """The numbers that display as `value` does: what `key=value` matches. An exposure shown "1/60"
+    covers 1/60.5 .. 1/59.5; any other number itself, give or take a rounding error."""
+    if key == "exposure" and 0 < value < 0.25001:
+        n = int(0.5 + 1 / value)
+        return 1 / (n + 0.5), (1 / (n - 0.5) if n > 1 else 1.0)
+    tolerance = 1e-9 * max(1.0, abs(value))
+    return value - tolerance, value + tolerance
+
+
+Bound = float | str | None
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One parsed `key=value` filter (search/filters.py parses them; the catalog turns them into SQL)."""
+
+    key: str
+    op: str  # "eq" | "match" | "range"
+    value: str | float | None = None
+    lo: Bound = None
+    hi: Bound = None
+
+    def __str__(self) -> str:
+        if self.op == "range":
+            return f"{self.key}={_fmt(self.lo)}..{_fmt(self.hi)}"
+        if isinstance(self.value, float):
+            return f"{self.key}={display_number(self.key, self.value)}"
+        return f"{self.key}={_fmt(self.value)}"
+
+
+def _fmt(value: Bound) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 @dataclass(frozen=True)
 class Facet:
     """One stored metadata value. `text` is the display form; `num` is set for numbers and dates."""

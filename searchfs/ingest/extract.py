@@ -85,6 +85,11 @@ from searchfs.config import ensure_private_dir
 from searchfs.errors import ExiftoolError
 from searchfs.records import Facet, display_number, format_number
 
+# The version of what `normalize` makes of exiftool's tags. Bump it when it changes (a new facet, a
+# fixed rule): contents read by an older version are read again, lazily and without re-embedding
+# (Indexer.process), so the change reaches existing libraries.
+EXTRACTOR_VERSION = 1
+
 INSTALL_HINT = "install exiftool: apt install libimage-exiftool-perl / brew install exiftool"
 MAX_TEXT = 1000
 

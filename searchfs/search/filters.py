@@ -1,4 +1,5 @@
-"""Metadata filters: parsing `key=value` words into Filter values, and turning them into SQL.
+"""Metadata filters: parsing `key=value` words into Filter values (records.Filter). The catalog turns
+them into SQL (store/facets.py); nothing here knows how metadata is stored.
 
 Grammar of one filter (the same in `--where`, in `exif/` path segments and in the Python API):
     key=value        text keys: case-insensitive equality; camera/lens/make/model/title/description/text:
@@ -12,37 +13,12 @@ from __future__ import annotations
 
 import calendar
 import re
-from dataclasses import dataclass
 from fractions import Fraction
 
 from ..errors import QueryError
-from ..records import FACET_BY_KEY, TEXT_FIELDS, display_number
+from ..records import FACET_BY_KEY, Bound, Filter
 
-Bound = float | str | None
-
-
-@dataclass(frozen=True)
-class Filter:
-    key: str
-    op: str  # "eq" | "match" | "range"
-    value: str | float | None = None
-    lo: Bound = None
-    hi: Bound = None
-
-    def __str__(self) -> str:
-        if self.op == "range":
-            return f"{self.key}={_fmt(self.lo)}..{_fmt(self.hi)}"
-        if isinstance(self.value, float):
-            return f"{self.key}={display_number(self.key, self.value)}"
-        return f"{self.key}={_fmt(self.value)}"
-
-
-def _fmt(value: Bound) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+__all__ = ["Filter", "parse_filter"]
 
 
 def parse_filter(word: str) -> Filter:
@@ -121,35 +97,3 @@ def _yes(text: str, word: str) -> bool:
     if lowered in ("no", "false", "0", "n"):
         return False
     raise QueryError(f"filter {word!r}: expected yes or no")
-
-
-def filter_sql(flt: Filter) -> tuple[str, list]:
-    """A SQL condition on `contents.id` (as `c.id`) that holds when the content matches `flt`."""
-    keys = TEXT_FIELDS if flt.key == "text" else (flt.key,)
-    marks = ",".join("?" * len(keys))
-    head = f"c.id IN (SELECT content_id FROM facets WHERE key IN ({marks}) AND "
-    params: list = list(keys)
-    if flt.op == "match":
-        params.append("%" + _escape_like(str(flt.value).casefold()) + "%")
-        return head + "fold LIKE ? ESCAPE '\\')", params
-    if flt.op == "range":
-        column = "text" if FACET_BY_KEY[flt.key].kind == "date" else "num"
-        parts = []
-        if flt.lo is not None:
-            parts.append(f"{column} >= ?")
-            params.append(flt.lo)
-        if flt.hi is not None:
-            parts.append(f"{column} <= ?")
-            params.append(flt.hi)
-        return head + " AND ".join(parts) + ")", params
-    if isinstance(flt.value, float):
-        # Equal as shown (exposure=1/60 finds 0.0166666667 and 0.016667) or equal as a number.
-        tolerance = 1e-9 * max(1.0, abs(flt.value))
-        params.extend([display_number(flt.key, flt.value).casefold(), flt.value - tolerance, flt.value + tolerance])
-        return head + "(fold = ? OR num BETWEEN ? AND ?))", params
-    params.append(str(flt.value).casefold())
-    return head + "fold = ?)", params
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -1,12 +1,14 @@
-"""The catalog: one SQLite file per library, the durable truth.
+"""The catalog: one SQLite file per library, the durable truth. Every SQL statement of searchfs lives in
+store/ (this module for reads, writes.py for writes, facets.py for metadata, migrations.py for schemas).
 
 Connection discipline (datasette style): one writer connection, used under a lock by whichever thread
-writes (the indexer's thread); every other thread reads through its own read-only connection. WAL mode
-means readers never wait for the writer. Between processes, the library's writer lock (library.py) keeps
-a second indexer out, and SQLite's busy timeout covers short overlaps.
+writes (the daemon's writer thread, or `searchfs index`); every other thread reads through its own
+read-only connection. WAL mode means readers never wait for the writer. Between processes, the library's
+writer lock (library.py) keeps a second writer out, and SQLite's busy timeout covers short overlaps.
 
-The `generation` counter in `meta` goes up in every write that can change a search result; caches above
-(the mount's folder listings, the derived vector file) are keyed by it.
+Two counters let caches above stay in step: the *generation* goes up in every transaction that changes
+anything (the mount's folder listings are keyed by it), and the *vectors generation* is the high-water
+mark of the vector change feed (schema.sql's vector_log), which the vector index catches up from.
 """
 
 from __future__ import annotations
@@ -14,25 +16,38 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from ..config import ensure_private_dir
 from ..errors import DiskFull, NotFound, SearchfsError, disk_full_message, is_disk_full
-from ..records import Facet, FileStat, Root
+from ..records import Filter, FileStat, Root
+from . import facets as F
+from .migrations import LATEST, migrate
+from .rows import ContentPath, Counts, FileHit, FileRow, KnownContent, Quarantined, VectorChanges
+from .writes import Transaction, _chunks
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = LATEST
 BUSY_TIMEOUT_MS = 30_000
-_CHUNK = 500  # ids per IN (...) clause, well under SQLite's variable limit
+
+# A file that can show in results: readable, its content not quarantined, its root online.
+_USABLE = "f.error IS NULL AND c.error IS NULL AND r.online = 1"
+_FILES = "files f JOIN dirs d ON d.id = f.dir_id JOIN roots r ON r.id = d.root_id"
+_RELPATH = "CAST(CASE WHEN length(d.path) = 0 THEN f.name ELSE d.path || x'2f' || f.name END AS BLOB)"
+_ABSPATH = f"CAST(r.path || x'2f' || {_RELPATH} AS BLOB)"  # normpath'd in Python (a root of '/')
+_HIT = f"f.id, f.content_id, r.name, r.path, {_RELPATH}"
+# The one definition of a searchable vector `e`: some usable file holds its content.
+_LIVE = (
+    f"EXISTS (SELECT 1 FROM {_FILES} JOIN contents c ON c.id = f.content_id"
+    f" WHERE f.content_id = e.content_id AND {_USABLE})"
+)
 
 
 class CatalogError(SearchfsError):
-    """The catalog file is unusable (corrupt, newer schema)."""
+    """The catalog file is unusable (damaged, newer schema)."""
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
@@ -45,8 +60,7 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
 
 def _create_private_file(path: Path) -> None:
     """Create the file 0600 before SQLite does, so it never exists with looser permissions."""
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-    os.close(fd)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
 def _no_space_left(folder: Path) -> bool:
@@ -64,9 +78,8 @@ def _live_thread_ids() -> set[int]:
         return {t.native_id for t in threading.enumerate() if t.native_id is not None}
 
 
-def _chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _hit(row: tuple) -> FileHit:
+    return FileHit(row[0], row[1], row[2], bytes(row[3]), bytes(row[4]))
 
 
 class Catalog:
@@ -80,7 +93,12 @@ class Catalog:
         # OS thread id -> (its read-only connection, its Thread when Python started it)
         self._readers: dict[int, tuple[sqlite3.Connection, threading.Thread | None]] = {}
         self._readers_lock = threading.Lock()
-        self._migrate()
+        self._model_ids: dict[str, int] = {}
+        with self._write_lock:
+            try:
+                migrate(self._writer_conn(), str(self.path))
+            except sqlite3.DatabaseError as exc:
+                raise self._unusable(exc) from exc
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -103,8 +121,8 @@ class Catalog:
         if is_disk_full(exc) or (isinstance(exc, sqlite3.OperationalError) and _no_space_left(self.path.parent)):
             return DiskFull(disk_full_message(self.path.parent))
         return CatalogError(
-            f"catalog {self.path} is not a usable SQLite file ({exc}); `searchfs doctor --repair` rebuilds it "
-            "from what is still readable"
+            f"catalog {self.path} is not usable ({' '.join(str(exc).split())}); `searchfs doctor --repair` "
+            "rebuilds it from what is still readable"
         )
 
     def _tighten_modes(self) -> None:
@@ -114,21 +132,35 @@ class Catalog:
                 os.chmod(side, 0o600)
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error) on the writer connection."""
+    def transaction(self) -> Iterator[Transaction]:
+        """A write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error) on the writer connection.
+        One that changed anything moves the generation on as it commits."""
         with self._write_lock:
             conn = self._writer_conn()
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    yield conn
+                    tx = Transaction(conn, self._model_ids)
+                    yield tx
+                    if tx.dirty:
+                        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+                        conn.execute(
+                            "INSERT OR REPLACE INTO meta(key, value) VALUES ('changed_at', CAST(strftime('%s', 'now') AS TEXT))"
+                        )
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
+                    self._model_ids.clear()  # ids made in the rolled-back transaction are gone
                     raise
-            except (sqlite3.Error, OSError) as exc:
+            except sqlite3.DatabaseError as exc:
                 if is_disk_full(exc):  # rolled back: the catalog is as it was before this transaction
+                    raise DiskFull(disk_full_message(self.path.parent)) from exc
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise
+                raise self._unusable(exc) from exc
+            except OSError as exc:
+                if is_disk_full(exc):
                     raise DiskFull(disk_full_message(self.path.parent)) from exc
                 raise
 
@@ -170,6 +202,22 @@ class Catalog:
                 return conn
         return None
 
+    @contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection]:
+        """A private read-only connection for one long read (a streamed listing), closed afterwards."""
+        self._writer_conn()
+        conn = _connect(self.path, readonly=True)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def _one(self, sql: str, params: Sequence = ()) -> tuple | None:
+        return self.read().execute(sql, tuple(params)).fetchone()
+
+    def _all(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        return self.read().execute(sql, tuple(params)).fetchall()
+
     def close(self) -> None:
         with self._readers_lock:
             for conn, _ in self._readers.values():
@@ -180,61 +228,27 @@ class Catalog:
                 self._writer.close()
                 self._writer = None
 
-    # -- schema ------------------------------------------------------------------------------------
-
-    def _migrate(self) -> None:
-        with self._write_lock:
-            conn = self._writer_conn()
-            try:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-            except sqlite3.DatabaseError as exc:
-                raise self._unusable(exc) from exc
-            if version > SCHEMA_VERSION:
-                raise CatalogError(
-                    f"catalog {self.path} has schema {version}, newer than this searchfs ({SCHEMA_VERSION}): "
-                    "upgrade searchfs"
-                )
-            if version < SCHEMA_VERSION:
-                script = resources.files("searchfs.store").joinpath("schema.sql").read_text(encoding="utf-8")
-                conn.executescript("BEGIN IMMEDIATE;" + script + f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
-                conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('generation', '0')")
-                conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('scan_token', '0')")
-                conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('vectors_generation', '0')")
-            quick = "; ".join(" ".join(r[0].split()) for r in conn.execute("PRAGMA quick_check(3)"))
-            if quick != "ok":
-                raise CatalogError(
-                    f"catalog {self.path} is damaged ({quick}); `searchfs doctor --repair` rebuilds it from what "
-                    "is still readable and keeps every intact embedding"
-                )
-
-    # -- generation --------------------------------------------------------------------------------
+    # -- counters ------------------------------------------------------------------------------------
 
     def generation(self) -> int:
-        row = self.read().execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        row = self._one("SELECT value FROM meta WHERE key = 'generation'")
         return int(row[0]) if row else 0
 
     def vectors_generation(self) -> int:
-        """Goes up when the set of searchable vectors may have changed (new embeddings, files gone, a root
-        offline); renames leave it alone, so they never cost a vector rebuild."""
-        row = self.read().execute("SELECT value FROM meta WHERE key = 'vectors_generation'").fetchone()
+        """The vector change feed's high-water mark: moves when the set of searchable vectors may have
+        changed (embeddings, files linked or gone, a root offline); renames leave it alone."""
+        row = self._one("SELECT seq FROM sqlite_sequence WHERE name = 'vector_log'")
         return int(row[0]) if row else 0
 
-    @staticmethod
-    def bump(conn: sqlite3.Connection, vectors: bool = False) -> None:
-        keys = ("generation", "vectors_generation") if vectors else ("generation",)
-        conn.execute(
-            f"UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key IN ({','.join('?' * len(keys))})", keys
-        )
+    def changed_at(self) -> float:
+        """When the generation last moved (wall time): the mount's folder mtimes, stable across mounts."""
+        row = self._one("SELECT value FROM meta WHERE key = 'changed_at'")
+        return float(row[0]) if row else self.path.stat().st_mtime
 
-    @staticmethod
-    def next_scan_token(conn: sqlite3.Connection) -> int:
-        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'scan_token'")
-        return int(conn.execute("SELECT value FROM meta WHERE key = 'scan_token'").fetchone()[0])
-
-    # -- roots -------------------------------------------------------------------------------------
+    # -- roots ---------------------------------------------------------------------------------------
 
     def roots(self) -> list[Root]:
-        rows = self.read().execute("SELECT id, path, name, online, last_scan_at FROM roots ORDER BY name")
+        rows = self._all("SELECT id, path, name, online, last_scan_at FROM roots ORDER BY name")
         return [Root(r[0], bytes(r[1]), r[2], bool(r[3]), r[4]) for r in rows]
 
     def root(self, name: str) -> Root:
@@ -253,315 +267,326 @@ class Catalog:
         name, n = base, 2
         while name in taken:
             name, n = f"{base}-{n}", n + 1
-        with self.write() as conn:
-            conn.execute("INSERT INTO roots(path, name) VALUES (?, ?)", (path, name))
-            self.bump(conn)
+        with self.transaction() as tx:
+            tx.conn.execute("INSERT INTO roots(path, name) VALUES (?, ?)", (path, name))
+            tx.dirty = True
         return self.root(name)
 
     def remove_root(self, name: str) -> None:
         root = self.root(name)
-        with self.write() as conn:
-            self._orphan_contents(conn, "SELECT content_id FROM files WHERE root_id = ?", (root.id,))
-            conn.execute("DELETE FROM files WHERE root_id = ?", (root.id,))
-            conn.execute("DELETE FROM roots WHERE id = ?", (root.id,))
-            self.bump(conn, vectors=True)
+        with self.transaction() as tx:
+            tx.conn.execute("DELETE FROM files WHERE dir_id IN (SELECT id FROM dirs WHERE root_id = ?)", (root.id,))
+            tx.conn.execute("DELETE FROM dirs WHERE root_id = ?", (root.id,))
+            tx.conn.execute("DELETE FROM roots WHERE id = ?", (root.id,))
+            tx.dirty = True
 
     def set_online(self, root_id: int, online: bool) -> bool:
-        """Mark a root online or offline; True when that changed anything."""
-        with self.write() as conn:
-            changed = conn.execute(
-                "UPDATE roots SET online = ? WHERE id = ? AND online != ?", (int(online), root_id, int(online))
-            ).rowcount
-            if changed:
-                self.bump(conn, vectors=True)
-        return bool(changed)
+        with self.transaction() as tx:
+            return tx.set_online(root_id, online)
 
-    # -- files -------------------------------------------------------------------------------------
+    # -- what the scan compares with -------------------------------------------------------------------
 
-    def files_in_dir(self, root_id: int, folder: bytes) -> dict[bytes, tuple]:
-        """relpath -> (file id, size, mtime_ns, inode, content id) for the files recorded in one folder."""
-        rows = self.read().execute(
-            "SELECT relpath, id, size, mtime_ns, inode, content_id FROM files WHERE root_id = ? AND dir = ?",
+    def folder_files(self, root_id: int, folder: bytes) -> dict[bytes, FileRow]:
+        """name -> row, for the files recorded in one folder of a root."""
+        rows = self._all(
+            """SELECT f.name, f.id, f.size, f.mtime_ns, f.inode, f.content_id FROM files f JOIN dirs d ON d.id = f.dir_id
+               WHERE d.root_id = ? AND d.path = ?""",
             (root_id, folder),
         )
-        return {bytes(r[0]): tuple(r[1:]) for r in rows}
+        return {bytes(r[0]): FileRow(*r[1:]) for r in rows}
 
-    def file_row(self, root_id: int, relpath: bytes) -> tuple | None:
-        """(file id, size, mtime_ns, inode, content id) or None."""
-        return (
-            self.read()
-            .execute(
-                "SELECT id, size, mtime_ns, inode, content_id FROM files WHERE root_id = ? AND relpath = ?",
-                (root_id, relpath),
+    def folders(self, root_id: int, under: bytes = b"") -> list[bytes]:
+        """The folders of a root (or below `under`) the catalog holds files for."""
+        if not under:
+            rows = self._all("SELECT path FROM dirs WHERE root_id = ?", (root_id,))
+        else:
+            rows = self._all(
+                "SELECT path FROM dirs WHERE root_id = ? AND (path = ? OR substr(path, 1, length(?) + 1) = ? || x'2f')",
+                (root_id, under, under, under),
             )
-            .fetchone()
-        )
+        return [bytes(r[0]) for r in rows]
 
-    def content_by_inode(self, root_id: int, stat: FileStat) -> int | None:
+    def file_at(self, root_id: int, relpath: bytes) -> FileRow | None:
+        folder, name = os.path.split(relpath)
+        row = self._one(
+            """SELECT f.id, f.size, f.mtime_ns, f.inode, f.content_id FROM files f JOIN dirs d ON d.id = f.dir_id
+               WHERE d.root_id = ? AND d.path = ? AND f.name = ?""",
+            (root_id, folder, name),
+        )
+        return FileRow(*row) if row else None
+
+    def content_by_inode(self, root_id: int, stat: FileStat) -> KnownContent | None:
         """The content of a file recorded with the same inode, size and mtime: a move seen by a rescan.
         It spares reading the file again to hash it."""
-        row = (
-            self.read()
-            .execute(
-                "SELECT content_id FROM files WHERE root_id = ? AND inode = ? AND size = ? AND mtime_ns = ? "
-                "AND content_id IS NOT NULL AND inode != 0 LIMIT 1",
-                (root_id, stat.inode, stat.size, stat.mtime_ns),
-            )
-            .fetchone()
+        row = self._one(
+            """SELECT c.id, c.hash, c.size, c.error FROM files f JOIN dirs d ON d.id = f.dir_id
+               JOIN contents c ON c.id = f.content_id
+               WHERE f.inode = ? AND d.root_id = ? AND f.size = ? AND f.mtime_ns = ? AND f.inode != 0 LIMIT 1""",
+            (stat.inode, root_id, stat.size, stat.mtime_ns),
         )
+        return KnownContent(row[0], bytes(row[1]).hex(), row[2], row[3]) if row else None
+
+    def content_by_hash(self, digest: str) -> int | None:
+        row = self._one("SELECT id FROM contents WHERE hash = ?", (bytes.fromhex(digest),))
         return row[0] if row else None
 
-    @staticmethod
-    def mark_seen(conn: sqlite3.Connection, file_ids: Sequence[int], token: int) -> None:
-        for chunk in _chunks(list(file_ids)):
-            conn.execute(f"UPDATE files SET seen = ? WHERE id IN ({','.join('?' * len(chunk))})", (token, *chunk))
+    def count_files(self, root_id: int) -> int:
+        row = self._one("SELECT count(*) FROM files f JOIN dirs d ON d.id = f.dir_id WHERE d.root_id = ?", (root_id,))
+        return row[0] if row else 0
 
-    @staticmethod
-    def upsert_file(
-        conn: sqlite3.Connection,
-        root_id: int,
-        relpath: bytes,
-        size: int,
-        mtime_ns: int,
-        inode: int,
-        content_id: int | None,
-        error: str | None,
-        token: int,
-    ) -> bool:
-        """Record a file as seen by scan `token`. True when this changes which content the path holds
-        (a new file, or new bytes): the set of searchable vectors may have changed."""
-        folder = os.path.dirname(relpath)
-        old = conn.execute(
-            "SELECT content_id FROM files WHERE root_id = ? AND relpath = ?", (root_id, relpath)
-        ).fetchone()
-        conn.execute(
-            """INSERT INTO files(root_id, relpath, dir, size, mtime_ns, inode, content_id, error, seen)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-               ON CONFLICT(root_id, relpath) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
-                 inode = excluded.inode, content_id = excluded.content_id, error = excluded.error,
-                 seen = excluded.seen""",
-            (root_id, relpath, folder, size, mtime_ns, inode, content_id, error, token),
-        )
-        if content_id is not None:
-            conn.execute(
-                "UPDATE contents SET orphaned_at = NULL WHERE id = ? AND orphaned_at IS NOT NULL", (content_id,)
-            )
-        if old and old[0] is not None and old[0] != content_id:
-            Catalog._orphan_contents(conn, "SELECT ?", (old[0],))
-        return old is None or old[0] != content_id
+    # -- work to do ----------------------------------------------------------------------------------
 
-    def sweep(self, conn: sqlite3.Connection, root_id: int, token: int, prefix: bytes | None = None) -> int:
-        """Delete the files of a root (or of one folder of it) that the scan with `token` did not see."""
-        where, params = "root_id = ? AND seen != ?", [root_id, token]
-        if prefix:
-            where += " AND (relpath = ? OR substr(relpath, 1, ?) = ?)"
-            params += [prefix, len(prefix) + 1, prefix + b"/"]
-        self._orphan_contents(conn, f"SELECT content_id FROM files WHERE {where}", params)
-        removed = conn.execute(f"DELETE FROM files WHERE {where}", params).rowcount
-        return removed
+    def contents_needing_meta(self, version: int, limit: int) -> list[ContentPath]:
+        """Contents whose metadata is missing or older than extractor `version` (read again lazily)."""
+        return self._content_paths("c.meta_version < ?", (version,), limit)
 
-    def delete_paths(self, conn: sqlite3.Connection, root_id: int, relpath: bytes) -> int:
-        """Delete a file, or a folder's files, from the catalog (a delete event). Returns files removed."""
-        where = "root_id = ? AND (relpath = ? OR substr(relpath, 1, ?) = ?)"
-        params = (root_id, relpath, len(relpath) + 1, relpath + b"/")
-        self._orphan_contents(conn, f"SELECT content_id FROM files WHERE {where}", params)
-        return conn.execute(f"DELETE FROM files WHERE {where}", params).rowcount
-
-    def move_paths(self, conn: sqlite3.Connection, root_id: int, src: bytes, dest: bytes) -> int:
-        """Rename a file or a folder's files in place: content, metadata and embeddings stay attached."""
-        conn.execute(
-            "DELETE FROM files WHERE root_id = ? AND (relpath = ? OR substr(relpath, 1, ?) = ?)",
-            (root_id, dest, len(dest) + 1, dest + b"/"),
-        )
-        rows = conn.execute(
-            "SELECT id, relpath FROM files WHERE root_id = ? AND (relpath = ? OR substr(relpath, 1, ?) = ?)",
-            (root_id, src, len(src) + 1, src + b"/"),
-        ).fetchall()
-        for file_id, relpath in rows:
-            new = dest + bytes(relpath)[len(src) :]
-            conn.execute("UPDATE files SET relpath = ?, dir = ? WHERE id = ?", (new, os.path.dirname(new), file_id))
-        return len(rows)
-
-    @staticmethod
-    def _orphan_contents(conn: sqlite3.Connection, select_ids: str, params: Iterable) -> None:
-        """Stamp contents whose last file is going away. Called before the files are deleted or relinked;
-        a content is orphaned when it has no file outside the set about to go."""
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS going(id INTEGER PRIMARY KEY)")
-        conn.execute("DELETE FROM going")
-        conn.execute(f"INSERT OR IGNORE INTO going(id) {select_ids}", tuple(params))
-        conn.execute("UPDATE contents SET orphaned_at = ? WHERE id IN (SELECT id FROM going)", (time.time(),))
-
-    @staticmethod
-    def clear_orphan_marks(conn: sqlite3.Connection) -> None:
-        """Contents still referenced by some file are not orphans (the stamp above is pessimistic)."""
-        conn.execute(
-            "UPDATE contents SET orphaned_at = NULL WHERE orphaned_at IS NOT NULL "
-            "AND EXISTS (SELECT 1 FROM files f WHERE f.content_id = contents.id)"
-        )
-
-    def collect_orphans(self, older_than: float) -> int:
-        """Forget contents (metadata, embeddings) that no file has used for `older_than` seconds."""
-        with self.write() as conn:
-            self.clear_orphan_marks(conn)
-            cutoff = time.time() - older_than
-            return conn.execute(
-                "DELETE FROM contents WHERE orphaned_at IS NOT NULL AND orphaned_at <= ? "
-                "AND NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = contents.id)",
-                (cutoff,),
-            ).rowcount
-
-    # -- contents ----------------------------------------------------------------------------------
-
-    @staticmethod
-    def content_for_hash(conn: sqlite3.Connection, digest: str, size: int) -> int:
-        row = conn.execute("SELECT id FROM contents WHERE hash = ?", (digest,)).fetchone()
-        if row:
-            return row[0]
-        return conn.execute("INSERT INTO contents(hash, size) VALUES (?, ?)", (digest, size)).lastrowid
-
-    def contents_needing_meta(self, limit: int) -> list[tuple[int, bytes]]:
-        """(content id, one absolute path of it on an online root) for contents without metadata yet."""
-        return self._content_paths("c.meta_state = 'pending'", (), limit)
-
-    def contents_needing_embedding(self, model: str, limit: int) -> list[tuple[int, bytes]]:
+    def contents_needing_embedding(self, model: str, limit: int) -> list[ContentPath]:
         return self._content_paths(
-            "c.error IS NULL AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.model = ? AND e.content_id = c.id)",
+            "c.error IS NULL AND NOT EXISTS (SELECT 1 FROM embeddings e JOIN models m ON m.id = e.model_id"
+            " WHERE m.name = ? AND e.content_id = c.id)",
             (model,),
             limit,
         )
 
-    def count_needing(self, model: str | None) -> int:
-        """How many contents wait for metadata (model None) or for an embedding by `model`."""
-        if model is None:
-            where, params = "c.meta_state = 'pending'", ()
-        else:
-            where = (
-                "c.error IS NULL AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.model = ? AND e.content_id = c.id)"
-            )
-            params = (model,)
-        return (
-            self.read()
-            .execute(
-                f"""SELECT count(*) FROM contents c WHERE {where} AND EXISTS (SELECT 1 FROM files f JOIN roots r
-                ON r.id = f.root_id WHERE f.content_id = c.id AND r.online = 1 AND f.error IS NULL)""",
-                params,
-            )
-            .fetchone()[0]
+    def count_needing_meta(self, version: int) -> int:
+        return self._count_contents("c.meta_version < ?", (version,))
+
+    def count_needing_embedding(self, model: str) -> int:
+        return self._count_contents(
+            "c.error IS NULL AND NOT EXISTS (SELECT 1 FROM embeddings e JOIN models m ON m.id = e.model_id"
+            " WHERE m.name = ? AND e.content_id = c.id)",
+            (model,),
         )
 
-    def _content_paths(self, where: str, params: tuple, limit: int) -> list[tuple[int, bytes]]:
-        rows = (
-            self.read()
-            .execute(
-                f"""SELECT c.id, r.path, f.relpath FROM contents c
-                JOIN files f ON f.id = (SELECT f2.id FROM files f2 JOIN roots r2 ON r2.id = f2.root_id
-                                         WHERE f2.content_id = c.id AND r2.online = 1 AND f2.error IS NULL LIMIT 1)
-                JOIN roots r ON r.id = f.root_id
-                WHERE {where} ORDER BY c.id LIMIT ?""",
-                (*params, limit),
-            )
-            .fetchall()
+    def _count_contents(self, where: str, params: tuple) -> int:
+        row = self._one(
+            f"""SELECT count(*) FROM contents c WHERE {where} AND EXISTS (SELECT 1 FROM {_FILES}
+                WHERE f.content_id = c.id AND r.online = 1 AND f.error IS NULL)""",
+            params,
         )
-        return [(r[0], os.path.join(bytes(r[1]), bytes(r[2]))) for r in rows]
+        return row[0] if row else 0
 
-    @staticmethod
-    def store_facets(conn: sqlite3.Connection, content_id: int, facets: Sequence[Facet]) -> None:
-        conn.execute("DELETE FROM facets WHERE content_id = ?", (content_id,))
-        conn.executemany(
-            "INSERT INTO facets(content_id, key, text, fold, num) VALUES (?, ?, ?, ?, ?)",
-            [(content_id, f.key, f.text, f.text.casefold(), f.num) for f in facets],
+    def _content_paths(self, where: str, params: tuple, limit: int) -> list[ContentPath]:
+        rows = self._all(
+            f"""SELECT c.id, (SELECT {_ABSPATH} FROM {_FILES}
+                              WHERE f.content_id = c.id AND r.online = 1 AND f.error IS NULL LIMIT 1) AS path
+                FROM contents c WHERE {where} AND path IS NOT NULL ORDER BY c.id LIMIT ?""",
+            (*params, limit),
         )
-        conn.execute("UPDATE contents SET meta_state = 'done', meta_error = NULL WHERE id = ?", (content_id,))
+        return [ContentPath(r[0], os.path.normpath(bytes(r[1]))) for r in rows]
 
-    @staticmethod
-    def store_meta_error(conn: sqlite3.Connection, content_id: int, reason: str) -> None:
-        conn.execute("UPDATE contents SET meta_state = 'failed', meta_error = ? WHERE id = ?", (reason, content_id))
+    def orientation(self, content_id: int) -> int | None:
+        row = self._one("SELECT orientation FROM contents WHERE id = ?", (content_id,))
+        return int(row[0]) if row and row[0] else None
 
-    @staticmethod
-    def store_embedding(conn: sqlite3.Connection, model: str, content_id: int, vector: np.ndarray) -> None:
-        blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-        conn.execute(
-            "INSERT OR REPLACE INTO embeddings(model, content_id, vector) VALUES (?, ?, ?)", (model, content_id, blob)
-        )
-        conn.execute("UPDATE contents SET error = NULL WHERE id = ?", (content_id,))
+    # -- vectors -------------------------------------------------------------------------------------
 
-    @staticmethod
-    def quarantine(conn: sqlite3.Connection, content_id: int, reason: str) -> int:
-        """Quarantine a content with its reason; returns how many files hold it."""
-        conn.execute("UPDATE contents SET error = ? WHERE id = ?", (reason, content_id))
-        return conn.execute("SELECT count(*) FROM files WHERE content_id = ?", (content_id,)).fetchone()[0]
-
-    def retry_quarantined(self) -> int:
-        with self.write() as conn:
-            count = conn.execute("UPDATE contents SET error = NULL WHERE error IS NOT NULL").rowcount
-            count += conn.execute("UPDATE files SET size = -1 WHERE error IS NOT NULL").rowcount
-            self.bump(conn, vectors=True)
-        return count
-
-    # -- vectors -----------------------------------------------------------------------------------
+    def _model(self, model: str) -> int | None:
+        if model not in self._model_ids:
+            row = self._one("SELECT id FROM models WHERE name = ?", (model,))
+            if row is None:
+                return None
+            self._model_ids[model] = row[0]
+        return self._model_ids[model]
 
     def live_vectors(self, model: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(content ids, vectors) of every embedded content that some file on an online root uses."""
-        rows = self.read().execute(
-            """SELECT e.content_id, e.vector FROM embeddings e
-               WHERE e.model = ? AND EXISTS (SELECT 1 FROM files f JOIN roots r ON r.id = f.root_id
-                                             WHERE f.content_id = e.content_id AND r.online = 1)
-               ORDER BY e.content_id""",
-            (model,),
+        """(content ids, vectors) of every embedded content that a usable file on an online root holds."""
+        model_id = self._model(model)
+        rows = self._all(
+            f"SELECT e.content_id, e.vector FROM embeddings e WHERE e.model_id = ? AND {_LIVE} ORDER BY e.content_id",
+            (model_id,),
         )
-        ids, blobs = [], []
-        for content_id, blob in rows:
-            ids.append(content_id)
-            blobs.append(blob)
-        vectors = (
-            np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim)
-            if ids
-            else np.zeros((0, dim), np.float32)
-        )
-        return np.asarray(ids, dtype=np.int64), vectors
-
-    def live_ids(self, model: str) -> np.ndarray:
-        rows = self.read().execute(
-            """SELECT e.content_id FROM embeddings e WHERE e.model = ? AND EXISTS (SELECT 1 FROM files f
-               JOIN roots r ON r.id = f.root_id WHERE f.content_id = e.content_id AND r.online = 1)
-               ORDER BY e.content_id""",
-            (model,),
-        )
-        return np.fromiter((r[0] for r in rows), dtype=np.int64)
-
-    def vectors_for(self, model: str, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        found_ids, blobs = [], []
-        for chunk in _chunks([int(i) for i in ids]):
-            rows = self.read().execute(
-                "SELECT content_id, vector FROM embeddings WHERE model = ?"
-                f" AND content_id IN ({','.join('?' * len(chunk))})",
-                (model, *chunk),
-            )
-            for content_id, blob in rows:
-                found_ids.append(content_id)
-                blobs.append(np.frombuffer(blob, dtype=np.float32))
-        vectors = np.vstack(blobs) if blobs else np.zeros((0, 0), np.float32)
-        return np.asarray(found_ids, dtype=np.int64), vectors
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        if not rows:
+            return ids, np.zeros((0, dim), np.float32)
+        return ids, np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
 
     def live_count(self, model: str) -> int:
-        return (
-            self.read()
-            .execute(
-                """SELECT count(*) FROM embeddings e WHERE e.model = ? AND EXISTS (SELECT 1 FROM files f
-               JOIN roots r ON r.id = f.root_id WHERE f.content_id = e.content_id AND r.online = 1)""",
-                (model,),
-            )
-            .fetchone()[0]
-        )
+        row = self._one(f"SELECT count(*) FROM embeddings e WHERE e.model_id = ? AND {_LIVE}", (self._model(model),))
+        return row[0] if row else 0
+
+    def vector_changes(self, model: str, since: int, dim: int) -> VectorChanges:
+        """What the vector index must do to catch up from sequence number `since`: the contents logged since
+        then that are live now (their vectors), and those that are not. Costs what changed."""
+        upto = self.vectors_generation()
+        model_id = self._model(model)
+        changed = [r[0] for r in self._all("SELECT DISTINCT content_id FROM vector_log WHERE seq > ?", (since,))]
+        ids: list[int] = []
+        blobs: list[bytes] = []
+        for chunk in _chunks(changed):
+            marks = ",".join("?" * len(chunk))
+            for content_id, blob in self._all(
+                f"SELECT e.content_id, e.vector FROM embeddings e WHERE e.model_id = ? AND e.content_id IN ({marks})"
+                f" AND {_LIVE}",
+                (model_id, *chunk),
+            ):
+                ids.append(content_id)
+                blobs.append(blob)
+        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim) if ids else np.zeros((0, dim), np.float32)
+        removed = np.setdiff1d(np.asarray(changed, dtype=np.int64), np.asarray(ids, dtype=np.int64))
+        return VectorChanges(upto, np.asarray(ids, dtype=np.int64), vectors, removed)
+
+    def oldest_logged(self) -> int:
+        """The smallest sequence number still in the change feed (catching up from before it is not possible)."""
+        row = self._one("SELECT min(seq) FROM vector_log")
+        return int(row[0]) - 1 if row and row[0] is not None else self.vectors_generation()
 
     def vector_of(self, model: str, content_id: int) -> np.ndarray | None:
-        row = (
-            self.read()
-            .execute("SELECT vector FROM embeddings WHERE model = ? AND content_id = ?", (model, content_id))
-            .fetchone()
+        row = self._one(
+            "SELECT vector FROM embeddings WHERE model_id = ? AND content_id = ?", (self._model(model), content_id)
         )
         return np.frombuffer(row[0], dtype=np.float32).copy() if row else None
 
     def embedding_dim(self, model: str) -> int | None:
-        row = self.read().execute("SELECT length(vector) FROM embeddings WHERE model = ? LIMIT 1", (model,)).fetchone()
+        row = self._one("SELECT length(vector) FROM embeddings WHERE model_id = ? LIMIT 1", (self._model(model),))
         return row[0] // 4 if row else None
+
+    # -- searching ---------------------------------------------------------------------------------
+
+    def _where(self, filters: Sequence[Filter]) -> F.Condition:
+        return F.Condition.all_of([F.condition(flt) for flt in filters])
+
+    def matching_files(self, filters: Sequence[Filter], limit: int | None = None, offset: int = 0) -> list[FileHit]:
+        """Usable files whose content matches every filter: oldest photo first, undated last, then root
+        and path."""
+        sql, params = self._matching_sql(filters, limit, offset)
+        return [_hit(row) for row in self._all(sql, params)]
+
+    def iter_matching_files(self, filters: Sequence[Filter], offset: int = 0) -> Iterator[FileHit]:
+        """As matching_files, one by one from a private connection: a million matches never sit in memory."""
+        sql, params = self._matching_sql(filters, None, offset)
+        with self.reader() as conn:
+            for row in conn.execute(sql, params):
+                yield _hit(row)
+
+    def _matching_sql(self, filters: Sequence[Filter], limit: int | None, offset: int) -> tuple[str, tuple]:
+        where = self._where(filters)
+        sql = (
+            f"SELECT {_HIT} FROM {_FILES} JOIN contents c ON c.id = f.content_id WHERE {_USABLE} AND {where.sql}"
+            f" ORDER BY c.date IS NULL, c.date, r.name, {_RELPATH}"
+        )
+        if limit or offset:
+            sql += f" LIMIT {int(limit or -1)} OFFSET {int(offset)}"
+        return sql, where.params
+
+    def matching_contents(self, filters: Sequence[Filter]) -> np.ndarray:
+        """Content ids matching every filter that some usable file holds (the `allowed` set of a ranked
+        search with filters)."""
+        where = self._where(filters)
+        rows = self._all(
+            f"SELECT c.id FROM contents c WHERE {where.sql} AND c.error IS NULL AND EXISTS"
+            f" (SELECT 1 FROM {_FILES} WHERE f.content_id = c.id AND f.error IS NULL AND r.online = 1)",
+            where.params,
+        )
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def count_by_date(self, filters: Sequence[Filter], width: int) -> list[tuple[str | None, int]]:
+        """Usable files matching the filters per date period: (first `width` characters of YYYY-MM-DD,
+        count), in date order, undated (None) last."""
+        where = self._where(filters)
+        rows = self._all(
+            f"""SELECT substr(c.date, 1, ?) AS period, count(*) FROM {_FILES} JOIN contents c ON c.id = f.content_id
+                WHERE {_USABLE} AND {where.sql} GROUP BY period ORDER BY period IS NULL, period""",
+            (int(width), *where.params),
+        )
+        return [(period, count) for period, count in rows]
+
+    def files_of_contents(self, content_ids: Sequence[int]) -> list[FileHit]:
+        """The usable files holding these contents, by root and path."""
+        hits: list[FileHit] = []
+        for chunk in _chunks([int(i) for i in content_ids]):
+            marks = ",".join("?" * len(chunk))
+            rows = self._all(
+                f"""SELECT {_HIT} FROM {_FILES} JOIN contents c ON c.id = f.content_id
+                    WHERE f.content_id IN ({marks}) AND {_USABLE}""",
+                chunk,
+            )
+            hits += [_hit(row) for row in rows]
+        return sorted(hits, key=lambda h: (h.root_name, h.relpath))
+
+    def file_by_path(self, root_name: str, relpath: bytes) -> tuple[int, int | None] | None:
+        """(file id, content id) of a file of a root, by its path inside it."""
+        folder, name = os.path.split(relpath)
+        row = self._one(
+            f"SELECT f.id, f.content_id FROM {_FILES} WHERE r.name = ? AND d.path = ? AND f.name = ?",
+            (root_name, folder, name),
+        )
+        return (row[0], row[1]) if row else None
+
+    # -- what people browse ------------------------------------------------------------------------
+
+    def facet_values(self, key: str) -> list[tuple[str, int]]:
+        """The values of a metadata key present on usable files, with how many files have each: numbers
+        and dates in their order, texts alphabetically."""
+        keys = ("keyword", "title", "description") if key == "text" else (key,)
+        found: dict[str, int] = {}
+        order: dict[str, tuple] = {}
+        for one_key in keys:
+            joins, value = F.values_sql(one_key)
+            rows = self._all(
+                f"""SELECT {value}, count(DISTINCT f.id) FROM {_FILES} JOIN contents c ON c.id = f.content_id {joins}
+                    WHERE {_USABLE} AND {value} IS NOT NULL GROUP BY 1""",
+            )
+            for raw, count in rows:
+                text = F.shown(one_key, raw)
+                found[text] = found.get(text, 0) + count
+                order[text] = (0, float(raw), "") if isinstance(raw, (int, float)) else (1, 0.0, text.casefold())
+        return sorted(found.items(), key=lambda item: order[item[0]])
+
+    def tree_children(self, root_id: int, relpath: bytes) -> list[tuple[bytes, bool]] | None:
+        """Children of a folder of a root that hold usable files (directly or below): (name, is_folder);
+        None when the folder holds none."""
+        names = [bytes(r[0]) for r in self._all(
+            f"SELECT f.name FROM {_FILES} JOIN contents c ON c.id = f.content_id WHERE d.root_id = ? AND d.path = ?"
+            f" AND {_USABLE}",
+            (root_id, relpath),
+        )]
+        prefix = relpath + b"/" if relpath else b""
+        below = self._all(
+            f"""SELECT DISTINCT d.path FROM {_FILES} JOIN contents c ON c.id = f.content_id
+                WHERE d.root_id = ? AND {_USABLE} AND length(d.path) > ? AND substr(d.path, 1, ?) = ?""",
+            (root_id, len(prefix), len(prefix), prefix),
+        )
+        folders = {bytes(r[0])[len(prefix) :].split(b"/", 1)[0] for r in below}
+        if not names and not folders:
+            return None
+        return sorted([(name, False) for name in names] + [(name, True) for name in folders if name not in names])
+
+    def saved_queries(self) -> list[str]:
+        return [r[0] for r in self._all("SELECT text FROM saved_queries ORDER BY text")]
+
+    # -- status --------------------------------------------------------------------------------------
+
+    def counts(self, model: str) -> Counts:
+        per_root = dict(self._all("SELECT d.root_id, count(*) FROM files f JOIN dirs d ON d.id = f.dir_id GROUP BY d.root_id"))
+        quarantined = self._one(
+            "SELECT count(*) FROM files f LEFT JOIN contents c ON c.id = f.content_id"
+            " WHERE f.error IS NOT NULL OR c.error IS NOT NULL"
+        )
+        indexed = self._one(
+            "SELECT count(*) FROM files f JOIN embeddings e ON e.content_id = f.content_id AND e.model_id = ?",
+            (self._model(model),),
+        )
+        return Counts(per_root, indexed[0] if indexed else 0, quarantined[0] if quarantined else 0)
+
+    def quarantined(self, limit: int) -> list[Quarantined]:
+        rows = self._all(
+            f"""SELECT {_ABSPATH}, coalesce(f.error, c.error) FROM {_FILES}
+                LEFT JOIN contents c ON c.id = f.content_id
+                WHERE f.error IS NOT NULL OR c.error IS NOT NULL ORDER BY r.name, {_RELPATH} LIMIT ?""",
+            (limit,),
+        )
+        return [Quarantined(os.path.normpath(bytes(path)), reason) for path, reason in rows]
+
+    def embedding_progress(self, model: str) -> tuple[int, int]:
+        """(searchable, waiting) files on online roots: with a vector by `model`, and still without one
+        (neither the file nor its content quarantined)."""
+        row = self._one(
+            """SELECT count(e.content_id),
+                      sum(CASE WHEN e.content_id IS NULL AND c.error IS NULL AND f.error IS NULL THEN 1 ELSE 0 END)
+               FROM files f JOIN dirs d ON d.id = f.dir_id JOIN roots r ON r.id = d.root_id AND r.online = 1
+               LEFT JOIN contents c ON c.id = f.content_id
+               LEFT JOIN embeddings e ON e.content_id = f.content_id AND e.model_id = ?""",
+            (self._model(model),),
+        )
+        return (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)

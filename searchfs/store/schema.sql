@@ -1,68 +1,156 @@
--- searchfs catalog, schema version 1. The durable truth: every other file searchfs keeps is derived from it.
+-- searchfs catalog, schema version 2: what a fresh catalog is made of. Older catalogs get here through
+-- the steps in migrations.py. The durable truth: every other file searchfs keeps is derived from it.
 -- Paths are BLOBs (os.fsencode) so that names which are not UTF-8 round-trip.
+-- Sized for a million photos: about 300 bytes a photo besides its vector (repeated texts are stored once
+-- in `names`, folders once in `dirs`, metadata as columns of the content, not as rows per value).
 
-CREATE TABLE IF NOT EXISTS meta (
+CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
 
-CREATE TABLE IF NOT EXISTS roots (
+CREATE TABLE roots (
     id           INTEGER PRIMARY KEY,
-    path         BLOB NOT NULL UNIQUE,           -- absolute
+    path         BLOB NOT NULL UNIQUE,           -- absolute, symlinks resolved
     name         TEXT NOT NULL UNIQUE,           -- its folder under similar/
-    online       INTEGER NOT NULL DEFAULT 1,     -- 0: folder missing (unmounted NAS); files are kept
+    online       INTEGER NOT NULL DEFAULT 1,     -- 0: folder missing or not answering; its files are kept
     last_scan_at REAL
 );
 
--- One row per distinct file content (BLAKE2b of the bytes). Metadata, embeddings and decode errors belong
--- to the content, so a renamed, moved or copied file reuses them.
-CREATE TABLE IF NOT EXISTS contents (
-    id          INTEGER PRIMARY KEY,
-    hash        TEXT NOT NULL UNIQUE,
-    size        INTEGER NOT NULL,
-    meta_state  TEXT NOT NULL DEFAULT 'pending', -- pending | done | failed
-    meta_error  TEXT,
-    error       TEXT,                            -- why it cannot be embedded (quarantine reason), or NULL
-    orphaned_at REAL                             -- set when its last file went away; swept later
+-- Every folder of a root that holds (or held) photos. A folder renamed is one row updated (plus its
+-- subfolders), whatever the number of photos in it.
+CREATE TABLE dirs (
+    id      INTEGER PRIMARY KEY,
+    root_id INTEGER NOT NULL REFERENCES roots(id) ON DELETE CASCADE,
+    path    BLOB NOT NULL,                       -- relative to the root, '' for the root itself
+    UNIQUE (root_id, path)
 );
 
-CREATE TABLE IF NOT EXISTS files (
+-- Texts that repeat across photos (camera, lens, format, keywords, titles): stored once.
+CREATE TABLE names (
+    id   INTEGER PRIMARY KEY,
+    text TEXT NOT NULL UNIQUE,                   -- as shown
+    fold TEXT NOT NULL                           -- casefolded, for case-insensitive matching
+);
+
+-- One row per distinct file content (BLAKE2b-160 of the bytes). Metadata, embeddings and decode errors
+-- belong to the content, so a renamed, moved or copied file reuses them.
+CREATE TABLE contents (
+    id           INTEGER PRIMARY KEY,
+    hash         BLOB NOT NULL UNIQUE,           -- 20 bytes
+    size         INTEGER NOT NULL,
+    meta_version INTEGER NOT NULL DEFAULT 0,     -- extractor version of the metadata below; 0: not read yet
+    meta_error   TEXT,                           -- why exiftool gave no metadata
+    error        TEXT,                           -- why it cannot be embedded (quarantine reason), or NULL
+    orphaned_at  REAL,                           -- set when its last file went away; swept later
+    -- metadata (records.FACETS; NULL: unknown). year, month, timeofday, has_gps are derived.
+    camera       INTEGER REFERENCES names(id),
+    make         INTEGER REFERENCES names(id),
+    model        INTEGER REFERENCES names(id),
+    lens         INTEGER REFERENCES names(id),
+    format       INTEGER REFERENCES names(id),
+    date         TEXT,                           -- 'YYYY-MM-DD'
+    hour         INTEGER,
+    iso          REAL,
+    fnumber      REAL,
+    exposure     REAL,
+    focal        REAL,
+    width        INTEGER,
+    height       INTEGER,
+    orientation  INTEGER,
+    lat          REAL,
+    lon          REAL
+);
+CREATE INDEX contents_date ON contents(date);
+CREATE INDEX contents_camera ON contents(camera);
+
+-- Metadata with several values per photo: keywords, titles, descriptions (kind: 1, 2, 3).
+CREATE TABLE content_texts (
+    content_id INTEGER NOT NULL REFERENCES contents(id) ON DELETE CASCADE,
+    kind       INTEGER NOT NULL,
+    name_id    INTEGER NOT NULL REFERENCES names(id),
+    PRIMARY KEY (content_id, kind, name_id)
+) WITHOUT ROWID;
+CREATE INDEX content_texts_name ON content_texts(name_id);
+
+CREATE TABLE files (
     id         INTEGER PRIMARY KEY,
-    root_id    INTEGER NOT NULL REFERENCES roots(id) ON DELETE CASCADE,
-    relpath    BLOB NOT NULL,
-    dir        BLOB NOT NULL,                    -- parent folder of relpath ('' at the root), for tree listings
+    dir_id     INTEGER NOT NULL REFERENCES dirs(id) ON DELETE CASCADE,
+    name       BLOB NOT NULL,                    -- the file's name in its folder
     size       INTEGER NOT NULL,
     mtime_ns   INTEGER NOT NULL,
     inode      INTEGER NOT NULL DEFAULT 0,
     content_id INTEGER REFERENCES contents(id),  -- NULL until hashed
     error      TEXT,                             -- why it could not be read (permission, vanished)
-    seen       INTEGER NOT NULL DEFAULT 0,       -- scan mark, for mark-and-sweep
-    UNIQUE (root_id, relpath)
+    UNIQUE (dir_id, name)
 );
-CREATE INDEX IF NOT EXISTS files_content ON files(content_id);
-CREATE INDEX IF NOT EXISTS files_dir ON files(root_id, dir);
-CREATE INDEX IF NOT EXISTS files_inode ON files(root_id, inode);
+CREATE INDEX files_content ON files(content_id);
+CREATE INDEX files_inode ON files(inode);
 
-CREATE TABLE IF NOT EXISTS facets (
-    content_id INTEGER NOT NULL REFERENCES contents(id) ON DELETE CASCADE,
-    key        TEXT NOT NULL,
-    text       TEXT NOT NULL,                    -- display form
-    fold       TEXT NOT NULL,                    -- casefolded text, for case-insensitive matching
-    num        REAL                              -- numbers; NULL for text and dates
+CREATE TABLE models (
+    id   INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE                    -- model id: architecture + weights
 );
-CREATE INDEX IF NOT EXISTS facets_content ON facets(content_id);
-CREATE INDEX IF NOT EXISTS facets_key_fold ON facets(key, fold);
-CREATE INDEX IF NOT EXISTS facets_key_num ON facets(key, num);
-CREATE INDEX IF NOT EXISTS facets_key_text ON facets(key, text);
 
-CREATE TABLE IF NOT EXISTS embeddings (
-    model      TEXT NOT NULL,
+CREATE TABLE embeddings (
+    model_id   INTEGER NOT NULL REFERENCES models(id),
     content_id INTEGER NOT NULL REFERENCES contents(id) ON DELETE CASCADE,
     vector     BLOB NOT NULL,                    -- float32, L2-normalized
-    PRIMARY KEY (model, content_id)
+    PRIMARY KEY (model_id, content_id)
 ) WITHOUT ROWID;
 
-CREATE TABLE IF NOT EXISTS saved_queries (
+CREATE TABLE saved_queries (
     text       TEXT PRIMARY KEY,
     created_at REAL NOT NULL
 );
+
+-- The vector change feed: a content whose searchability may have changed (an embedding stored or
+-- dropped, a file linked or unlinked, its root gone offline or back). The vector index catches up by
+-- reading the rows after the sequence number it was saved at, so catching up costs what changed, and
+-- the vectors generation is this table's high-water mark. Written by the triggers below, so no code
+-- path can forget it; rows the saved vector index no longer needs are pruned.
+CREATE TABLE vector_log (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    content_id INTEGER NOT NULL
+);
+
+-- The same triggers keep `orphaned_at`: set when a content's last file goes, cleared when one comes back.
+CREATE TRIGGER files_linked AFTER INSERT ON files WHEN NEW.content_id IS NOT NULL
+BEGIN
+    INSERT INTO vector_log(content_id) VALUES (NEW.content_id);
+    UPDATE contents SET orphaned_at = NULL WHERE id = NEW.content_id AND orphaned_at IS NOT NULL;
+END;
+
+CREATE TRIGGER files_unlinked AFTER DELETE ON files WHEN OLD.content_id IS NOT NULL
+BEGIN
+    INSERT INTO vector_log(content_id) VALUES (OLD.content_id);
+    UPDATE contents SET orphaned_at = CAST(strftime('%s', 'now') AS REAL)
+        WHERE id = OLD.content_id AND NOT EXISTS (SELECT 1 FROM files WHERE content_id = OLD.content_id);
+END;
+
+CREATE TRIGGER files_relinked AFTER UPDATE OF content_id, error ON files
+BEGIN
+    INSERT INTO vector_log(content_id) SELECT OLD.content_id WHERE OLD.content_id IS NOT NULL;
+    INSERT INTO vector_log(content_id) SELECT NEW.content_id
+        WHERE NEW.content_id IS NOT NULL AND NEW.content_id IS NOT OLD.content_id;
+    UPDATE contents SET orphaned_at = NULL WHERE id = NEW.content_id AND orphaned_at IS NOT NULL;
+    UPDATE contents SET orphaned_at = CAST(strftime('%s', 'now') AS REAL)
+        WHERE id = OLD.content_id AND NEW.content_id IS NOT OLD.content_id
+          AND NOT EXISTS (SELECT 1 FROM files WHERE content_id = OLD.content_id);
+END;
+
+CREATE TRIGGER embeddings_stored AFTER INSERT ON embeddings
+BEGIN INSERT INTO vector_log(content_id) VALUES (NEW.content_id); END;
+
+CREATE TRIGGER embeddings_dropped AFTER DELETE ON embeddings
+BEGIN INSERT INTO vector_log(content_id) VALUES (OLD.content_id); END;
+
+CREATE TRIGGER contents_quarantined AFTER UPDATE OF error ON contents WHEN NEW.error IS NOT OLD.error
+BEGIN INSERT INTO vector_log(content_id) VALUES (NEW.id); END;
+
+CREATE TRIGGER roots_online AFTER UPDATE OF online ON roots WHEN NEW.online != OLD.online
+BEGIN
+    INSERT INTO vector_log(content_id)
+        SELECT DISTINCT f.content_id FROM files f JOIN dirs d ON d.id = f.dir_id
+        WHERE d.root_id = NEW.id AND f.content_id IS NOT NULL;
+END;

@@ -518,34 +518,32 @@ class VectorIndex:
             self._generation = int(generation)
 
     @classmethod
-    def load(
-        cls, folder: Path, model_id: str, generation: int, count: int, exact_below: int = DEFAULT_EXACT_BELOW
-    ) -> VectorIndex | None:
-        """The saved index, or None when it is missing, damaged or stale (then rebuild from SQLite)."""
+    def open(cls, folder: Path, model_id: str, exact_below: int = DEFAULT_EXACT_BELOW) -> tuple[VectorIndex, int] | None:
+        """The saved index and the vectors generation it was saved at, or None when it is missing, damaged or
+        of another model (then rebuild from SQLite). A saved index older than the catalog is the caller's
+        to catch up (store/vector_store.py); nothing here compares it with the catalog."""
         try:
-            return cls._load(Path(folder), model_id, generation, count, exact_below)
+            return cls._open(Path(folder), model_id, exact_below)
         except Exception as exc:  # noqa: BLE001 - any failure means "rebuild", never a crash
             log.info("vector index in %s not usable, will rebuild: %s", folder, exc)
             return None
 
     @staticmethod
-    def read_stamp(folder: Path, model_id: str, generation: int, count: int) -> tuple[dict, list[str]]:
-        """The saved stamp and how it disagrees with the catalog (empty: it matches). Raises OSError or
-        ValueError when there is no readable stamp. Cheap: the data files are not read."""
+    def read_stamp(folder: Path, model_id: str) -> tuple[dict, list[str]]:
+        """The saved stamp and why it cannot be used (empty: it can). Raises OSError or ValueError when
+        there is no readable stamp. Cheap: the data files are not read."""
         stamp = json.loads((Path(folder) / STAMP_FILE).read_text())
         if not isinstance(stamp, dict):
             raise ValueError("the stamp is not a JSON object")
-        expected = {"format": FORMAT_VERSION, "model_id": model_id, "generation": generation, "count": count}
-        return stamp, [
-            f"stamp {k} is {stamp.get(k)!r}, expected {v!r}" for k, v in expected.items() if stamp.get(k) != v
-        ]
+        expected = {"format": FORMAT_VERSION, "model_id": model_id}
+        return stamp, [f"stamp {k} is {stamp.get(k)!r}, expected {v!r}" for k, v in expected.items() if stamp.get(k) != v]
 
     @classmethod
-    def _load(cls, folder: Path, model_id: str, generation: int, count: int, exact_below: int) -> VectorIndex:
-        stamp, mismatches = cls.read_stamp(folder, model_id, generation, count)
+    def _open(cls, folder: Path, model_id: str, exact_below: int) -> tuple[VectorIndex, int]:
+        stamp, mismatches = cls.read_stamp(folder, model_id)
         if mismatches:
             raise ValueError("; ".join(mismatches))
-        dim, kind = int(stamp["dim"]), stamp["kind"]
+        dim, kind, count, generation = int(stamp["dim"]), stamp["kind"], int(stamp["count"]), int(stamp["generation"])
         names = [IDS_FILE, VECTORS_FILE] + ([HNSW_FILE] if kind == "hnsw" else [])
         for name in names:
             _verify_file(folder / name, stamp["files"][name])  # before any parser sees the bytes
@@ -560,7 +558,7 @@ class VectorIndex:
         if index._kind_for(count) == "hnsw":
             index._adopt_graph(folder, kind)
         index._generation = generation
-        return index
+        return index, generation
 
     def _adopt(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Use loaded arrays as the table without copying (the vectors stay memory-mapped)."""
