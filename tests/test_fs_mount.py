@@ -223,7 +223,7 @@ def py(code: str, **args) -> object:
 
 def test_ls_stat_readlink(mounted, photos):
     out = sh(f"ls {mounted.mnt}").stdout.split()
-    assert out == [b"README.txt", b"exif", b"query", b"similar"]
+    assert out == [b"README.txt", b"date", b"exif", b"query", b"similar"]
     listing = sh(f"ls -A '{mounted.mnt}/query/a red photo'").stdout.splitlines()
     assert b".results.tsv" in listing and len(listing) == 6 + 2
     st = os.lstat(mounted.p("query", "a red photo"))
@@ -283,7 +283,7 @@ ops = {
     "write_readme": lambda: open(os.path.join(mnt, "README.txt"), "w"),
     "append_manifest": lambda: open(os.path.join(mnt, "query/dog/.results.tsv"), "a"),
     "unlink": lambda: os.unlink(link),
-    "rename": lambda: os.rename(link, link + ".x"),
+    "rename": lambda: os.rename(link, os.path.join(mnt, "query/dog/renamed.jpg")),
     "chmod": lambda: os.chmod(os.path.join(mnt, "README.txt"), 0o777),
     "chown": lambda: os.chown(os.path.join(mnt, "README.txt"), 1, 1),
     "utime": lambda: os.utime(os.path.join(mnt, "README.txt"), (1, 1)),

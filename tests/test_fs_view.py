@@ -16,6 +16,7 @@ import pytest
 from searchfs.config import Settings
 from searchfs.errors import ModelUnavailable, NotFound, QueryError, ReadOnly
 from searchfs.fs import names as N
+from searchfs.fs.cache import SingleFlightCache
 from searchfs.fs.view import (
     DIR,
     FILE,
@@ -23,7 +24,6 @@ from searchfs.fs.view import (
     Exists,
     NoEntry,
     NotADir,
-    SingleFlightLRU,
     View,
 )
 from searchfs.records import FACETS, Hit
@@ -33,7 +33,10 @@ from searchfs.search.query import Query
 
 
 class FakeBackend:
-    """An in-memory library. Photos: (root, relpath) -> facets. Scores are a hash of (query, path)."""
+    """An in-memory library. Photos: (root, relpath) -> facets. Scores are a hash of (query, path).
+
+    Ordering agrees with the engine's: ranked results best first, ties by root and path; metadata-only
+    results oldest photo first (facet `date`, YYYY-MM-DD), undated last, then root name and path."""
 
     def __init__(self, roots: dict[str, bytes], settings: Settings | None = None, delay: float = 0.0):
         self.settings = settings or Settings(home=__import__("pathlib").Path("/nonexistent"))
@@ -42,8 +45,10 @@ class FakeBackend:
         self.gen = 1
         self.delay = delay
         self.search_calls: list[Query] = []
+        self.count_calls: list[Query] = []
         self.fail: Exception | None = None
         self.saved: list[str] = []
+        self.progress = (0, 0)  # (searchable, waiting); (0, 0) counts the photos as all searchable
         self._lock = threading.Lock()
         self._ids: dict[tuple[str, bytes], int] = {}
 
@@ -54,6 +59,9 @@ class FakeBackend:
     # Backend protocol
     def generation(self) -> int:
         return self.gen
+
+    def changed_at(self) -> float:
+        return 1_600_000_000.0 + self.gen
 
     def root_names(self) -> list[str]:
         return list(self.roots)
@@ -77,9 +85,6 @@ class FakeBackend:
             raise NotFound(relpath)
         return sorted(out.items())
 
-    def is_photo(self, root: str, relpath: bytes) -> bool:
-        return (root, relpath) in self.photos
-
     def _score(self, key: str, path: bytes) -> float:
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape") + b"\0" + path).digest()
         return int.from_bytes(digest[:4], "little") / 2**32 * 2 - 1
@@ -100,6 +105,13 @@ class FakeBackend:
             return abs(float(value) - flt.value) < 1e-9
         return str(value).casefold() == str(flt.value).casefold()
 
+    def _matching(self, query: Query) -> list[tuple[str, bytes, dict]]:
+        return [
+            (root, relpath, facets)
+            for (root, relpath), facets in self.photos.items()
+            if all(self._match(facets, f) for f in query.filters)
+        ]
+
     def search(self, query: Query) -> list[Hit]:
         with self._lock:
             self.search_calls.append(query)
@@ -107,13 +119,12 @@ class FakeBackend:
             time.sleep(self.delay)
         if self.fail is not None:
             raise self.fail
+        query = query.with_defaults(self.settings.search_limit, self.settings.search_min_score)
+        if query.similar_to is not None and query.similar_to not in self.photos:
+            raise NotFound(f"not an indexed photo: {query.similar_to!r}")
         rows = []
-        for (root, relpath), facets in self.photos.items():
+        for root, relpath, facets in self._matching(query):
             if query.similar_to == (root, relpath):
-                continue
-            if query.similar_to is not None and query.similar_to not in self.photos:
-                raise NotFound(f"not an indexed photo: {query.similar_to!r}")
-            if not all(self._match(facets, f) for f in query.filters):
                 continue
             if query.text is not None:
                 score: float | None = self._score(query.text, relpath)
@@ -123,13 +134,12 @@ class FakeBackend:
                 score = None
             if score is not None and query.min_score is not None and score < query.min_score:
                 continue
-            rows.append((score, root, relpath))
+            rows.append((score, root, relpath, facets.get("date")))
         if query.ranked:
             rows.sort(key=lambda r: (-r[0], r[1], r[2]))
         else:
-            rows.sort(key=lambda r: (r[1], r[2]))
-        # as the real engine: ranked queries default to search.limit, metadata-only ones list everything
-        rows = rows[: query.limit or (self.settings.search_limit if query.ranked else None)]
+            rows.sort(key=lambda r: (r[3] is None, r[3] or "", r[1], r[2]))
+        end = query.offset + query.limit if query.limit else None
         return [
             Hit(
                 rank=i,
@@ -140,8 +150,23 @@ class FakeBackend:
                 file_id=self._ids[(r, p)],
                 content_id=self._ids[(r, p)],
             )
-            for i, (s, r, p) in enumerate(rows, start=1)
+            for i, (s, r, p, _) in enumerate(rows[query.offset : end], start=query.offset + 1)
         ]
+
+    def iter_search(self, query: Query):
+        yield from self.search(query)
+
+    def date_counts(self, query: Query, width: int) -> list[tuple[str | None, int]]:
+        with self._lock:
+            self.count_calls.append(query)
+        counts: dict[str | None, int] = {}
+        for _root, _relpath, facets in self._matching(query):
+            period = facets["date"][:width] if "date" in facets else None
+            counts[period] = counts.get(period, 0) + 1
+        return sorted(counts.items(), key=lambda item: (item[0] is None, item[0] or ""))
+
+    def indexing_progress(self) -> tuple[int, int]:
+        return self.progress
 
     def facet_values(self, key: str) -> list[tuple[str, int]]:
         counts: dict[str, int] = {}
@@ -269,8 +294,12 @@ def test_root(view):
         (b"query", DIR),
         (b"exif", DIR),
         (b"similar", DIR),
+        (b"date", DIR),
         (b"README.txt", FILE),
+        (b".nomedia", FILE),  # GNOME's Tracker/LocalSearch skips a folder holding either marker
+        (b".trackerignore", FILE),
     ]
+    assert view.read(b"/.trackerignore", 100, 0) == b"" and view.getattr(b"/.nomedia").size == 0
     readme = view.read(b"/README.txt", 1 << 20, 0)
     assert b"query/<text>/" in readme and b"exif/" in readme
     assert view.getattr(b"/README.txt").size == len(readme)
@@ -481,12 +510,17 @@ def test_cache_by_generation(view, backend):
     assert names(view, b"/similar/Photos")[-2:] == [b"2022", b"top.png"]
 
 
-def test_cache_is_bounded():
-    lru: SingleFlightLRU = SingleFlightLRU(3)
+def test_cache_is_bounded_by_bytes():
+    cache: SingleFlightCache = SingleFlightCache(1000, weigh=len)
     for i in range(10):
-        lru.get(i, lambda i=i: i)
-    assert len(lru) == 3
-    assert lru.peek(9) == 9 and lru.peek(0) is None
+        cache.get(i, lambda i=i: b"x" * 100)
+    assert cache.bytes <= 1000 and len(cache) == 10
+    cache.get("big", lambda: b"x" * 600)  # heavier than a quarter of the budget: handed back, not kept
+    assert cache.peek("big") is None and len(cache) == 10
+    for i in range(10, 20):
+        cache.get(i, lambda i=i: b"x" * 200)
+    assert cache.bytes <= 1000 and len(cache) == 5
+    assert cache.peek(19) is not None and cache.peek(0) is None
 
 
 def test_single_flight(backend):
@@ -578,7 +612,7 @@ def test_open_for_write_is_read_only(view):
     with pytest.raises(ReadOnly):
         view.open(b"/README.txt", os.O_WRONLY)
     view.open(b"/README.txt", os.O_RDONLY)
-    assert view.read(b"/README.txt", 5, 2) == view.readme[2:7]
+    assert view.read(b"/README.txt", 5, 2) == view.readme()[2:7]
 
 
 def test_search_errors_propagate(view, backend):
