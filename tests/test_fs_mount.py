@@ -31,7 +31,7 @@ def _fuse_missing() -> str:
     if not (shutil.which("fusermount") or shutil.which("fusermount3")):
         return "no fusermount or fusermount3"
     try:
-        import mfusepy  # noqa: F401
+        import searchfs.fs.fuse_ops  # noqa: F401 - imports mfusepy the way the mount does (libfuse 3 first)
     except Exception as exc:  # libfuse missing raises EnvironmentError at import
         return f"mfusepy cannot load libfuse: {exc}"
     return ""
@@ -83,7 +83,10 @@ def _serve(spec_file: str, mountpoint: str, log_file: str) -> None:
     control = Path(spec_file + ".generation")  # a test bumps the generation by writing this file
 
     def generation() -> int:
-        return backend.gen + (int(control.read_text()) if control.exists() else 0)
+        bumped = int(control.read_text()) if control.exists() else 0
+        if bumped and spec.get("roots_after"):  # the library changed: every photo moved elsewhere
+            backend.roots = {k: v.encode() for k, v in spec["roots_after"].items()}
+        return backend.gen + bumped
 
     backend.generation = generation
     mount(lambda: backend, mountpoint, log_file=log_file, debug=spec.get("debug", False))
@@ -683,4 +686,31 @@ def test_markers_progress_and_mtimes_that_survive_a_remount(tmp_path, photos, re
     _reap(m.pid)
     m.start()
     assert [os.stat(m.p(p)).st_mtime_ns for p in ("", "query", "exif/camera=Canon", "similar/Photos")] == before
+    m.check_log()
+
+
+def test_the_kernel_caches_links_until_the_library_changes(tmp_path, photos, request):
+    moved = tmp_path / "moved"
+    m = Mounted(tmp_path, photos, options={"debug": True, "roots_after": {"Photos": str(moved)}})
+    request.addfinalizer(m.stop)
+    m.start()
+    folder = m.p("query", "dog")
+    name = sorted(n for n in os.listdir(folder) if not n.startswith(b"."))[0]
+    reads = py(
+        "result = [os.fsdecode(os.readlink(os.fsencode(args['link']))) for _ in range(20)]",
+        link=os.fsdecode(os.path.join(folder, name)),
+    )
+    assert len(set(reads)) == 1 and reads[0].startswith(str(photos))
+    served = [line for line in m.log_text().splitlines() if "readlink '/query/dog/" in line and ": ok" in line]
+    if "the kernel caches link targets" in m.log_text():  # libfuse 3 on a kernel that can
+        assert len(served) == 1, served
+    else:
+        assert len(served) == 20
+    (Path(str(m.spec) + ".generation")).write_text("1")  # the library changes: the link must follow
+    deadline = time.monotonic() + T
+    target = reads[0]
+    while time.monotonic() < deadline and target == reads[0]:
+        target = os.fsdecode(os.readlink(os.path.join(folder, name)))
+        time.sleep(0.05)
+    assert target.startswith(str(moved)), target
     m.check_log()

@@ -123,6 +123,62 @@ class ViewLike(Protocol):
     def statfs(self) -> dict: ...
 
 
+FUSE_CAP_CACHE_SYMLINKS = 1 << 23  # libfuse 3 fuse_common.h
+LINKS_KEPT = 50_000  # link paths remembered for invalidation; older ones are invalidated at once
+
+
+class LinkCache:
+    """Symlink targets the kernel caches, taken back when the library's generation moves on.
+
+    The kernel keeps a cached link until told otherwise (it invalidates cached pages of regular files
+    on attribute changes, never those of symlinks), and an entry name such as `03_IMG_0001.jpg` can point
+    at another photo after a change. So every link served is remembered with its generation, and a
+    thread asks libfuse to invalidate (fuse_invalidate_path) those served for an older generation.
+    It runs outside libfuse's request threads: an invalidation must not wait on the request it is in."""
+
+    def __init__(self, view, fuse: int, interval: float = 0.2) -> None:
+        self.view = view
+        self.interval = interval
+        self._fuse = ctypes.c_void_p(fuse)
+        self._invalidate = mfusepy._libfuse.fuse_invalidate_path
+        self._invalidate.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self._invalidate.restype = ctypes.c_int
+        self._served: dict[bytes, int] = {}  # path -> generation served for (insertion order: oldest first)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="searchfs-links", daemon=True)
+        self.invalidated = 0
+
+    def served(self, path: bytes, generation: int) -> None:
+        with self._lock:
+            self._served.pop(path, None)
+            self._served[path] = generation
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sweep(self.view.generation())
+            except Exception:  # noqa: BLE001 - the thread must go on; a failed sweep is retried
+                log.exception("invalidating cached links failed")
+
+    def sweep(self, generation: int) -> int:
+        with self._lock:
+            stale = [p for p, g in self._served.items() if g != generation]
+            stale += list(self._served)[: max(0, len(self._served) - LINKS_KEPT)]
+            for path in stale:
+                self._served.pop(path, None)
+        for path in stale:
+            self._invalidate(self._fuse, path)  # -ENOENT when the kernel forgot it already: fine
+        self.invalidated += len(stale)
+        return len(stale)
+
+
 class QuietFuseLog(logging.Filter):
     """Drops mfusepy's DEBUG record of every errno a call returns (it carries a traceback, and the adapter
     has already logged the call in one line)."""
@@ -140,11 +196,33 @@ class SearchfsOperations(mfusepy.Operations):
         self.view = view
         self.started = False  # set once libfuse has mounted and called init
         self.trace = trace  # one DEBUG line per call (searchfs mount --debug)
+        self.links: LinkCache | None = None
         self._throttle = _Throttle(throttle_seconds)
 
     def init(self, path: str) -> None:
         self.started = True
         log.info("mounted; serving requests")
+
+    def init_with_config(self, conn, config) -> None:
+        """libfuse's init: with libfuse 3 and a kernel that can, let the kernel cache symlink targets
+        (Nautilus reads each link about 14 times); LinkCache takes them back when the library changes."""
+        self.init("/")
+        if conn is None or mfusepy.fuse_version_major < 3 or not conn.capable & FUSE_CAP_CACHE_SYMLINKS:
+            return
+        if not hasattr(self.view, "on_readlink"):
+            return
+        fuse = mfusepy._libfuse.fuse_get_context().contents.fuse
+        if not fuse:
+            return
+        conn.want |= FUSE_CAP_CACHE_SYMLINKS
+        self.links = LinkCache(self.view, fuse)
+        self.view.on_readlink = self.links.served
+        self.links.start()
+        log.info("the kernel caches link targets (until the library changes)")
+
+    def destroy(self, path: str) -> None:
+        if self.links is not None:
+            self.links.stop()
 
     # ------------------------------------------------------------------------------------ plumbing
 

@@ -185,13 +185,18 @@ class ResultFolders:
             hits = self.search(replace(query, offset=dated, limit=count), generation) if count else []
             return self._plain(hits, N.rank_width(count), base=dated)
         known = self._hints.peek((query, generation))
-        if known is None or known <= self.cap:
+        if known is not None and known <= self.cap:  # small, says the parent (a lower bound): one query
             hits = self.search(replace(query, limit=self.cap + 1), generation)
             if len(hits) <= self.cap:
                 return self._plain(hits, N.rank_width(len(hits)))
         depth = 0 if node.period is None else node.period.depth
+        buckets = self.buckets(query, _DATE_WIDTH.get(depth, 4), generation)
+        total = sum(n for _, n in buckets)
+        if total <= self.cap:
+            hits = self.search(replace(query, limit=self.cap), generation) if total else []
+            return self._plain(hits, N.rank_width(len(hits)))
         if depth >= 3:
-            return self._pages(self.count(query, generation))
+            return self._pages(total)
         return self._split(node, query, depth, generation)
 
     def _plain(self, hits: list[Hit], width: int, base: int = 0) -> Shown:

@@ -50,6 +50,7 @@ import logging
 import os
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
@@ -178,6 +179,9 @@ class View:
         self._streams: dict[int, Stream] = {}
         self._streams_lock = threading.Lock()
         self._handles = itertools.count(1)
+        # told of every link served, with the generation it was served for: fs/fuse_ops.py lets the kernel
+        # cache link targets and takes them back when the generation moves on
+        self.on_readlink: Callable[[bytes, int], None] | None = None
 
     @property
     def searches(self) -> int:
@@ -214,10 +218,14 @@ class View:
         return [Entry(name, kind, self.ino(base + name)) for name, kind in folder.list(self, node)]
 
     def readlink(self, path: bytes) -> bytes:
+        generation = self.generation()
         node = self._resolve(path)
         if node.kind is not Kind.ENTRY or self.files_mode:
             raise ViewError(f"not a symlink: {path!r}")  # EINVAL, as readlink(2) says
-        return self._hit(node).abspath
+        target = self._hit(node).abspath
+        if self.on_readlink is not None:
+            self.on_readlink(path, generation)
+        return target
 
     def open(self, path: bytes, flags: int) -> Opened:
         node = self._resolve(path)
@@ -404,8 +412,10 @@ class View:
 
     # ------------------------------------------------------------------------------------- content
 
-    def _generation(self) -> int:
+    def generation(self) -> int:
         return self.backend.generation()
+
+    _generation = generation
 
     def _cached(self, key: tuple, compute):
         return self._cache.get(key + (self._generation(),), compute)
