@@ -799,9 +799,11 @@ def test_listing_a_facet_key_then_its_values_costs_one_bounded_search_each(tmp_p
         backend.add("Photos", b"p%02d.jpg" % i, camera=f"Cam {i % 8}", date=f"20{10 + i % 5}-01-01")
     backend.add("Photos", b"big%02d.jpg" % 99, camera="Cam 0")
     view = View(backend)
-    values = folders(view, b"/exif/camera")
+    assert folders(view, b"/exif/camera") == [b"page=1", b"page=2"]  # 8 values, at most 5 a folder
+    values = folders(view, b"/exif/camera/page=1") + folders(view, b"/exif/camera/page=2")
     for name in values:  # what a file manager does to count each folder's items
         view.readdir(b"/exif/camera/" + name)
+    assert names(view, b"/exif/camera/page=2/" + values[-1]) == names(view, b"/exif/camera/" + values[-1])
     assert len(values) == 8 and len(backend.search_calls) == 7 and len(backend.count_calls) == 1
     assert all(q.limit == 6 for q in backend.search_calls)  # at most max_entries + 1 rows each
     years = [b"2010", b"2011", b"2012", b"2013", b"2014", b"undated"]
@@ -970,3 +972,43 @@ def test_real_indexing_progress_counts_waiting_photos(settings):
         assert abs(lib.changed_at() - View(lib).getattr(b"/query").mtime_ns / 1e9) < 1e-6
     finally:
         lib.close()
+
+
+def test_a_crawl_costs_one_bounded_search_per_folder_and_bounded_memory(tmp_path):
+    """What `find` or a desktop indexer does: list every folder it is shown, depth first."""
+    backend = FakeBackend({"Photos": b"/photos"}, Settings(home=tmp_path, mount_max_entries=30))
+    for i in range(300):
+        backend.add("Photos", b"d%d/p%03d.jpg" % (i % 6, i), camera=f"Cam {i % 4}", date=f"201{i % 3}-0{1 + i % 9}-01")
+    view = View(backend, cache_bytes=300_000)
+    folders_seen, largest = 0, 0
+    stack = [b"/"]
+    while stack:
+        path = stack.pop()
+        entries = view.readdir(path)
+        folders_seen += 1
+        largest = max(largest, len(entries))
+        stack += [path.rstrip(b"/") + b"/" + e.name for e in entries if e.kind == DIR]
+    assert folders_seen > 300  # exif/, date/ and the mirror, where every photo is a folder
+    assert largest <= 30 + 2  # the mirror's folders of 50 photos show pages too
+    assert view.searches <= folders_seen  # at most one search or count per folder listed
+    assert view._cache.bytes <= 300_000
+
+
+def test_long_navigation_folders_show_pages_and_their_names_still_resolve(capped):
+    capped.backend.add("Photos", b"2019-01-05/page=2", camera="Canon")  # a real name wins over a page
+    photos = [b"p0.jpg", b"page=2"]
+    tree = folders(capped, b"/similar/Photos")
+    assert tree == [b"page=1", b"page=2"]  # 6 folders, at most 5 a listing
+    assert folders(capped, b"/similar/Photos/page=1") + folders(capped, b"/similar/Photos/page=2") == [
+        b"2019-01-05",
+        b"2019-03-02",
+        b"2020-02-10",
+        b"2020-06-01",
+        b"2021-12-31",
+        b"undated",
+    ]
+    assert folders(capped, b"/similar/Photos/2019-01-05") == photos
+    assert capped.getattr(b"/similar/Photos/2019-01-05/page=2").kind == DIR  # the photo, not a page
+    assert links(capped, b"/similar/Photos/page=1/2019-01-05/p0.jpg/limit=3") == links(
+        capped, b"/similar/Photos/2019-01-05/p0.jpg/limit=3"
+    )

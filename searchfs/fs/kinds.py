@@ -30,12 +30,15 @@ Listing = list[tuple[bytes, Type]]
 
 @dataclass(frozen=True)
 class Folder:
-    """One folder kind: its listing, its child lookup, and whether probe names (dot-names, desktop.ini,
-    folder.jpg, ...) answer ENOENT here without a lookup (not in the mirror, where photos have real names)."""
+    """One folder kind: its listing, its child lookup, whether probe names (dot-names, desktop.ini,
+    folder.jpg, ...) answer ENOENT here without a lookup (not in the mirror, where photos have real names),
+    and whether a listing longer than max_entries shows `page=<N>/` folders instead (each a slice of it;
+    the children still resolve in the folder itself)."""
 
     list: Callable[[View, Node], Listing]
     child: Callable[[View, Node, bytes, str], Node]
     probes: bool = True
+    paged: bool = False
 
 
 # -------------------------------------------------------------------------------------------- the root
@@ -232,9 +235,9 @@ FOLDERS: dict[Kind, Folder] = {
     Kind.ROOT: Folder(_list_root, _child_root),
     Kind.QUERIES: Folder(_list_queries, _child_queries),
     Kind.EXIF: Folder(_list_exif, _child_exif),
-    Kind.EXIF_KEY: Folder(_list_exif_key, _child_exif_key),
+    Kind.EXIF_KEY: Folder(_list_exif_key, _child_exif_key, paged=True),
     Kind.SIMILAR: Folder(_list_similar, _child_similar),
-    Kind.TREE: Folder(_list_tree, _child_tree, probes=False),
+    Kind.TREE: Folder(_list_tree, _child_tree, probes=False, paged=True),
     Kind.DATES: Folder(_list_dates, _child_dates),
     Kind.YEAR: Folder(_list_year, _child_year),
     Kind.RESULT: Folder(_list_result, _child_result),

@@ -19,8 +19,9 @@ Narrow any result folder by adding more segments (all must hold):
 
 A folder shows at most {max_entries} entries. A bigger one shows folders instead: by date
 (2019/, 2020/, ..., undated/; then months and days) or, for ranked results and limit=N,
-page=1/, page=2/, ... (ranks go on across pages). Its .results.tsv and .results.json always
-list every match of the folder (rank, score, path): scripts should read those.
+page=1/, page=2/, ... (ranks go on across pages; long exif/<key>/ and similar/ folders
+page too). Its .results.tsv and .results.json always list every match of the folder
+(rank, score, path): scripts should read those.
 
 """
 

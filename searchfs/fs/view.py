@@ -215,7 +215,10 @@ class View:
         if folder is None:
             raise NotADir(path)
         base = path.rstrip(b"/") + b"/"
-        return [Entry(name, kind, self.ino(base + name)) for name, kind in folder.list(self, node)]
+        items = folder.list(self, node)
+        if folder.paged:
+            items = self._page_of(items, node.page)
+        return [Entry(name, kind, self.ino(base + name)) for name, kind in items]
 
     def readlink(self, path: bytes) -> bytes:
         generation = self.generation()
@@ -392,8 +395,28 @@ class View:
                 raise NotADir(seg)
             if folder.probes and N.is_probe(seg) and not _ours(node, seg):
                 raise NoEntry(seg)
-            node = folder.child(self, node, seg, N.unescape_segment(N.fsdecode(seg)))
+            node = self._child(folder, node, seg)
         return node
+
+    def _child(self, folder, node: Node, seg: bytes) -> Node:
+        if not folder.paged:
+            return folder.child(self, node, seg, N.unescape_segment(N.fsdecode(seg)))
+        whole = replace(node, page=0)
+        try:
+            return folder.child(self, whole, seg, N.unescape_segment(N.fsdecode(seg)))
+        except NoEntry:
+            number = _page_number(seg)
+            if number and not node.page:
+                return replace(node, page=number)  # a slice of a long listing (real names come first)
+            raise
+
+    def _page_of(self, items: list, page: int) -> list:
+        cap = self.results.cap
+        if page:
+            return items[(page - 1) * cap : page * cap]
+        if len(items) <= cap:
+            return items
+        return [(b"page=%d" % (i + 1), DIR) for i in range((len(items) + cap - 1) // cap)]
 
     def _query_text_of(self, path: bytes, for_mkdir: bool) -> str:
         parts = [p for p in path.split(b"/") if p]
@@ -459,6 +482,12 @@ class View:
                 raise NoEntry(f"no open manifest {fh}")
             self._streams[fh] = stream  # most recently read last
         return stream
+
+
+def _page_number(seg: bytes) -> int:
+    if not seg.startswith(b"page=") or not seg[5:].isdigit():
+        return 0
+    return int(seg[5:])
 
 
 def _ours(node: Node, seg: bytes) -> bool:
