@@ -321,7 +321,7 @@ class Stream:
 
     def __init__(self, start: Callable[[], Iterator[bytes]]) -> None:
         self._start = start
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._pieces: Iterator[bytes] | None = None
         self._kept: list[tuple[int, bytes]] = []  # (offset, piece)
         self._end = 0  # offset after the last piece generated
@@ -362,10 +362,11 @@ class Stream:
 
     def close(self) -> None:
         """Stop generating (closes the query behind it); a later read starts again."""
-        pieces, self._pieces = self._pieces, None
-        close = getattr(pieces, "close", None)
-        if close is not None:
-            close()
+        with self._lock:
+            pieces, self._pieces = self._pieces, None
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
 
 
 def weigh(value: object) -> int:

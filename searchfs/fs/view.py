@@ -243,7 +243,7 @@ class View:
             real_root = os.path.realpath(self.backend.root_path(hit.root))
             return Opened(self._originals.open(hit.abspath, real_root))
         if node.kind is Kind.MANIFEST and not self.shown(node).complete:
-            source = self.results.manifest_source(node, node.name, self._generation())
+            source = self.results.manifest_source(node, node.name, self.generation())
             return Opened(self._add_stream(Stream(source)), direct_io=True)
         self._content(node)  # fail at open, not at read, when the search fails
         return Opened()
@@ -316,7 +316,7 @@ class View:
         return Node(Kind.RESULT, query, period=period)
 
     def shown(self, node: Node) -> Shown:
-        return self.results.shown(node, self._generation())
+        return self.results.shown(node, self.generation())
 
     def remember(self, text: str) -> None:
         with self._recent_lock:
@@ -339,7 +339,7 @@ class View:
 
     def value_names(self, key: str, counts: bool = False) -> list[bytes]:
         """The folders of exif/<key>/; with `counts`, what each holds is remembered for its listing."""
-        generation = self._generation()
+        generation = self.generation()
         out: list[bytes] = []
         seen: set[bytes] = set()
         for value, count in self._cached(("values", key), lambda: self.backend.facet_values(key)):
@@ -357,7 +357,7 @@ class View:
         return out
 
     def periods(self, query: Query, width: int) -> list[tuple[str | None, int]]:
-        return self.results.buckets(query, width, self._generation())
+        return self.results.buckets(query, width, self.generation())
 
     def root_names(self) -> list[str]:
         return self._cached(("roots",), self.backend.root_names)
@@ -438,10 +438,8 @@ class View:
     def generation(self) -> int:
         return self.backend.generation()
 
-    _generation = generation
-
     def _cached(self, key: tuple, compute):
-        return self._cache.get(key + (self._generation(),), compute)
+        return self._cache.get(key + (self.generation(),), compute)
 
     def _mtime_ns(self) -> int:
         return int(self._cached(("changed_at",), self.backend.changed_at) * 1e9)
