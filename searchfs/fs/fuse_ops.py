@@ -321,7 +321,7 @@ class SearchfsOperations(mfusepy.Operations):
 
     def release(self, path: str, fi) -> int:
         fh = fi if isinstance(fi, int) else fi.fh
-        return self._call("release", path, lambda: self.view.release(fh) or 0)
+        return self._call("release", path, lambda: _then_zero(self.view.release, fh))
 
     def releasedir(self, path: str, fh: int) -> int:
         return 0
@@ -341,10 +341,10 @@ class SearchfsOperations(mfusepy.Operations):
     # ------------------------------------------------------------------------- query folders (rw)
 
     def mkdir(self, path: str, mode: int) -> int:
-        return self._call("mkdir", path, lambda: self.view.mkdir(_b(path)) or 0)
+        return self._call("mkdir", path, lambda: _then_zero(self.view.mkdir, _b(path)))
 
     def rmdir(self, path: str) -> int:
-        return self._call("rmdir", path, lambda: self.view.rmdir(_b(path)) or 0)
+        return self._call("rmdir", path, lambda: _then_zero(self.view.rmdir, _b(path)))
 
     # ------------------------------------------------------------------------ everything else: EROFS
 
@@ -392,6 +392,11 @@ class SearchfsOperations(mfusepy.Operations):
 
     def fallocate(self, path, mode, offset, size, fh):
         return self._refuse("fallocate", path)
+
+
+def _then_zero(fn: Callable[..., None], *args: Any) -> int:
+    fn(*args)
+    return 0
 
 
 def _raise_read_only() -> None:

@@ -46,9 +46,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import ensure_private_file
 from ..errors import NotFound, SearchfsError
+
+if TYPE_CHECKING:
+    from .view import Backend
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +224,7 @@ def _setup_logging(log_file: os.PathLike | None, debug: bool) -> logging.Handler
 
 
 def mount(
-    backend_factory: Callable[[], object],
+    backend_factory: Callable[[], Backend] | None,
     mountpoint,
     *,
     foreground: bool = True,
@@ -241,6 +245,8 @@ def mount(
     from .fuse_ops import SearchfsOperations, run_fuse  # needs libfuse; the rest of this module doesn't
     from .view import View
 
+    if backend_factory is None:
+        raise MountError("a foreground mount needs a backend")
     path = _abs(mountpoint)
     clear_stale(path)
     backend = backend_factory()
