@@ -1012,3 +1012,22 @@ def test_long_navigation_folders_show_pages_and_their_names_still_resolve(capped
     assert links(capped, b"/similar/Photos/page=1/2019-01-05/p0.jpg/limit=3") == links(
         capped, b"/similar/Photos/2019-01-05/p0.jpg/limit=3"
     )
+
+
+def test_a_photo_not_embedded_yet_has_an_empty_similar_folder(view, backend):
+    real_search = backend.search
+
+    def search(query):
+        if query.similar_to == ("Photos", b"2019/a.jpg"):
+            raise NotFound("2019/a.jpg in Photos is not indexed yet")
+        return real_search(query)
+
+    backend.search = search
+    backend.progress = (7, 1)
+    path = b"/similar/Photos/2019/a.jpg"
+    assert view.getattr(path).kind == DIR
+    assert names(view, path) == [b".results.tsv", b".results.json", b".searchfs-indexing"]
+    assert view.read(path + b"/.results.tsv", 100, 0) == b"rank\tscore\tpath\n"
+    backend.fail = NotFound("no such root")  # anything else still fails as it did
+    with pytest.raises(NotFound):
+        view.readdir(b"/query/cat")

@@ -158,7 +158,10 @@ class LinkCache:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop, and wait for a sweep in flight (libfuse frees its handle after destroy)."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

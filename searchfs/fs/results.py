@@ -19,18 +19,22 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
+from ..errors import NotFound
 from ..records import Hit
 from ..search.filters import parse_filter
 from ..search.query import Query
 from . import names as N
 from .cache import SingleFlightCache
 from .nodes import Node, Period
+
+log = logging.getLogger(__name__)
 
 MANIFEST_TSV = b".results.tsv"
 MANIFEST_JSON = b".results.json"
@@ -150,7 +154,15 @@ class ResultFolders:
 
     def search(self, query: Query, generation: int) -> list[Hit]:
         def run() -> list[Hit]:
-            return self._run(self.backend.search, query)
+            try:
+                return self._run(self.backend.search, query)
+            except NotFound as exc:
+                if query.similar_to is None:
+                    raise
+                # a photo of the mirror not embedded yet: its folder exists (stat said so) and is empty
+                # until its vector arrives (a new generation), rather than vanishing when listed
+                log.info("similar/ of %s: %s; listing it empty", os.fsdecode(query.similar_to[1]), exc)
+                return []
 
         return self.cache.get(("search", query, generation), run)
 
