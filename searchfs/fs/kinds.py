@@ -207,19 +207,26 @@ def _child_result(view: View, node: Node, seg: bytes, text: str) -> Node:
     query = node.query if node.period is None else node.narrowed(parse_filter(f"date={node.period.word()}"))
     if seg in NESTED:
         return Node(NESTED[seg], query)
-    if sep and key == "limit":
+    if not sep:
+        raise NoEntry(seg)
+    return _narrow_result(view, query, seg, text, key, value)
+
+
+def _narrow_result(view: View, query: Query, seg: bytes, text: str, key: str, value: str) -> Node:
+    """`limit=N`, `min=S` or `<key>=<value>` inside a result folder."""
+    if key == "limit":
         limit = _number(seg, value, int)
         if limit > MAX_LIMIT:
             log.info("%r names nothing: the largest limit is %d", text, MAX_LIMIT)
         if not 1 <= limit <= MAX_LIMIT:
             raise NoEntry(seg)
         return view.result(replace(query, limit=limit))
-    if sep and key in ("min", "min_score"):
+    if key in ("min", "min_score"):
         score = _number(seg, value, float)
         if not -1.0 <= score <= 1.0:
             raise NoEntry(seg)
         return view.result(replace(query, min_score=score))
-    if sep and key in FACET_BY_KEY:
+    if key in FACET_BY_KEY:
         return view.result(Node(Kind.RESULT, query).narrowed(parse_filter(text)))
     raise NoEntry(seg)
 

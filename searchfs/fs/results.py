@@ -186,16 +186,28 @@ class ResultFolders:
         if node.page:
             return self._page(node, query, generation)
         if not self.splits(node):
-            hits = self.search(query, generation)
-            if len(hits) <= self.cap:
-                return self._plain(hits, N.rank_width(max(query.limit or 1, len(hits))))
-            return self._pages(len(hits))
+            return self._ranked(query, generation)
         if node.period is not None and node.period.undated:
-            dated, count = self._undated(node, generation)
-            if count > self.cap:
-                return self._pages(count)
-            hits = self.search(replace(query, offset=dated, limit=count), generation) if count else []
-            return self._plain(hits, N.rank_width(count), base=dated)
+            return self._undated_folder(node, query, generation)
+        return self._by_date(node, query, generation)
+
+    def _ranked(self, query: Query, generation: int) -> Shown:
+        """A ranked (or limited) folder: its hits, or pages of them."""
+        hits = self.search(query, generation)
+        if len(hits) > self.cap:
+            return self._pages(len(hits))
+        return self._plain(hits, N.rank_width(max(query.limit or 1, len(hits))))
+
+    def _undated_folder(self, node: Node, query: Query, generation: int) -> Shown:
+        """undated/: the last matches of its parent's order (no filter says "no date"), or pages of them."""
+        dated, count = self._undated(node, generation)
+        if count > self.cap:
+            return self._pages(count)
+        hits = self.search(replace(query, offset=dated, limit=count), generation) if count else []
+        return self._plain(hits, N.rank_width(count), base=dated)
+
+    def _by_date(self, node: Node, query: Query, generation: int) -> Shown:
+        """A metadata folder: its matches, or (over max_entries) its years, months, days or pages."""
         known = self._hints.peek((query, generation))
         if known is not None and known <= self.cap:  # small, says the parent (a lower bound): one query
             hits = self.search(replace(query, limit=self.cap + 1), generation)
