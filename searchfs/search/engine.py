@@ -8,7 +8,7 @@ same ranking from the CLI, the Python API and the mount.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -42,6 +42,7 @@ class Engine:
         self.default_min_score = default_min_score
 
     def search(self, query: Query) -> list[Hit]:
+        query = query.with_defaults(self.default_limit, self.default_min_score)
         if not query.ranked:
             return self._filtered(query)
         return self._ranked(query)
@@ -51,16 +52,19 @@ class Engine:
     def _filtered(self, query: Query) -> list[Hit]:
         """Files matching the filters, oldest photo first (undated last), then by path. No default limit:
         a metadata folder shows every match."""
+        rows = self.catalog.read().execute(*self._filtered_sql(query)).fetchall()
+        return [self._hit(query.offset + i + 1, None, row) for i, row in enumerate(rows)]
+
+    def _filtered_sql(self, query: Query) -> tuple[str, list]:
         where, params = self._filter_clause(query)
         sql = f"""SELECT f.id, f.content_id, r.name, r.path, f.relpath FROM files f
                   JOIN roots r ON r.id = f.root_id JOIN contents c ON c.id = f.content_id
                   LEFT JOIN facets d ON d.content_id = c.id AND d.key = 'date'
                   WHERE r.online = 1 AND f.error IS NULL AND c.error IS NULL AND {where}
                   GROUP BY f.id ORDER BY min(d.text) IS NULL, min(d.text), r.name, f.relpath"""
-        if query.limit:
-            sql += f" LIMIT {int(query.limit)}"
-        rows = self.catalog.read().execute(sql, params).fetchall()
-        return [self._hit(i + 1, None, row) for i, row in enumerate(rows)]
+        if query.limit or query.offset:
+            sql += f" LIMIT {int(query.limit or -1)} OFFSET {int(query.offset)}"
+        return sql, params
 
     def _filter_clause(self, query: Query) -> tuple[str, list]:
         parts, params = ["1"], []
@@ -80,8 +84,8 @@ class Engine:
     # -- ranked ------------------------------------------------------------------------------------
 
     def _ranked(self, query: Query) -> list[Hit]:
-        limit = query.limit or self.default_limit
-        min_score = query.min_score if query.min_score is not None else self.default_min_score
+        limit = (query.limit or self.default_limit) + query.offset
+        min_score = query.min_score
         vector, own_file = self._query_vector(query)
         index = self.vectors()
         if index is None:
@@ -92,7 +96,7 @@ class Engine:
         # For similar/, the photo's own content ranks first: ask for one more, and leave out only the
         # photo's own file, so that its copies elsewhere (duplicates) show first.
         scored = index.search(vector, limit + (own_file is not None), allowed=allowed, min_score=min_score)
-        return self._files_for(scored, limit, skip_file=own_file)
+        return self._files_for(scored, limit, skip_file=own_file)[query.offset :]
 
     def _query_vector(self, query: Query) -> tuple[np.ndarray, int | None]:
         """The query's vector, and for similar/ the file id of the photo itself."""
@@ -152,6 +156,22 @@ class Engine:
         file_id, content_id, root_name, root_path, relpath = row
         relpath = bytes(relpath)
         return Hit(rank, score, root_name, relpath, os.path.join(bytes(root_path), relpath), file_id, content_id)
+
+    # -- the mount's long listings -------------------------------------------------------------------
+
+    def iter_filtered(self, query: Query) -> Iterator[Hit]:
+        """The hits of a metadata-only search one by one, read from a private connection, so that a
+        million matches never sit in memory at once. Same rows, order and ranks as `search`."""
+        sql, params = self._filtered_sql(query)
+        with self.catalog.reader() as conn:
+            for rank, row in enumerate(conn.execute(sql, params), start=query.offset + 1):
+                yield self._hit(rank, None, row)
+
+    def date_counts(self, query: Query, width: int) -> list[tuple[str | None, int]]:
+        """Matches of the query's filters per period: (the first `width` characters of the date, count),
+        in date order, undated (None) last."""
+        where, params = self._filter_clause(query)
+        return self.catalog.count_by_date(where, params, width)
 
 
 def image_query_vector(catalog: Catalog, model: str, path: bytes, embed: Callable) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import QueryError
 from .filters import Filter, parse_filter
@@ -19,6 +19,7 @@ class Query:
     filters:    metadata filters, all of which must hold (AND)
     limit:      at most this many results (None: the configured default)
     min_score:  drop results whose cosine similarity is below this
+    offset:     skip this many results first (pages of a long listing); ranks still count from the top
     """
 
     text: str | None = None
@@ -27,6 +28,7 @@ class Query:
     filters: tuple[Filter, ...] = ()
     limit: int | None = None
     min_score: float | None = None
+    offset: int = 0
 
     def __post_init__(self) -> None:
         rankers = [x for x in (self.text, self.image, self.similar_to) if x is not None]
@@ -38,10 +40,24 @@ class Query:
             raise QueryError("limit must be at least 1")
         if self.min_score is not None and not -1.0 <= self.min_score <= 1.0:
             raise QueryError("min score must be between -1 and 1")
+        if self.offset < 0:
+            raise QueryError("offset must not be negative")
 
     @property
     def ranked(self) -> bool:
         return self.text is not None or self.image is not None or self.similar_to is not None
+
+    def with_defaults(self, limit: int, min_score: float | None) -> Query:
+        """This query with the configured defaults filled in (the one place they are applied): a ranked
+        query gets `limit` results and `min_score` unless it says otherwise; a metadata-only query has
+        no default limit (every match) and no score."""
+        if not self.ranked:
+            return self
+        return replace(
+            self,
+            limit=self.limit or limit,
+            min_score=self.min_score if self.min_score is not None else min_score,
+        )
 
     @classmethod
     def build(cls, where: tuple[str, ...] | list[str] = (), **fields) -> Query:

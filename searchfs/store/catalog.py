@@ -225,6 +225,7 @@ class Catalog:
         conn.execute(
             f"UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key IN ({','.join('?' * len(keys))})", keys
         )
+        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('changed_at', ?)", (repr(time.time()),))
 
     @staticmethod
     def next_scan_token(conn: sqlite3.Connection) -> int:
@@ -565,3 +566,54 @@ class Catalog:
     def embedding_dim(self, model: str) -> int | None:
         row = self.read().execute("SELECT length(vector) FROM embeddings WHERE model = ? LIMIT 1", (model,)).fetchone()
         return row[0] // 4 if row else None
+
+    # -- the mount's folders -----------------------------------------------------------------------
+
+    @contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection]:
+        """A private read-only connection for one long read (a streamed listing), closed afterwards."""
+        self._writer_conn()  # WAL mode and the -shm file exist before a read-only open
+        conn = _connect(self.path, readonly=True)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def changed_at(self) -> float:
+        """When the generation last went up (wall time): the mount's folder mtimes, stable across mounts.
+        A catalog not changed since this was recorded answers its file's mtime."""
+        row = self.read().execute("SELECT value FROM meta WHERE key = 'changed_at'").fetchone()
+        return float(row[0]) if row else self.path.stat().st_mtime
+
+    def count_by_date(self, where: str, params: Sequence, width: int) -> list[tuple[str | None, int]]:
+        """Files matching `where` (a condition on contents `c`, from search/filters.py) per date period:
+        (the first `width` characters of their YYYY-MM-DD date, count), in date order, undated (None) last.
+        A file counts where the engine's metadata search sorts it: under its content's earliest date."""
+        rows = self.read().execute(
+            f"""SELECT period, count(*) FROM (
+                  SELECT substr(min(d.text), 1, ?) AS period FROM files f
+                  JOIN roots r ON r.id = f.root_id JOIN contents c ON c.id = f.content_id
+                  LEFT JOIN facets d ON d.content_id = c.id AND d.key = 'date'
+                  WHERE r.online = 1 AND f.error IS NULL AND c.error IS NULL AND {where}
+                  GROUP BY f.id)
+                GROUP BY period ORDER BY period IS NULL, period""",
+            (int(width), *params),
+        )
+        return [(period, count) for period, count in rows]
+
+    def embedding_progress(self, model: str) -> tuple[int, int]:
+        """(searchable, waiting) files on online roots: with a vector by `model`, and still without one
+        (neither the file nor its content quarantined)."""
+        row = (
+            self.read()
+            .execute(
+                """SELECT count(e.content_id),
+                          sum(CASE WHEN e.content_id IS NULL AND c.error IS NULL AND f.error IS NULL THEN 1 ELSE 0 END)
+                   FROM files f JOIN roots r ON r.id = f.root_id AND r.online = 1
+                   LEFT JOIN contents c ON c.id = f.content_id
+                   LEFT JOIN embeddings e ON e.content_id = f.content_id AND e.model = ?""",
+                (model,),
+            )
+            .fetchone()
+        )
+        return int(row[0] or 0), int(row[1] or 0)
