@@ -68,6 +68,8 @@ class Settings:
 
     # [mount]
     mount_allow_other: bool = False
+    mount_max_entries: int = 1000  # a folder shows at most this many entries; bigger ones split by date or pages
+    mount_entries: str = "links"  # links (symlinks to the originals) | files (read-only files read through)
 
     # [watch]
     watch_settle_seconds: float = 1.0

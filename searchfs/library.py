@@ -15,7 +15,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +92,7 @@ class Library:
         self._index = None
         self._index_generation = -1
         self._vectors_lock = threading.RLock()
+        self._progress: tuple[int, tuple[int, int]] | None = None  # (generation, indexing_progress())
         self.engine = Engine(
             self.catalog,
             vectors=self.vector_index,
@@ -386,22 +387,6 @@ class Library:
             children[name] = children.get(name, False) or bool(sep)
         return sorted(children.items())
 
-    def is_photo(self, root: str, relpath: bytes) -> bool:
-        try:
-            root_id = self.catalog.root(root).id
-        except NotFound:
-            return False
-        row = (
-            self.catalog.read()
-            .execute(
-                """SELECT 1 FROM files f JOIN contents c ON c.id = f.content_id
-               WHERE f.root_id = ? AND f.relpath = ? AND c.error IS NULL AND f.error IS NULL""",
-                (root_id, relpath.strip(b"/")),
-            )
-            .fetchone()
-        )
-        return row is not None
-
     def facet_values(self, key: str) -> list[tuple[str, int]]:
         if key not in {spec.key for spec in FACETS}:
             raise QueryError(f"unknown metadata key {key!r}")
@@ -430,6 +415,31 @@ class Library:
         with self.catalog.write() as conn:
             if not conn.execute("DELETE FROM saved_queries WHERE text = ?", (text,)).rowcount:
                 raise NotFound(f"no saved query {text!r}")
+
+    def date_counts(self, query: Query, width: int) -> list[tuple[str | None, int]]:
+        """Matches of `query`'s filters per date period: (first `width` characters of YYYY-MM-DD, count),
+        in date order, undated (None) last. The mount splits a big folder by these."""
+        return self.engine.date_counts(query, width)
+
+    def iter_search(self, query: Query) -> Iterator[Hit]:
+        """The hits of `query` one by one: a metadata-only query streams from SQLite without holding its
+        matches (a folder matching a million photos); a ranked one is at most its limit long."""
+        if query.ranked:
+            yield from self.search(query)
+        else:
+            yield from self.engine.iter_filtered(query)
+
+    def indexing_progress(self) -> tuple[int, int]:
+        """(searchable, waiting) photos for the current model, counted once per catalog generation."""
+        generation = self.catalog.generation()
+        cached = self._progress
+        if cached is None or cached[0] != generation:
+            cached = self._progress = (generation, self.catalog.embedding_progress(self.model_id))
+        return cached[1]
+
+    def changed_at(self) -> float:
+        """When anything that could change a result last changed (the mount's folder mtimes)."""
+        return self.catalog.changed_at()
 
     def close(self) -> None:
         if self._embedder is not None:

@@ -48,11 +48,17 @@ class FakeView:
         return b"/photos/caf\xe9.jpg"
 
     def open(self, path, flags):
+        self.calls.append(("open", path, flags))
         self._maybe_raise()
+        return V.Opened(fh=7, direct_io=path.endswith(b".tsv"))
 
-    def read(self, path, size, offset):
+    def read(self, path, size, offset, fh=0):
+        self.calls.append(("read", path, fh))
         self._maybe_raise()
         return b"hello"[offset : offset + size]
+
+    def release(self, fh):
+        self.calls.append(("release", fh))
 
     def mkdir(self, path):
         self.calls.append(("mkdir", path))

@@ -31,7 +31,7 @@ def _fuse_missing() -> str:
     if not (shutil.which("fusermount") or shutil.which("fusermount3")):
         return "no fusermount or fusermount3"
     try:
-        import mfusepy  # noqa: F401
+        import searchfs.fs.fuse_ops  # noqa: F401 - imports mfusepy the way the mount does (libfuse 3 first)
     except Exception as exc:  # libfuse missing raises EnvironmentError at import
         return f"mfusepy cannot load libfuse: {exc}"
     return ""
@@ -53,12 +53,19 @@ def _serve(spec_file: str, mountpoint: str, log_file: str) -> None:
     sys.path.insert(0, str(HERE))
     from test_fs_view import FakeBackend
 
+    from searchfs.config import Settings
     from searchfs.fs.mount import mount
 
     spec = json.loads(Path(spec_file).read_text())
-    backend = FakeBackend({k: v.encode() for k, v in spec["roots"].items()}, delay=spec.get("delay", 0.0))
+    if spec.get("nofile"):
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (spec["nofile"], spec["nofile"]))
+    settings = Settings(home=Path("/nonexistent"), **spec.get("settings", {}))
+    backend = FakeBackend({k: v.encode() for k, v in spec["roots"].items()}, settings, delay=spec.get("delay", 0.0))
     for root, rel_hex, facets in spec["photos"]:
         backend.add(root, bytes.fromhex(rel_hex), **facets)
+    backend.progress = tuple(spec.get("progress", (0, 0)))
     search = backend.search
     counter = logging.getLogger("searchfs.test.fake")
 
@@ -73,7 +80,16 @@ def _serve(spec_file: str, mountpoint: str, log_file: str) -> None:
         return search(query)
 
     backend.search = counted
-    mount(lambda: backend, mountpoint, log_file=log_file)
+    control = Path(spec_file + ".generation")  # a test bumps the generation by writing this file
+
+    def generation() -> int:
+        bumped = int(control.read_text()) if control.exists() else 0
+        if bumped and spec.get("roots_after"):  # the library changed: every photo moved elsewhere
+            backend.roots = {k: v.encode() for k, v in spec["roots_after"].items()}
+        return backend.gen + bumped
+
+    backend.generation = generation
+    mount(lambda: backend, mountpoint, log_file=log_file, debug=spec.get("debug", False))
 
 
 if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "serve":
@@ -124,12 +140,12 @@ def _spec(photos: Path, delay: float = 0.0) -> dict:
 
 
 class Mounted:
-    def __init__(self, tmp: Path, photos: Path, delay: float = 0.0, name: str = "mnt"):
+    def __init__(self, tmp: Path, photos: Path, delay: float = 0.0, name: str = "mnt", options: dict | None = None):
         self.mnt = tmp / name
         self.mnt.mkdir(exist_ok=True)
         self.log = tmp / f"{name}.log"
         self.spec = tmp / f"{name}.json"
-        self.spec.write_text(json.dumps(_spec(photos, delay)))
+        self.spec.write_text(json.dumps({**_spec(photos, delay), **(options or {})}))
         self.pid = 0
         self.expected_log: list[str] = []
 
@@ -223,7 +239,7 @@ def py(code: str, **args) -> object:
 
 def test_ls_stat_readlink(mounted, photos):
     out = sh(f"ls {mounted.mnt}").stdout.split()
-    assert out == [b"README.txt", b"exif", b"query", b"similar"]
+    assert out == [b"README.txt", b"date", b"exif", b"query", b"similar"]
     listing = sh(f"ls -A '{mounted.mnt}/query/a red photo'").stdout.splitlines()
     assert b".results.tsv" in listing and len(listing) == 6 + 2
     st = os.lstat(mounted.p("query", "a red photo"))
@@ -283,7 +299,7 @@ ops = {
     "write_readme": lambda: open(os.path.join(mnt, "README.txt"), "w"),
     "append_manifest": lambda: open(os.path.join(mnt, "query/dog/.results.tsv"), "a"),
     "unlink": lambda: os.unlink(link),
-    "rename": lambda: os.rename(link, link + ".x"),
+    "rename": lambda: os.rename(link, os.path.join(mnt, "query/dog/renamed.jpg")),
     "chmod": lambda: os.chmod(os.path.join(mnt, "README.txt"), 0o777),
     "chown": lambda: os.chown(os.path.join(mnt, "README.txt"), 1, 1),
     "utime": lambda: os.utime(os.path.join(mnt, "README.txt"), (1, 1)),
@@ -511,3 +527,190 @@ def test_backend_failures_answer_eio_and_daemon_survives(mounted):
     assert "ZeroDivisionError" in log and "Traceback" in log  # a bug: logged with its traceback
     mounted.expected_log += ["cannot load the CLIP model", "ZeroDivisionError", "Traceback", "unexpected"]
     mounted.check_log_ignore_tracebacks = True
+
+
+# ---------------------------------------------------------------------- logs, names, big folders, files
+
+
+def test_debug_log_is_one_line_per_expected_error(tmp_path, photos, request):
+    m = Mounted(tmp_path, photos, options={"debug": True})
+    request.addfinalizer(m.stop)
+    m.start()
+    result = py(
+        """
+mnt = args["mnt"]
+out = []
+for path, op in ((mnt + "/query/dog/.hidden", os.stat), (mnt + "/exif/nokey", os.stat),
+                 (mnt + "/query/dog/new.txt", lambda p: open(p, "w")), (mnt + "/exif/x", os.mkdir),
+                 (mnt + "/README.txt", lambda p: os.truncate(p, 0))):
+    try:
+        op(path)
+    except OSError as exc:
+        out.append(errno.errorcode[exc.errno])
+result = out
+""",
+        mnt=str(m.mnt),
+    )
+    assert result == ["ENOENT", "ENOENT", "EROFS", "EROFS", "EROFS"]
+    log = m.log_text()
+    assert "Traceback" not in log and "FUSE operation" not in log  # mfusepy's traceback per errno is gone
+    for path, code in (("/query/dog/.hidden", "ENOENT"), ("/exif/x", "EROFS"), ("/README.txt", "EROFS")):
+        lines = [line for line in log.splitlines() if f"'{path}'" in line and code in line]
+        assert 1 <= len(lines) <= 2, (path, lines)  # the kernel may ask twice (lookup, then the call)
+        assert all(" DEBUG " in line for line in lines)
+    assert "getattr '/': ok" in log  # --debug logs every call, one line each
+    m.check_log()
+
+
+def test_names_over_255_bytes_answer_enametoolong(mounted):
+    long = "x" * 256
+    result = py(
+        """
+out = []
+long = args["long"]
+for op, path in (("stat", "query/" + long), ("mkdir", "query/+" + long), ("stat", "exif/camera=" + long)):
+    try:
+        getattr(os, op)(os.path.join(args["mnt"], path))
+        out.append("ok")
+    except OSError as exc:
+        out.append(errno.errorcode[exc.errno])
+result = out
+""",
+        mnt=str(mounted.mnt),
+        long=long,
+    )
+    assert result == ["ENAMETOOLONG"] * 3
+    assert sh(f"ls '{mounted.mnt}/query'").stdout == b""  # nothing saved
+    assert mounted.searches() == []
+
+
+def _dated_photos(root: Path, count_per_year: dict[int, int], undated: int) -> list:
+    from photos import make_photo
+
+    out = []
+    for year, count in count_per_year.items():
+        for i in range(count):
+            rel = f"{year}/p{i}.jpg".encode()
+            make_photo(os.path.join(os.fsencode(root), rel), (i * 20 % 255, 40, 90), seed=i)
+            out.append(["Photos", rel.hex(), {"camera": "Canon EOS 5D", "date": f"{year}-05-{1 + i:02d}"}])
+    for i in range(undated):
+        rel = f"misc/u{i}.png".encode()
+        make_photo(os.path.join(os.fsencode(root), rel), (90, 40, i * 20 % 255), seed=100 + i)
+        out.append(["Photos", rel.hex(), {"camera": "Canon EOS 5D"}])
+    return out
+
+
+def test_a_big_folder_splits_and_its_manifest_streams_in_full(tmp_path, request):
+    root = tmp_path / "dated"
+    spec = {"photos": _dated_photos(root, {2019: 3, 2020: 4}, undated=6), "settings": {"mount_max_entries": 5}}
+    m = Mounted(tmp_path, root, options=spec)
+    request.addfinalizer(m.stop)
+    m.start()
+    folder = f"{m.mnt}/exif/camera=Canon"
+    listing = sh(f"ls -A '{folder}'").stdout.splitlines()
+    assert listing == [b".results.json", b".results.tsv", b"2019", b"2020", b"undated"]
+    long_listing = sh(f"ls -l '{folder}' '{folder}/2019' '{folder}/undated'").stdout.decode()
+    assert "page=2" in long_listing and "3_p2.jpg ->" in long_listing
+    assert os.stat(f"{folder}/.results.tsv").st_size == 0  # generated as it is read
+    rows = sh(f"cat '{folder}/.results.tsv'").stdout.splitlines()
+    assert len(rows) == 14 and rows[-1].endswith(b"misc/u5.png")
+    sh(f"cp '{folder}/.results.json' '{tmp_path}/copy.json'")
+    items = json.loads((tmp_path / "copy.json").read_text())
+    assert [i["name"] for i in items][-2:] == ["undated/page=1/5_u4.png", "undated/page=2/6_u5.png"]
+    for item in items:
+        assert os.readlink(os.path.join(folder, item["name"])) == item["path"]
+    m.check_log()
+
+
+def test_files_mode_serves_read_only_copies_of_the_originals(tmp_path, request):
+    root = tmp_path / "orig"
+    spec = {"photos": _dated_photos(root, {2019: 3}, undated=2), "settings": {"mount_entries": "files"}, "nofile": 64}
+    originals = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    m = Mounted(tmp_path, root, options=spec)
+    request.addfinalizer(m.stop)
+    m.start()
+    folder = m.mnt / "exif" / "camera=Canon"
+    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    assert len(names) == 5 and all(os.path.isfile(folder / n) and not os.path.islink(folder / n) for n in names)
+    for n in names:
+        original = next(p for p in originals if p.name == n.split("_", 1)[1])
+        assert (folder / n).read_bytes() == originals[original]
+        assert os.stat(folder / n).st_mode & 0o777 == 0o444
+    entry = folder / names[0]
+    for script in (f"printf JUNK >> '{entry}'", f": > '{entry}'", f"truncate -s 0 '{entry}'", f"rm '{entry}'"):
+        proc = sh(script, check=False)
+        assert proc.returncode != 0 and b"Read-only file system" in proc.stderr, script
+    assert {p: p.read_bytes() for p in originals} == originals  # nothing changed
+    copy = tmp_path / "copied"
+    sh(f"cp -r '{folder}' '{copy}'")  # what a file manager does: photos, not links
+    assert sorted(p.name for p in copy.iterdir() if not p.name.startswith(".")) == names
+    assert all(not p.is_symlink() for p in copy.iterdir())
+    # 150 open files at once against a daemon limited to 64 descriptors
+    held = py(
+        """
+import itertools
+paths = [os.path.join(args["folder"], n) for n in args["names"]]
+handles = [open(p, "rb") for p in itertools.islice(itertools.cycle(paths), 150)]
+sizes = [len(h.read()) for h in handles]
+for h in handles:
+    h.close()
+result = sizes
+""",
+        folder=str(folder),
+        names=names,
+    )
+    assert len(held) == 150 and all(held)
+    # a photo swapped for a link to an outside file after indexing is refused
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not a photo of yours")
+    swapped = next(p for p in originals if p.name == names[1].split("_", 1)[1])
+    swapped.unlink()
+    swapped.symlink_to(secret)
+    proc = sh(f"cat '{folder / names[1]}'", check=False)
+    assert proc.returncode != 0 and b"Permission denied" in proc.stderr
+    m.expected_log.append("refused to serve")
+    m.check_log()
+
+
+def test_markers_progress_and_mtimes_that_survive_a_remount(tmp_path, photos, request):
+    m = Mounted(tmp_path, photos, options={"progress": [2, 4]})
+    request.addfinalizer(m.stop)
+    m.start()
+    top = sh(f"ls -A '{m.mnt}'").stdout.split()
+    assert b".trackerignore" in top and b".nomedia" in top
+    assert b".searchfs-indexing" in sh(f"ls -A '{m.mnt}/query/dog'").stdout.split()
+    assert sh(f"cat '{m.mnt}/query/dog/.searchfs-indexing'").stdout.startswith(b"Still indexing: 2 of 6 photos")
+    assert sh(f"head -1 '{m.mnt}/README.txt'").stdout.startswith(b"Still indexing")
+    before = [os.stat(m.p(p)).st_mtime_ns for p in ("", "query", "exif/camera=Canon", "similar/Photos")]
+    M.unmount(m.mnt)
+    _reap(m.pid)
+    m.start()
+    assert [os.stat(m.p(p)).st_mtime_ns for p in ("", "query", "exif/camera=Canon", "similar/Photos")] == before
+    m.check_log()
+
+
+def test_the_kernel_caches_links_until_the_library_changes(tmp_path, photos, request):
+    moved = tmp_path / "moved"
+    m = Mounted(tmp_path, photos, options={"debug": True, "roots_after": {"Photos": str(moved)}})
+    request.addfinalizer(m.stop)
+    m.start()
+    folder = m.p("query", "dog")
+    name = sorted(n for n in os.listdir(folder) if not n.startswith(b"."))[0]
+    reads = py(
+        "result = [os.fsdecode(os.readlink(os.fsencode(args['link']))) for _ in range(20)]",
+        link=os.fsdecode(os.path.join(folder, name)),
+    )
+    assert len(set(reads)) == 1 and reads[0].startswith(str(photos))
+    served = [line for line in m.log_text().splitlines() if "readlink '/query/dog/" in line and ": ok" in line]
+    if "the kernel caches link targets" in m.log_text():  # libfuse 3 on a kernel that can
+        assert len(served) == 1, served
+    else:
+        assert len(served) == 20
+    (Path(str(m.spec) + ".generation")).write_text("1")  # the library changes: the link must follow
+    deadline = time.monotonic() + T
+    target = reads[0]
+    while time.monotonic() < deadline and target == reads[0]:
+        target = os.fsdecode(os.readlink(os.path.join(folder, name)))
+        time.sleep(0.05)
+    assert target.startswith(str(moved)), target
+    m.check_log()

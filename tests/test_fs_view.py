@@ -16,15 +16,18 @@ import pytest
 from searchfs.config import Settings
 from searchfs.errors import ModelUnavailable, NotFound, QueryError, ReadOnly
 from searchfs.fs import names as N
+from searchfs.fs.cache import SingleFlightCache
 from searchfs.fs.view import (
     DIR,
     FILE,
     LINK,
+    Denied,
     Exists,
+    NameTooLong,
     NoEntry,
     NotADir,
-    SingleFlightLRU,
     View,
+    ViewError,
 )
 from searchfs.records import FACETS, Hit
 from searchfs.search.query import Query
@@ -33,7 +36,10 @@ from searchfs.search.query import Query
 
 
 class FakeBackend:
-    """An in-memory library. Photos: (root, relpath) -> facets. Scores are a hash of (query, path)."""
+    """An in-memory library. Photos: (root, relpath) -> facets. Scores are a hash of (query, path).
+
+    Ordering agrees with the engine's: ranked results best first, ties by root and path; metadata-only
+    results oldest photo first (facet `date`, YYYY-MM-DD), undated last, then root name and path."""
 
     def __init__(self, roots: dict[str, bytes], settings: Settings | None = None, delay: float = 0.0):
         self.settings = settings or Settings(home=__import__("pathlib").Path("/nonexistent"))
@@ -42,8 +48,10 @@ class FakeBackend:
         self.gen = 1
         self.delay = delay
         self.search_calls: list[Query] = []
+        self.count_calls: list[Query] = []
         self.fail: Exception | None = None
         self.saved: list[str] = []
+        self.progress = (0, 0)  # (searchable, waiting); (0, 0) counts the photos as all searchable
         self._lock = threading.Lock()
         self._ids: dict[tuple[str, bytes], int] = {}
 
@@ -54,6 +62,9 @@ class FakeBackend:
     # Backend protocol
     def generation(self) -> int:
         return self.gen
+
+    def changed_at(self) -> float:
+        return 1_600_000_000.0 + self.gen
 
     def root_names(self) -> list[str]:
         return list(self.roots)
@@ -77,9 +88,6 @@ class FakeBackend:
             raise NotFound(relpath)
         return sorted(out.items())
 
-    def is_photo(self, root: str, relpath: bytes) -> bool:
-        return (root, relpath) in self.photos
-
     def _score(self, key: str, path: bytes) -> float:
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape") + b"\0" + path).digest()
         return int.from_bytes(digest[:4], "little") / 2**32 * 2 - 1
@@ -100,6 +108,13 @@ class FakeBackend:
             return abs(float(value) - flt.value) < 1e-9
         return str(value).casefold() == str(flt.value).casefold()
 
+    def _matching(self, query: Query) -> list[tuple[str, bytes, dict]]:
+        return [
+            (root, relpath, facets)
+            for (root, relpath), facets in self.photos.items()
+            if all(self._match(facets, f) for f in query.filters)
+        ]
+
     def search(self, query: Query) -> list[Hit]:
         with self._lock:
             self.search_calls.append(query)
@@ -107,13 +122,12 @@ class FakeBackend:
             time.sleep(self.delay)
         if self.fail is not None:
             raise self.fail
+        query = query.with_defaults(self.settings.search_limit, self.settings.search_min_score)
+        if query.similar_to is not None and query.similar_to not in self.photos:
+            raise NotFound(f"not an indexed photo: {query.similar_to!r}")
         rows = []
-        for (root, relpath), facets in self.photos.items():
+        for root, relpath, facets in self._matching(query):
             if query.similar_to == (root, relpath):
-                continue
-            if query.similar_to is not None and query.similar_to not in self.photos:
-                raise NotFound(f"not an indexed photo: {query.similar_to!r}")
-            if not all(self._match(facets, f) for f in query.filters):
                 continue
             if query.text is not None:
                 score: float | None = self._score(query.text, relpath)
@@ -123,13 +137,12 @@ class FakeBackend:
                 score = None
             if score is not None and query.min_score is not None and score < query.min_score:
                 continue
-            rows.append((score, root, relpath))
+            rows.append((score, root, relpath, facets.get("date")))
         if query.ranked:
             rows.sort(key=lambda r: (-r[0], r[1], r[2]))
         else:
-            rows.sort(key=lambda r: (r[1], r[2]))
-        # as the real engine: ranked queries default to search.limit, metadata-only ones list everything
-        rows = rows[: query.limit or (self.settings.search_limit if query.ranked else None)]
+            rows.sort(key=lambda r: (r[3] is None, r[3] or "", r[1], r[2]))
+        end = query.offset + query.limit if query.limit else None
         return [
             Hit(
                 rank=i,
@@ -140,8 +153,23 @@ class FakeBackend:
                 file_id=self._ids[(r, p)],
                 content_id=self._ids[(r, p)],
             )
-            for i, (s, r, p) in enumerate(rows, start=1)
+            for i, (s, r, p, _) in enumerate(rows[query.offset : end], start=query.offset + 1)
         ]
+
+    def iter_search(self, query: Query):
+        yield from self.search(query)
+
+    def date_counts(self, query: Query, width: int) -> list[tuple[str | None, int]]:
+        with self._lock:
+            self.count_calls.append(query)
+        counts: dict[str | None, int] = {}
+        for _root, _relpath, facets in self._matching(query):
+            period = facets["date"][:width] if "date" in facets else None
+            counts[period] = counts.get(period, 0) + 1
+        return sorted(counts.items(), key=lambda item: (item[0] is None, item[0] or ""))
+
+    def indexing_progress(self) -> tuple[int, int]:
+        return self.progress
 
     def facet_values(self, key: str) -> list[tuple[str, int]]:
         counts: dict[str, int] = {}
@@ -269,8 +297,12 @@ def test_root(view):
         (b"query", DIR),
         (b"exif", DIR),
         (b"similar", DIR),
+        (b"date", DIR),
         (b"README.txt", FILE),
+        (b".nomedia", FILE),  # GNOME's Tracker/LocalSearch skips a folder holding either marker
+        (b".trackerignore", FILE),
     ]
+    assert view.read(b"/.trackerignore", 100, 0) == b"" and view.getattr(b"/.nomedia").size == 0
     readme = view.read(b"/README.txt", 1 << 20, 0)
     assert b"query/<text>/" in readme and b"exif/" in readme
     assert view.getattr(b"/README.txt").size == len(readme)
@@ -481,12 +513,17 @@ def test_cache_by_generation(view, backend):
     assert names(view, b"/similar/Photos")[-2:] == [b"2022", b"top.png"]
 
 
-def test_cache_is_bounded():
-    lru: SingleFlightLRU = SingleFlightLRU(3)
+def test_cache_is_bounded_by_bytes():
+    cache: SingleFlightCache = SingleFlightCache(1000, weigh=len)
     for i in range(10):
-        lru.get(i, lambda i=i: i)
-    assert len(lru) == 3
-    assert lru.peek(9) == 9 and lru.peek(0) is None
+        cache.get(i, lambda i=i: b"x" * 100)
+    assert cache.bytes <= 1000 and len(cache) == 10
+    cache.get("big", lambda: b"x" * 600)  # heavier than a quarter of the budget: handed back, not kept
+    assert cache.peek("big") is None and len(cache) == 10
+    for i in range(10, 20):
+        cache.get(i, lambda i=i: b"x" * 200)
+    assert cache.bytes <= 1000 and len(cache) == 5
+    assert cache.peek(19) is not None and cache.peek(0) is None
 
 
 def test_single_flight(backend):
@@ -578,7 +615,7 @@ def test_open_for_write_is_read_only(view):
     with pytest.raises(ReadOnly):
         view.open(b"/README.txt", os.O_WRONLY)
     view.open(b"/README.txt", os.O_RDONLY)
-    assert view.read(b"/README.txt", 5, 2) == view.readme[2:7]
+    assert view.read(b"/README.txt", 5, 2) == view.readme()[2:7]
 
 
 def test_search_errors_propagate(view, backend):
@@ -601,3 +638,396 @@ def test_metadata_folders_list_every_match_ranked_ones_the_top_k(tmp_path):
     assert len(links(b"/exif/camera=Canon/limit=3")) == 3
     assert len(links(b"/query/dog")) == 5  # ranked: search.limit
     assert len(links(b"/exif/camera=Canon/query/dog")) == 5
+
+
+# ------------------------------------------------------------------------- big folders, date/, names
+
+DATED = (
+    [("2019-01-05", 1), ("2019-03-02", 2)]  # 2019: 3 photos
+    + [("2020-02-10", 6), ("2020-06-01", 1)]  # 2020: 7 (one day of 6)
+    + [("2021-12-31", 1)]
+)
+
+
+def big_photos() -> list[tuple[bytes, dict]]:
+    """18 Canon photos: 3 in 2019, 7 in 2020 (6 of them on 2020-02-10), 1 in 2021 and 7 undated."""
+    out = []
+    for day, count in DATED:
+        for i in range(count):
+            out.append((b"%s/p%d.jpg" % (day.encode(), i), dict(camera="Canon EOS 5D", date=day, year=int(day[:4]))))
+    out += [(b"undated/u%d.png" % i, dict(camera="Canon EOS 5D")) for i in range(7)]
+    return out
+
+
+@pytest.fixture
+def capped(tmp_path) -> View:
+    backend = FakeBackend({"Photos": b"/photos"}, Settings(home=tmp_path, mount_max_entries=5))
+    for rel, facets in big_photos():
+        backend.add("Photos", rel, **facets)
+    return View(backend)
+
+
+def links(view: View, path: bytes) -> list[bytes]:
+    return [e.name for e in view.readdir(path) if e.kind in (LINK, FILE) and not e.name.startswith(b".")]
+
+
+def folders(view: View, path: bytes) -> list[bytes]:
+    return [e.name for e in view.readdir(path) if e.kind == DIR]
+
+
+def read_all(view: View, path: bytes) -> bytes:
+    opened = view.open(path, os.O_RDONLY)
+    out, offset = [], 0
+    while True:
+        piece = view.read(path, 7000, offset, opened.fh)
+        if not piece:
+            break
+        out.append(piece)
+        offset += len(piece)
+    view.release(opened.fh)
+    return b"".join(out)
+
+
+def test_a_folder_over_max_entries_splits_by_date_then_pages(capped):
+    top = b"/exif/camera=Canon"
+    assert links(capped, top) == [] and folders(capped, top) == [b"2019", b"2020", b"2021", b"undated"]
+    assert links(capped, top + b"/2019") == [b"1_p0.jpg", b"2_p0.jpg", b"3_p1.jpg"]  # oldest first
+    assert folders(capped, top + b"/2020") == [b"02", b"06"]
+    assert folders(capped, top + b"/2020/02") == [b"10"]
+    assert folders(capped, top + b"/2020/02/10") == [b"page=1", b"page=2"]
+    assert len(links(capped, top + b"/2020/02/10/page=1")) == 5
+    assert links(capped, top + b"/2020/02/10/page=2") == [b"6_p5.jpg"]  # ranks go on across pages
+    assert links(capped, top + b"/2020/06") == [b"1_p0.jpg"]
+    assert folders(capped, top + b"/undated") == [b"page=1", b"page=2"]
+    assert links(capped, top + b"/undated/page=2") == [b"6_u5.png", b"7_u6.png"]
+    assert capped.readlink(top + b"/undated/page=2/7_u6.png") == b"/photos/undated/u6.png"
+    for folder in (top, top + b"/2020", top + b"/undated", top + b"/2020/02/10"):
+        assert len(capped.readdir(folder)) <= 5 + 2  # entries or folders, plus the two manifests
+
+
+def test_the_manifests_of_a_split_folder_list_every_match(capped):
+    top = b"/exif/camera=Canon"
+    assert capped.getattr(top + b"/.results.tsv").size == 0  # generated as it is read
+    rows = read_all(capped, top + b"/.results.tsv").decode().splitlines()
+    assert rows[0] == "rank\tscore\tpath" and len(rows) == 19
+    assert [r.split("\t")[0] for r in rows[1:]] == [str(i) for i in range(1, 19)]
+    assert rows[1].endswith("2019-01-05/p0.jpg") and rows[-1].endswith("undated/u6.png")
+    items = json.loads(read_all(capped, top + b"/.results.json"))
+    names = [item["name"] for item in items]
+    assert names[:3] == ["2019/1_p0.jpg", "2019/2_p0.jpg", "2019/3_p1.jpg"]
+    assert names[3:9] == [f"2020/02/10/page={1 + i // 5}/{i + 1}_p{i}.jpg" for i in range(6)]
+    assert names[-1] == "undated/page=2/7_u6.png"
+    for item in items:  # every name is an entry of the folder, pointing at that photo
+        assert capped.readlink(top + b"/" + item["name"].encode()).decode() == item["path"]
+    small = read_all(capped, top + b"/2019/.results.tsv")
+    assert capped.getattr(top + b"/2019/.results.tsv").size == len(small) and small.count(b"\n") == 4
+
+
+def test_a_streamed_manifest_reads_back_from_any_offset(capped):
+    path = b"/exif/camera=Canon/.results.json"
+    whole = read_all(capped, path)
+    opened = capped.open(path, os.O_RDONLY)
+    assert capped.read(path, 50, 100, opened.fh) == whole[100:150]
+    assert capped.read(path, 50, 10, opened.fh) == whole[10:60]  # backwards: generated again
+    assert capped.read(path, 10**6, 0, opened.fh) == whole
+    assert capped.read(path, 10, len(whole), opened.fh) == b""
+    capped.release(opened.fh)
+
+
+def test_ranked_folders_over_max_entries_show_pages(capped):
+    assert folders(capped, b"/query/dog/limit=12") == [b"page=1", b"page=2", b"page=3"]
+    pages = [links(capped, b"/query/dog/limit=12/page=%d" % n) for n in (1, 2, 3)]
+    assert [len(p) for p in pages] == [5, 5, 2]
+    assert [n[:3] for n in pages[1]] == [b"06_", b"07_", b"08_", b"09_", b"10_"]
+    rows = read_all(capped, b"/query/dog/limit=12/.results.tsv").splitlines()
+    assert len(rows) == 13
+    whole = [capped.readlink(b"/query/dog/limit=12/page=%d/" % (i // 5 + 1) + n) for i, n in enumerate(sum(pages, []))]
+    assert [r.split(b"\t")[2] for r in rows[1:]] == whole
+    assert folders(capped, b"/query/dog") == [b"page=1", b"page=2", b"page=3", b"page=4"]  # default limit 50
+    with pytest.raises(NoEntry):
+        capped.getattr(b"/query/dog/2019")  # date folders split metadata folders only
+
+
+def test_limit_above_the_maximum_says_why(view, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="searchfs"):
+        with pytest.raises(NoEntry):
+            view.getattr(b"/query/dog/limit=100001")
+    assert any("largest limit is 100000" in r.getMessage() for r in caplog.records)
+    assert view.getattr(b"/query/dog/limit=100000").kind == DIR
+
+
+def test_date_folders(capped):
+    assert folders(capped, b"/date") == [b"2019", b"2020", b"2021"]
+    assert folders(capped, b"/date/2020") == [b"02", b"06"]
+    assert links(capped, b"/date/2019/03") == [b"1_p0.jpg", b"2_p1.jpg"]
+    assert folders(capped, b"/date/2020/02") == [b"10"]  # over max_entries: by day
+    assert links(capped, b"/date/2020/06/.results.tsv"[:-13]) == [b"1_p0.jpg"]
+    nested = capped.readdir(b"/date/2019/03/query/dog")
+    assert capped.backend.search_calls[-1].text == "dog"
+    assert [str(f) for f in capped.backend.search_calls[-1].filters] == ["date=2019-03-01..2019-03-31"]
+    assert len([e for e in nested if e.kind == LINK]) == 2
+    assert len(links(capped, b"/query/dog/date/2019/03")) == 2  # and the other way round
+    assert len(links(capped, b"/exif/camera=Canon/2019/query/dog")) == 3  # a by-date folder narrows too
+    for bad in (b"/date/19", b"/date/2019/13", b"/date/2019/00", b"/date/x", b"/exif/camera=Canon/2019/02/30"):
+        with pytest.raises(NoEntry):
+            capped.getattr(bad)
+
+
+def test_names_over_255_bytes_are_too_long_before_anything_runs(view, backend):
+    long = b"x" * 256
+    for path in (b"/query/" + long, b"/exif/camera=" + long, b"/" + long, b"/query/dog/" + long):
+        with pytest.raises(NameTooLong):
+            view.getattr(path)
+    with pytest.raises(NameTooLong):
+        view.mkdir(b"/query/+" + long)
+    assert backend.saved == [] and backend.search_calls == []
+    assert view.getattr(b"/query/" + b"x" * 255).kind == DIR
+
+
+def test_folder_mtimes_follow_the_library_not_the_mount(backend):
+    first, second = View(backend), View(backend)
+    assert first.getattr(b"/query/dog").mtime_ns == second.getattr(b"/exif").mtime_ns == 1_600_000_001 * 10**9
+    backend.gen += 1
+    assert first.getattr(b"/query/dog").mtime_ns == 1_600_000_002 * 10**9
+
+
+def test_listing_a_facet_key_then_its_values_costs_one_bounded_search_each(tmp_path):
+    backend = FakeBackend({"Photos": b"/photos"}, Settings(home=tmp_path, mount_max_entries=5))
+    for i in range(40):
+        backend.add("Photos", b"p%02d.jpg" % i, camera=f"Cam {i % 8}", date=f"20{10 + i % 5}-01-01")
+    backend.add("Photos", b"big%02d.jpg" % 99, camera="Cam 0")
+    view = View(backend)
+    assert folders(view, b"/exif/camera") == [b"page=1", b"page=2"]  # 8 values, at most 5 a folder
+    values = folders(view, b"/exif/camera/page=1") + folders(view, b"/exif/camera/page=2")
+    for name in values:  # what a file manager does to count each folder's items
+        view.readdir(b"/exif/camera/" + name)
+    assert names(view, b"/exif/camera/page=2/" + values[-1]) == names(view, b"/exif/camera/" + values[-1])
+    assert len(values) == 8 and len(backend.search_calls) == 7 and len(backend.count_calls) == 1
+    assert all(q.limit == 6 for q in backend.search_calls)  # at most max_entries + 1 rows each
+    years = [b"2010", b"2011", b"2012", b"2013", b"2014", b"undated"]
+    assert folders(view, b"/exif/camera/camera=Cam 0") == years  # 6: known to be big, only counted
+    backend.search_calls.clear()
+    backend.add("Photos", b"more.jpg", camera="Cam 1")
+    for i in range(10):
+        backend.add("Photos", b"c1-%d.jpg" % i, camera="Cam 1", date="2014-02-02")
+    backend.gen += 1
+    folders(view, b"/exif/camera")
+    assert folders(view, b"/exif/camera/camera=Cam 1") == years
+    assert backend.search_calls == []  # known to be big from the parent's counts: no probe, only counts
+
+
+def test_the_result_cache_is_bounded_by_bytes(tmp_path):
+    backend = FakeBackend({"Photos": b"/photos"}, Settings(home=tmp_path))
+    for i in range(200):
+        backend.add("Photos", b"some/long/folder/name/photo_%04d.jpg" % i, camera=f"Cam {i % 3}")
+    view = View(backend, cache_bytes=200_000)
+    for i in range(60):
+        view.readdir(b"/query/q%d" % i)
+    assert view._cache.bytes <= 200_000
+    assert len(view._cache) < 60 * 2
+
+
+def test_an_unfinished_library_says_so_in_ranked_folders_and_the_readme(view, backend):
+    backend.progress = (3, 5)
+    entries = {e.name: e.kind for e in view.readdir(b"/query/dog")}
+    assert entries[b".searchfs-indexing"] == FILE
+    line = view.read(b"/query/dog/.searchfs-indexing", 4096, 0).decode()
+    assert line.startswith("Still indexing: 3 of 8 photos") and line.count("\n") == 1
+    assert view.read(b"/README.txt", 4096, 0).decode().splitlines()[0] == line.strip()
+    assert b".searchfs-indexing" not in names(view, b"/exif/camera=Canon")  # metadata folders are complete
+    backend.progress = (8, 0)
+    backend.gen += 1
+    assert b".searchfs-indexing" not in names(view, b"/query/dog")
+    with pytest.raises(NoEntry):
+        view.getattr(b"/query/dog/.searchfs-indexing")
+    assert view.read(b"/README.txt", 100, 0).startswith(b"searchfs:")
+
+
+def test_files_mode_serves_originals_read_only_and_only_inside_their_root(tmp_path):
+    root, outside = tmp_path / "photos", tmp_path / "secret.jpg"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(b"A" * 10_000)
+    (root / "b.jpg").write_bytes(b"B" * 10)
+    outside.write_bytes(b"not yours")
+    backend = FakeBackend({"Photos": os.fsencode(root)}, Settings(home=tmp_path, mount_entries="files"))
+    backend.add("Photos", b"a.jpg", camera="Canon")
+    backend.add("Photos", b"b.jpg", camera="Canon")
+    view = View(backend)
+    entries = {e.name: e.kind for e in view.readdir(b"/exif/camera=Canon")}
+    assert entries == {b"1_a.jpg": FILE, b"2_b.jpg": FILE, b".results.tsv": FILE, b".results.json": FILE}
+    assert view.getattr(b"/exif/camera=Canon/1_a.jpg").size == 10_000
+    opened = view.open(b"/exif/camera=Canon/1_a.jpg", os.O_RDONLY)
+    assert view.read(b"/exif/camera=Canon/1_a.jpg", 4096, 9000, opened.fh) == b"A" * 1000
+    view.release(opened.fh)
+    for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC, os.O_WRONLY | os.O_APPEND):
+        with pytest.raises(ReadOnly):
+            view.open(b"/exif/camera=Canon/1_a.jpg", flags)
+    with pytest.raises(ViewError):
+        view.readlink(b"/exif/camera=Canon/1_a.jpg")
+    (root / "b.jpg").unlink()
+    (root / "b.jpg").symlink_to(outside)  # swapped after indexing
+    with pytest.raises(Denied):
+        view.open(b"/exif/camera=Canon/2_b.jpg", os.O_RDONLY)
+    assert view._originals.descriptors() == 0
+
+
+def test_files_mode_holds_a_bounded_number_of_descriptors(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    backend = FakeBackend({"Photos": os.fsencode(root)}, Settings(home=tmp_path, mount_entries="files"))
+    for i in range(40):
+        (root / f"p{i:02d}.jpg").write_bytes(bytes([i]) * 100)
+        backend.add("Photos", b"p%02d.jpg" % i, camera="Canon")
+    view = View(backend)
+    folder = b"/exif/camera=Canon/"
+    handles = [(name, view.open(folder + name, os.O_RDONLY).fh) for name in links(view, folder)]
+    for _ in range(2):
+        for i, (name, fh) in enumerate(handles):
+            assert view.read(folder + name, 10, 50, fh) == bytes([i]) * 10
+    assert view._originals.descriptors() <= 16
+    for _name, fh in handles:
+        view.release(fh)
+    assert view._originals.descriptors() == 0
+
+
+# ---------------------------------------------------------------- the same view over the real Library
+
+
+def real_library(settings, photos: list[tuple[bytes, dict]], embedded: int | None = None):
+    """A real Library whose catalog holds `photos` (rows written directly: no exiftool, no decoding), the
+    first `embedded` of them with random vectors for the configured model."""
+    import numpy as np
+
+    from searchfs.library import Library
+    from searchfs.store.catalog import Catalog
+
+    lib = Library(settings, create=True)
+    root = lib.catalog.add_root(b"/photos")
+    embedded = len(photos) if embedded is None else embedded
+    dim = lib.embedder.embed_text(["warm"]).shape[1]
+    rng = np.random.default_rng(7)
+    with lib.catalog.write() as conn:
+        for i, (rel, facets) in enumerate(photos, start=1):
+            conn.execute("INSERT INTO contents(id, hash, size, meta_state) VALUES (?, ?, 1, 'done')", (i, f"{i:040x}"))
+            conn.execute(
+                "INSERT INTO files(root_id, relpath, dir, size, mtime_ns, inode, content_id)"
+                " VALUES (?, ?, ?, 1, 0, 0, ?)",
+                (root.id, rel, os.path.dirname(rel), i),
+            )
+            for key, value in facets.items():
+                num = float(value) if isinstance(value, int) else None
+                conn.execute(
+                    "INSERT INTO facets(content_id, key, text, fold, num) VALUES (?, ?, ?, ?, ?)",
+                    (i, key, str(value), str(value).casefold(), num),
+                )
+            if i <= embedded:
+                vector = rng.standard_normal(dim).astype(np.float32)
+                Catalog.store_embedding(conn, lib.model_id, i, vector / np.linalg.norm(vector))
+        Catalog.bump(conn, vectors=True)
+    return lib
+
+
+def tree_of(view: View, path: bytes) -> dict:
+    """Every folder under `path` (not the nested grammar) -> its entries and their targets."""
+    out = {}
+    entries = view.readdir(path)
+    out[path] = [(e.name, view.readlink(path + b"/" + e.name) if e.kind == LINK else None) for e in entries]
+    for e in entries:
+        if e.kind == DIR:
+            out.update(tree_of(view, path + b"/" + e.name))
+    return out
+
+
+def test_big_folders_and_dates_agree_between_the_fake_and_the_real_library(settings):
+    settings = settings.replace(mount_max_entries=5)
+    lib = real_library(settings, big_photos())
+    fake = FakeBackend({"photos": b"/photos"}, settings)
+    for rel, facets in big_photos():
+        fake.add("photos", rel, **facets)
+    try:
+        real_view, fake_view = View(lib), View(fake)
+        for path in (b"/exif/camera=canon", b"/date", b"/exif/year=2020"):
+            assert tree_of(real_view, path) == tree_of(fake_view, path), path
+        assert read_all(real_view, b"/exif/camera=canon/.results.json") == read_all(
+            fake_view, b"/exif/camera=canon/.results.json"
+        )
+        api = [h.path for h in lib.search(where=["camera=canon"])]  # the manifest is the CLI's answer
+        rows = read_all(real_view, b"/exif/camera=canon/.results.tsv").decode().splitlines()[1:]
+        assert [row.split("\t")[2] for row in rows] == api and len(api) == 18
+        ranked = tree_of(real_view, b"/query/dog/limit=12")
+        hits = [h.path.encode() for h in lib.search("dog", limit=12)]
+        assert [t for folder in sorted(ranked) for _, t in ranked[folder] if t] == hits
+    finally:
+        lib.close()
+
+
+def test_real_indexing_progress_counts_waiting_photos(settings):
+    lib = real_library(settings, big_photos(), embedded=10)
+    try:
+        assert lib.indexing_progress() == (10, 8)
+        view = View(lib)
+        assert view.read(b"/query/dog/.searchfs-indexing", 4096, 0).startswith(b"Still indexing: 10 of 18 photos")
+        assert abs(lib.changed_at() - View(lib).getattr(b"/query").mtime_ns / 1e9) < 1e-6
+    finally:
+        lib.close()
+
+
+def test_a_crawl_costs_one_bounded_search_per_folder_and_bounded_memory(tmp_path):
+    """What `find` or a desktop indexer does: list every folder it is shown, depth first."""
+    backend = FakeBackend({"Photos": b"/photos"}, Settings(home=tmp_path, mount_max_entries=30))
+    for i in range(300):
+        backend.add("Photos", b"d%d/p%03d.jpg" % (i % 6, i), camera=f"Cam {i % 4}", date=f"201{i % 3}-0{1 + i % 9}-01")
+    view = View(backend, cache_bytes=300_000)
+    folders_seen, largest = 0, 0
+    stack = [b"/"]
+    while stack:
+        path = stack.pop()
+        entries = view.readdir(path)
+        folders_seen += 1
+        largest = max(largest, len(entries))
+        stack += [path.rstrip(b"/") + b"/" + e.name for e in entries if e.kind == DIR]
+    assert folders_seen > 300  # exif/, date/ and the mirror, where every photo is a folder
+    assert largest <= 30 + 2  # the mirror's folders of 50 photos show pages too
+    assert view.searches <= folders_seen  # at most one search or count per folder listed
+    assert view._cache.bytes <= 300_000
+
+
+def test_long_navigation_folders_show_pages_and_their_names_still_resolve(capped):
+    capped.backend.add("Photos", b"2019-01-05/page=2", camera="Canon")  # a real name wins over a page
+    photos = [b"p0.jpg", b"page=2"]
+    tree = folders(capped, b"/similar/Photos")
+    assert tree == [b"page=1", b"page=2"]  # 6 folders, at most 5 a listing
+    assert folders(capped, b"/similar/Photos/page=1") + folders(capped, b"/similar/Photos/page=2") == [
+        b"2019-01-05",
+        b"2019-03-02",
+        b"2020-02-10",
+        b"2020-06-01",
+        b"2021-12-31",
+        b"undated",
+    ]
+    assert folders(capped, b"/similar/Photos/2019-01-05") == photos
+    assert capped.getattr(b"/similar/Photos/2019-01-05/page=2").kind == DIR  # the photo, not a page
+    assert links(capped, b"/similar/Photos/page=1/2019-01-05/p0.jpg/limit=3") == links(
+        capped, b"/similar/Photos/2019-01-05/p0.jpg/limit=3"
+    )
+
+
+def test_a_photo_not_embedded_yet_has_an_empty_similar_folder(view, backend):
+    real_search = backend.search
+
+    def search(query):
+        if query.similar_to == ("Photos", b"2019/a.jpg"):
+            raise NotFound("2019/a.jpg in Photos is not indexed yet")
+        return real_search(query)
+
+    backend.search = search
+    backend.progress = (7, 1)
+    path = b"/similar/Photos/2019/a.jpg"
+    assert view.getattr(path).kind == DIR
+    assert names(view, path) == [b".results.tsv", b".results.json", b".searchfs-indexing"]
+    assert view.read(path + b"/.results.tsv", 100, 0) == b"rank\tscore\tpath\n"
+    backend.fail = NotFound("no such root")  # anything else still fails as it did
+    with pytest.raises(NotFound):
+        view.readdir(b"/query/cat")

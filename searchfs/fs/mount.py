@@ -3,7 +3,7 @@
 API (what the CLI calls)
 ------------------------
 ``mount(backend_factory, mountpoint, *, foreground=True, allow_other=False, log_file=None, debug=False,
-command=None, ready_timeout=60, entry_timeout=1.0, kernel_ro=False)``
+command=None, ready_timeout=60)``
     Foreground (the default): clear a stale mount left by a killed daemon, build the backend
     (``backend_factory()``), refuse a mountpoint inside or above a source root, then serve until
     unmounted (``searchfs umount``, ``fusermount -u``, SIGTERM, SIGINT or SIGHUP: libfuse unmounts
@@ -22,14 +22,14 @@ command=None, ready_timeout=60, entry_timeout=1.0, kernel_ro=False)``
 ``check_mountpoint(mountpoint, root_paths)``, ``fuse_options(allow_other)``.
 
 Mount options: fsname=searchfs, subtype=searchfs, use_ino (our stable inode numbers), entry/attr/
-negative timeouts of 1 s (new results show on the next listing), multi-threaded.
+negative timeouts of 1 s (new results show on the next listing), multi-threaded. ``debug`` logs every FUSE
+call in one DEBUG line (libfuse's own -d trace is not turned on: it is several lines per call on stderr).
 
 Read-only without the kernel's `ro` flag: with `ro` the kernel itself answers EROFS to mkdir/rmdir, so
 `rmdir query/<text>` (forget) and `mkdir query/+<text>` (save) could never reach us. Every other write
 is answered EROFS by fs/fuse_ops.py for every user. `default_permissions` is off for the same reason
 (the kernel would answer EACCES, not EROFS, to a non-root writer in a 0555 folder); nothing is lost:
 the tree is read-only, and the photos behind the symlinks keep their own permissions.
-`mount(..., kernel_ro=True)` adds `ro` (and gives up saving/forgetting through the mount).
 Private by default: ``allow_other`` only with the explicit flag (a non-root user also needs
 ``user_allow_other`` in /etc/fuse.conf).
 """
@@ -46,9 +46,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import ensure_private_file
 from ..errors import NotFound, SearchfsError
+
+if TYPE_CHECKING:
+    from .view import Backend
 
 log = logging.getLogger(__name__)
 
@@ -181,20 +185,18 @@ def check_mountpoint(mountpoint, root_paths: Sequence[bytes | str] = ()) -> str:
     return path
 
 
-def fuse_options(allow_other: bool = False, entry_timeout: float = ENTRY_TIMEOUT, kernel_ro: bool = False) -> dict:
+def fuse_options(allow_other: bool = False) -> dict:
     """libfuse options. See the module docstring for why `ro` and `default_permissions` are off."""
     options = {
         "fsname": FSNAME,
         "subtype": FSNAME,
         "use_ino": True,
-        "entry_timeout": entry_timeout,
-        "attr_timeout": entry_timeout,
-        "negative_timeout": entry_timeout,
+        "entry_timeout": ENTRY_TIMEOUT,
+        "attr_timeout": ENTRY_TIMEOUT,
+        "negative_timeout": ENTRY_TIMEOUT,
     }
     if allow_other:
         options["allow_other"] = True
-    if kernel_ro:
-        options["ro"] = True
     return options
 
 
@@ -223,7 +225,7 @@ def _setup_logging(log_file: os.PathLike | None, debug: bool) -> logging.Handler
 
 
 def mount(
-    backend_factory: Callable[[], object],
+    backend_factory: Callable[[], Backend] | None,
     mountpoint,
     *,
     foreground: bool = True,
@@ -232,8 +234,6 @@ def mount(
     debug: bool = False,
     command: Sequence[str] | None = None,
     ready_timeout: float = 60.0,
-    entry_timeout: float = ENTRY_TIMEOUT,
-    kernel_ro: bool = False,
 ) -> int | None:
     """Mount the search tree at `mountpoint`. See the module docstring."""
     if not foreground:
@@ -246,6 +246,8 @@ def mount(
     from .fuse_ops import SearchfsOperations, run_fuse  # needs libfuse; the rest of this module doesn't
     from .view import View
 
+    if backend_factory is None:
+        raise MountError("a foreground mount needs a backend")
     path = _abs(mountpoint)
     clear_stale(path)
     backend = backend_factory()
@@ -263,11 +265,9 @@ def mount(
             os.getpid(),
             "shared with other users" if allow_other else "private",
         )
-        operations = SearchfsOperations(view)
+        operations = SearchfsOperations(view, trace=debug)
         try:
-            run_fuse(
-                operations, path, foreground=True, debug=debug, **fuse_options(allow_other, entry_timeout, kernel_ro)
-            )
+            run_fuse(operations, path, foreground=True, **fuse_options(allow_other))
         except RuntimeError as exc:
             # libfuse3 reports a loop ended by SIGTERM/SIGINT/SIGHUP as a non-zero status (mfusepy
             # raises RuntimeError(status)); that is a clean stop when the mount is gone.

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_to_bytes
 
-NAME_MAX = 255
+NAME_MAX = 255  # bytes in one path segment, as statvfs says; longer names answer ENAMETOOLONG
 SLASH_STANDIN = "\u2215"  # DIVISION SLASH
 ELLIPSIS = "\u2026"
 
@@ -58,6 +58,11 @@ PROBE_NAMES = frozenset(
     )
 )
 _PROBE_PREFIXES = ("albumart",)  # AlbumArt_{GUID}_Large.jpg and friends
+
+
+# Empty files in the mount's root that desktop indexers honour: GNOME's Tracker/LocalSearch skips a folder
+# holding either (its `ignored-directories-with-content`), and so never crawls the search tree.
+INDEXER_MARKERS = (b".nomedia", b".trackerignore")
 
 
 def is_probe(name: bytes) -> bool:
