@@ -46,8 +46,10 @@ TARGET_MB_S = 100
 def build(settings, photos: Path, count: int, mb: float) -> None:
     import numpy as np
 
+    from searchfs.ingest.extract import EXTRACTOR_VERSION
     from searchfs.library import Library
-    from searchfs.store.catalog import Catalog
+    from searchfs.records import Facet
+    from searchfs.store.rows import NewPhoto
 
     rng = np.random.default_rng(0)
     rows = []
@@ -60,25 +62,17 @@ def build(settings, photos: Path, count: int, mb: float) -> None:
     with Library(settings, create=True) as lib:
         root = lib.catalog.add_root(os.fsencode(os.path.realpath(photos)))
         model = lib.model_id
-        with lib.catalog.write() as conn:
-            for i, (rel, st) in enumerate(rows, start=1):
-                conn.execute(
-                    "INSERT INTO contents(id, hash, size, meta_state) VALUES (?, ?, ?, 'done')",
-                    (i, f"{i:040x}", st.st_size),
+        photos_rows = []
+        for i, (rel, st) in enumerate(rows, start=1):
+            vector = rng.standard_normal(512).astype(np.float32)
+            facets = (Facet("camera", "BenchCam"),)
+            photos_rows.append(
+                NewPhoto(
+                    rel, st.st_size, st.st_mtime_ns, st.st_ino, f"{i:040x}", facets, vector / np.linalg.norm(vector)
                 )
-                conn.execute(
-                    "INSERT INTO files(root_id, relpath, dir, size, mtime_ns, inode, content_id, seen)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-                    (root.id, rel, os.path.dirname(rel), st.st_size, st.st_mtime_ns, st.st_ino, i),
-                )
-                conn.execute(
-                    "INSERT INTO facets(content_id, key, text, fold, num)"
-                    " VALUES (?, 'camera', 'BenchCam', 'benchcam', NULL)",
-                    (i,),
-                )
-                vector = rng.standard_normal(512).astype(np.float32)
-                Catalog.store_embedding(conn, model, i, vector / np.linalg.norm(vector))
-            Catalog.bump(conn, vectors=True)
+            )
+        with lib.catalog.transaction() as tx:
+            tx.add_photos(root.id, photos_rows, model, EXTRACTOR_VERSION)
 
 
 def cat_seconds(files: list[str]) -> float:

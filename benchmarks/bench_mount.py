@@ -99,8 +99,10 @@ def build_library(settings, photos: Path, n: int, cameras: int, dim: int, seed: 
     import numpy as np
     from photos import make_photo
 
+    from searchfs.ingest.extract import EXTRACTOR_VERSION
     from searchfs.library import Library
-    from searchfs.store.catalog import Catalog
+    from searchfs.records import Facet
+    from searchfs.store.rows import NewPhoto
 
     t0 = time.perf_counter()
     source = make_photo(photos.parent / "source.jpg", (120, 80, 40), size=(160, 120), seed=1, make="BenchCam")
@@ -126,44 +128,20 @@ def build_library(settings, photos: Path, n: int, cameras: int, dim: int, seed: 
     with Library(settings, create=True) as lib:
         model = lib.model_id
         root = lib.catalog.add_root(os.fsencode(os.path.realpath(photos)))
-        with lib.catalog.write() as conn:
-            conn.executemany(
-                "INSERT INTO contents(id, hash, size, meta_state) VALUES (?, ?, ?, 'done')",
-                ((i + 1, f"{i:040x}", stats[0].st_size) for i in range(n)),
+        photos_rows = (
+            NewPhoto(
+                rel,
+                stats[i // FOLDER_SIZE].st_size,
+                stats[i // FOLDER_SIZE].st_mtime_ns,
+                stats[i // FOLDER_SIZE].st_ino,
+                f"{i:040x}",
+                (Facet("camera", f"BenchCam {i % cameras}"), Facet("date", _date(i))),
+                vectors[i],
             )
-            conn.executemany(
-                "INSERT INTO files(root_id, relpath, dir, size, mtime_ns, inode, content_id, seen)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-                (
-                    (
-                        root.id,
-                        rel,
-                        os.path.dirname(rel),
-                        stats[i // FOLDER_SIZE].st_size,
-                        stats[i // FOLDER_SIZE].st_mtime_ns,
-                        stats[i // FOLDER_SIZE].st_ino,
-                        i + 1,
-                    )
-                    for i, rel in enumerate(relpaths)
-                ),
-            )
-            conn.executemany(
-                "INSERT INTO facets(content_id, key, text, fold, num) VALUES (?, ?, ?, ?, ?)",
-                (
-                    row
-                    for i in range(n)
-                    for row in (
-                        (i + 1, "camera", f"BenchCam {i % cameras}", f"benchcam {i % cameras}", None),
-                        (i + 1, "date", _date(i), _date(i), None),
-                        (i + 1, "year", _date(i)[:4], _date(i)[:4], float(_date(i)[:4])),
-                    )
-                ),
-            )
-            conn.executemany(
-                "INSERT INTO embeddings(model, content_id, vector) VALUES (?, ?, ?)",
-                ((model, i + 1, vectors[i].tobytes()) for i in range(n)),
-            )
-            Catalog.bump(conn, vectors=True)
+            for i, rel in enumerate(relpaths)
+        )
+        with lib.catalog.transaction() as tx:
+            tx.add_photos(root.id, photos_rows, model, EXTRACTOR_VERSION)
         rows_s = time.perf_counter() - t1
         t2 = time.perf_counter()
         lib.save_vectors()  # builds the index (HNSW at >= search.exact_below) and saves it, as `index` does

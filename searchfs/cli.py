@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
 
@@ -38,6 +39,8 @@ def handle_errors(func):
             return func(*args, **kwargs)
         except SearchfsError as exc:
             _fail(str(exc), exc.exit_code)
+        except sqlite3.Error as exc:  # the catalog maps damage to CatalogError; anything else still gets one line
+            _fail(f"catalog: {' '.join(str(exc).split())}", 1)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except BrokenPipeError:

@@ -97,7 +97,10 @@ class SyncDaemon:
         self._lock.acquire()
         self._extractor = self.library.extractor()
         self._settle = self.library.settings.watch_settle_seconds
-        self._indexer = self.library.indexer(self._extractor, defer_fresh=self._settle)
+        self.library.vectors.own()  # from now on only the writer thread changes the vector index
+        self._indexer = self.library.indexer(
+            self._extractor, defer_fresh=self._settle, after_embedding=self.library.vectors.catch_up
+        )
         self._thread = threading.Thread(target=self._run, name="searchfs-writer", daemon=True)
         self._thread.start()
         self._status_thread = threading.Thread(target=self._write_status_often, name="searchfs-status", daemon=True)
@@ -128,8 +131,8 @@ class SyncDaemon:
         if self._status_thread is not None:
             self._status_thread.join(timeout=5)  # so it cannot write daemon.json again after the unlink
         try:
-            self.library.save_vectors()
-        except Exception:  # derived data: the next start rebuilds it
+            self.library.vectors.save()  # only when worth it: the next start catches up from the log
+        except Exception:  # derived data: the next start catches up or rebuilds
             log.exception("could not save the vector index at shutdown")
         if self._extractor is not None:
             self._extractor.close()
@@ -159,6 +162,7 @@ class SyncDaemon:
     # -- the writer thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
+        self._keep_vectors()  # the first load, here rather than in the first FUSE call that searches
         while True:
             job = self._jobs.get()
             try:
@@ -203,6 +207,7 @@ class SyncDaemon:
         if self._jobs.qsize() == 0 or report.new + report.changed > 64:
             self._indexer.process(report)
         self._add_totals(report)
+        self._keep_vectors()
         self._maybe_save_vectors()
 
     def _retry_later(self, job: _Job, reason: str) -> None:
@@ -295,9 +300,16 @@ class SyncDaemon:
             setattr(self.totals, name, getattr(self.totals, name) + getattr(report, name))
         self.totals.errors = (self.totals.errors + report.errors)[-20:]
 
+    def _keep_vectors(self) -> None:
+        """Publish what changed to readers: costs what changed (store/vector_store.py)."""
+        try:
+            self.library.vectors.catch_up()
+        except Exception:  # derived data: the next catch-up tries again; searches keep the last index
+            log.exception("could not bring the vector index up to date")
+
     def _maybe_save_vectors(self) -> None:
         if time.monotonic() - self._last_save > _SAVE_VECTORS_EVERY:
-            self.library.save_vectors()
+            self.library.vectors.save()
             self._last_save = time.monotonic()
 
     def _status_path(self):

@@ -13,8 +13,8 @@ import fcntl
 import logging
 import os
 import re
+import shutil
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -22,10 +22,11 @@ import numpy as np
 
 from .config import Settings, ensure_private_dir, load_settings
 from .errors import LibraryBusy, NotFound, QueryError
-from .records import FACETS, Hit, IndexReport, LibraryStatus, Root, RootStatus
+from .records import FACET_BY_KEY, Hit, IndexReport, LibraryStatus, Root, RootStatus
 from .search.engine import Engine, image_query_vector
 from .search.query import Query
 from .store.catalog import Catalog
+from .store.vector_store import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +90,14 @@ class Library:
         self.catalog = Catalog(settings.catalog_path)
         self._embedder = None
         self._embedder_lock = threading.Lock()
-        self._index = None
-        self._index_generation = -1
-        self._vectors_lock = threading.RLock()
+        self.vectors = VectorStore(
+            self.catalog, lambda: self.vectors_dir, lambda: self.model_id, settings.search_exact_below
+        )
         self._progress: tuple[int, tuple[int, int]] | None = None  # (generation, indexing_progress())
+        self._values: dict[str, tuple[int, list[tuple[str, int]]]] = {}  # key -> (generation, facet values)
         self.engine = Engine(
             self.catalog,
-            vectors=self.vector_index,
+            vectors=self.vectors.current,
             embed_text=lambda text: self.embedder.embed_text([text])[0],
             embed_image=lambda path: image_query_vector(self.catalog, self.model_id, path, self.embedder.embed_images),
             model_id=lambda: self.model_id,
@@ -145,7 +147,7 @@ class Library:
 
         return ScanRules(self.settings.index_exclude, self.settings.index_hidden)
 
-    def indexer(self, extractor, progress=None, defer_fresh: float = 0.0):
+    def indexer(self, extractor, progress=None, defer_fresh: float = 0.0, after_embedding=None):
         from .ingest.indexer import Indexer
 
         return Indexer(
@@ -155,6 +157,7 @@ class Library:
             self.embedder,
             progress=progress or (lambda phase, done, total: None),
             defer_fresh=defer_fresh,
+            after_embedding=after_embedding,
         )
 
     # -- roots and indexing ------------------------------------------------------------------------
@@ -197,11 +200,14 @@ class Library:
             if not roots:
                 raise NotFound("no folders to index: name one, e.g. `searchfs index ~/Pictures`")
             if retry_quarantined:
-                self.catalog.retry_quarantined()
+                with self.catalog.transaction() as tx:
+                    tx.retry_quarantined()
             with self.extractor() as extractor:
                 report = self.indexer(extractor, progress).index(roots)
-            self.catalog.collect_orphans(ORPHAN_GRACE_SECONDS)
-            self.save_vectors()
+            with self.catalog.transaction() as tx:
+                tx.collect_orphans(ORPHAN_GRACE_SECONDS)
+            self.vectors.catch_up()
+            self.vectors.save()
         return report
 
     # -- vectors -----------------------------------------------------------------------------------
@@ -212,55 +218,12 @@ class Library:
 
     def vector_index(self):
         """The vector index for the current model, in step with the catalog (None: nothing embedded)."""
-        from .store.vectors import VectorIndex
+        return self.vectors.current()
 
-        with self._vectors_lock:
-            generation = self.catalog.vectors_generation()
-            if self._index is not None and self._index_generation == generation:
-                return self._index
-            model = self.model_id
-            dim = self.catalog.embedding_dim(model)
-            if dim is None:
-                return None
-            if self._index is None or self._index.stats.get("dim") not in (None, dim):
-                self._index = self._load_or_build(VectorIndex, model, dim, generation)
-            else:
-                self._catch_up(self._index, model)
-            self._index_generation = generation
-            return self._index
-
-    def _load_or_build(self, cls, model: str, dim: int, generation: int):
-        exact_below = self.settings.search_exact_below
-        count = self.catalog.live_count(model)
-        index = cls.load(self.vectors_dir, model, generation, count, exact_below=exact_below)
-        if index is None:
-            ids, vectors = self.catalog.live_vectors(model, dim)
-            index = cls.build(ids, vectors, model, exact_below=exact_below)
-            self._save(index, generation)
-        return index
-
-    def _catch_up(self, index, model: str) -> None:
-        """Bring a loaded index in step with the catalog: add new vectors, drop ones no file uses."""
-        live = self.catalog.live_ids(model)
-        have = index.ids()
-        missing = np.setdiff1d(live, have, assume_unique=True)
-        extra = np.setdiff1d(have, live, assume_unique=True)
-        if len(extra):
-            index.remove(extra)
-        if len(missing):
-            ids, vectors = self.catalog.vectors_for(model, missing)
-            index.add(ids, vectors)
-
-    def save_vectors(self) -> None:
-        index = self.vector_index()
-        if index is not None:
-            self._save(index, self._index_generation)
-
-    def _save(self, index, generation: int) -> None:
-        try:
-            index.save(self.vectors_dir, generation)
-        except OSError as exc:  # derived data: a failed save costs a rebuild later, nothing more
-            log.warning("could not save the vector index to %s: %s", self.vectors_dir, exc)
+    def save_vectors(self, force: bool = False) -> None:
+        """Write the vector index when worth it (for the library's writer: `index`, the daemon)."""
+        self.vectors.catch_up()
+        self.vectors.save(force=force)
 
     # -- search ------------------------------------------------------------------------------------
 
@@ -300,57 +263,28 @@ class Library:
     # -- status ------------------------------------------------------------------------------------
 
     def status(self, quarantine_limit: int = 50) -> LibraryStatus:
-        read = self.catalog.read()
         model = self.model_id
-        per_root = dict(read.execute("SELECT root_id, count(*) FROM files GROUP BY root_id").fetchall())
-        roots = [RootStatus(r.name, r.display, r.online, per_root.get(r.id, 0), r.last_scan_at) for r in self.roots()]
-        files = sum(per_root.values())
-        quarantine = self.quarantine(quarantine_limit)
-        quarantined = read.execute(
-            "SELECT count(*) FROM files f LEFT JOIN contents c ON c.id = f.content_id"
-            " WHERE f.error IS NOT NULL OR c.error IS NOT NULL"
-        ).fetchone()[0]
-        indexed = read.execute(
-            "SELECT count(*) FROM files f JOIN embeddings e ON e.content_id = f.content_id AND e.model = ?", (model,)
-        ).fetchone()[0]
+        counts = self.catalog.counts(model)
+        roots = [
+            RootStatus(r.name, r.display, r.online, counts.per_root.get(r.id, 0), r.last_scan_at) for r in self.roots()
+        ]
+        files = sum(counts.per_root.values())
         return LibraryStatus(
             library=self.settings.library,
             catalog=str(self.catalog.path),
             roots=roots,
             files=files,
-            indexed=indexed,
-            pending=files - indexed - quarantined,
-            quarantined=quarantined,
+            indexed=counts.indexed,
+            pending=files - counts.indexed - counts.quarantined,
+            quarantined=counts.quarantined,
             model=model,
-            vectors=self.vector_health(model),
+            vectors=self.vectors.health(),
             generation=self.catalog.generation(),
-            quarantine=quarantine,
+            quarantine=self.quarantine(quarantine_limit),
         )
-
-    def vector_health(self, model: str) -> dict:
-        """The derived vector files against the catalog, without loading them: 'ok' when their stamp
-        matches, else why they will be rebuilt on the next search."""
-        from .store.vectors import VectorIndex
-
-        live = self.catalog.live_count(model)
-        health = {"dir": str(self.vectors_dir), "live_vectors": live}
-        try:
-            stamp, stale = VectorIndex.read_stamp(self.vectors_dir, model, self.catalog.vectors_generation(), live)
-        except (OSError, ValueError):
-            health["state"] = "not built yet" if live else "empty"
-            return health
-        health.update(kind=stamp.get("kind"), count=stamp.get("count"), generation=stamp.get("generation"))
-        health["state"] = "ok" if not stale else "stale, rebuilt on next search: " + "; ".join(stale)
-        return health
 
     def quarantine(self, limit: int = 50) -> list[dict]:
-        rows = self.catalog.read().execute(
-            """SELECT r.path, f.relpath, coalesce(f.error, c.error) FROM files f JOIN roots r ON r.id = f.root_id
-               LEFT JOIN contents c ON c.id = f.content_id
-               WHERE f.error IS NOT NULL OR c.error IS NOT NULL ORDER BY r.name, f.relpath LIMIT ?""",
-            (limit,),
-        )
-        return [{"path": os.fsdecode(os.path.join(bytes(p), bytes(rel))), "reason": why} for p, rel, why in rows]
+        return [{"path": os.fsdecode(q.path), "reason": q.reason} for q in self.catalog.quarantined(limit)]
 
     # -- the mount's backend -----------------------------------------------------------------------
 
@@ -365,55 +299,35 @@ class Library:
 
     def list_tree(self, root: str, relpath: bytes) -> list[tuple[bytes, bool]]:
         """Children of a folder of `root` that hold indexed photos: (name, is_dir)."""
-        root_id = self.catalog.root(root).id
         relpath = relpath.strip(b"/")
-        prefix = relpath + b"/" if relpath else b""
-        rows = (
-            self.catalog.read()
-            .execute(
-                """SELECT DISTINCT f.relpath FROM files f JOIN contents c ON c.id = f.content_id
-               WHERE f.root_id = ? AND c.error IS NULL AND f.error IS NULL
-                 AND (? = '' OR substr(f.relpath, 1, ?) = ?)""",
-                (root_id, prefix, len(prefix), prefix),
-            )
-            .fetchall()
-        )
-        if not rows and relpath:
-            raise NotFound(f"{os.fsdecode(relpath)} is not a folder of photos in {root}")
-        children: dict[bytes, bool] = {}
-        for (path,) in rows:
-            rest = bytes(path)[len(prefix) :]
-            name, sep, _ = rest.partition(b"/")
-            children[name] = children.get(name, False) or bool(sep)
-        return sorted(children.items())
+        children = self.catalog.tree_children(self.catalog.root(root).id, relpath)
+        if children is None:
+            if relpath:
+                raise NotFound(f"{os.fsdecode(relpath)} is not a folder of photos in {root}")
+            return []
+        return children
 
     def facet_values(self, key: str) -> list[tuple[str, int]]:
-        if key not in {spec.key for spec in FACETS}:
+        """The values of a metadata key with how many photos have each; computed once per generation
+        (a file manager lists exif/year/ again and again)."""
+        if key not in FACET_BY_KEY:
             raise QueryError(f"unknown metadata key {key!r}")
-        keys = ("keyword", "title", "description") if key == "text" else (key,)
-        rows = (
-            self.catalog.read()
-            .execute(
-                f"""SELECT fc.text, count(DISTINCT f.id) FROM facets fc
-                JOIN files f ON f.content_id = fc.content_id JOIN roots r ON r.id = f.root_id
-                WHERE fc.key IN ({",".join("?" * len(keys))}) AND r.online = 1
-                GROUP BY fc.text ORDER BY coalesce(min(fc.num), 0), fc.text""",
-                keys,
-            )
-            .fetchall()
-        )
-        return [(text, count) for text, count in rows]
+        generation = self.catalog.generation()
+        cached = self._values.get(key)
+        if cached is None or cached[0] != generation:
+            cached = self._values[key] = (generation, self.catalog.facet_values(key))
+        return cached[1]
 
     def saved_queries(self) -> list[str]:
-        return [r[0] for r in self.catalog.read().execute("SELECT text FROM saved_queries ORDER BY text")]
+        return self.catalog.saved_queries()
 
     def save_query(self, text: str) -> None:
-        with self.catalog.write() as conn:
-            conn.execute("INSERT OR IGNORE INTO saved_queries(text, created_at) VALUES (?, ?)", (text, time.time()))
+        with self.catalog.transaction() as tx:
+            tx.save_query(text)
 
     def forget_query(self, text: str) -> None:
-        with self.catalog.write() as conn:
-            if not conn.execute("DELETE FROM saved_queries WHERE text = ?", (text,)).rowcount:
+        with self.catalog.transaction() as tx:
+            if not tx.forget_query(text):
                 raise NotFound(f"no saved query {text!r}")
 
     def date_counts(self, query: Query, width: int) -> list[tuple[str | None, int]]:
@@ -505,6 +419,8 @@ def repair_library(settings: Settings) -> str:
         if problem is None:
             return f"catalog {settings.catalog_path} is sound: nothing to repair"
         recovery = recover(settings.catalog_path)
+        # Derived from the damaged catalog: rebuilt from the new one on the next search, never trusted.
+        shutil.rmtree(settings.library_dir / "vectors", ignore_errors=True)
     with Library(settings) as lib:
         report = lib.index() if lib.roots() else IndexReport()
     return (

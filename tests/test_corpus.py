@@ -35,11 +35,11 @@ def indexed(tmp_path_factory, tiny_model):
 
 def _states(library: Library) -> dict[str, str]:
     """relative path -> 'indexed' or the quarantine reason"""
-    rows = library.catalog.read().execute(
-        """SELECT f.relpath, coalesce(f.error, c.error), EXISTS (SELECT 1 FROM embeddings e WHERE e.content_id = c.id)
-           FROM files f LEFT JOIN contents c ON c.id = f.content_id"""
-    )
-    return {os.fsdecode(bytes(rel)): ("indexed" if embedded else reason) for rel, reason, embedded in rows}
+    states = library.catalog.file_states(library.model_id)
+    return {
+        os.path.relpath(os.fsdecode(s.path), os.path.realpath(CORPUS)): ("indexed" if s.embedded else s.reason)
+        for s in states
+    }
 
 
 def test_every_file_is_indexed_or_quarantined_with_a_reason(indexed):

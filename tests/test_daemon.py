@@ -48,17 +48,7 @@ def since(daemon: SyncDaemon) -> dict:
 
 def catalog_files(lib: Library) -> dict[str, bool]:
     """Every file in the catalog -> whether it has an embedding for the current model."""
-    rows = (
-        lib.catalog.read()
-        .execute(
-            """SELECT r.path, f.relpath, EXISTS (SELECT 1 FROM embeddings e WHERE e.content_id = f.content_id
-                                               AND e.model = ?)
-           FROM files f JOIN roots r ON r.id = f.root_id""",
-            (lib.model_id,),
-        )
-        .fetchall()
-    )
-    return {os.fsdecode(os.path.join(bytes(p), bytes(rel))): bool(e) for p, rel, e in rows}
+    return {os.fsdecode(state.path): state.embedded for state in lib.catalog.file_states(lib.model_id)}
 
 
 def settled(daemon: SyncDaemon, quiet: float = 3 * SETTLE, timeout: float = T) -> None:
@@ -162,13 +152,7 @@ def test_a_slow_write_is_indexed_once_with_its_final_content(start_daemon, photo
     assert now["quarantined"] - base["quarantined"] == 0
     assert now["new"] + now["changed"] - base["new"] - base["changed"] == 1
     assert [q for q in lib.quarantine() if q["path"] == str(target)] == []
-    digest = (
-        lib.catalog.read()
-        .execute(
-            "SELECT c.hash FROM files f JOIN contents c ON c.id = f.content_id WHERE f.relpath = ?", (b"slow.jpg",)
-        )
-        .fetchone()[0]
-    )
+    digest = next(s.hash for s in lib.catalog.file_states(lib.model_id) if s.path == os.fsencode(target))
     assert digest == hash_file(os.fsencode(target))[0] == hash_file(os.fsencode(original))[0]
     hits = lib.search(image=original, limit=1)
     assert hits[0].path == str(target) and hits[0].score == pytest.approx(1.0, abs=1e-4)

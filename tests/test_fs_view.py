@@ -900,33 +900,33 @@ def real_library(settings, photos: list[tuple[bytes, dict]], embedded: int | Non
     first `embedded` of them with random vectors for the configured model."""
     import numpy as np
 
+    from searchfs.ingest.extract import EXTRACTOR_VERSION
     from searchfs.library import Library
-    from searchfs.store.catalog import Catalog
+    from searchfs.store.rows import NewPhoto
 
     lib = Library(settings, create=True)
     root = lib.catalog.add_root(b"/photos")
     embedded = len(photos) if embedded is None else embedded
     dim = lib.embedder.embed_text(["warm"]).shape[1]
     rng = np.random.default_rng(7)
-    with lib.catalog.write() as conn:
-        for i, (rel, facets) in enumerate(photos, start=1):
-            conn.execute("INSERT INTO contents(id, hash, size, meta_state) VALUES (?, ?, 1, 'done')", (i, f"{i:040x}"))
-            conn.execute(
-                "INSERT INTO files(root_id, relpath, dir, size, mtime_ns, inode, content_id)"
-                " VALUES (?, ?, ?, 1, 0, 0, ?)",
-                (root.id, rel, os.path.dirname(rel), i),
+    rows = []
+    for i, (rel, facets) in enumerate(photos, start=1):
+        vector = rng.standard_normal(dim).astype(np.float32) if i <= embedded else None
+        rows.append(
+            NewPhoto(
+                rel, 1, 0, 0, f"{i:040x}", _facets(facets), None if vector is None else vector / np.linalg.norm(vector)
             )
-            for key, value in facets.items():
-                num = float(value) if isinstance(value, int) else None
-                conn.execute(
-                    "INSERT INTO facets(content_id, key, text, fold, num) VALUES (?, ?, ?, ?, ?)",
-                    (i, key, str(value), str(value).casefold(), num),
-                )
-            if i <= embedded:
-                vector = rng.standard_normal(dim).astype(np.float32)
-                Catalog.store_embedding(conn, lib.model_id, i, vector / np.linalg.norm(vector))
-        Catalog.bump(conn, vectors=True)
+        )
+    with lib.catalog.transaction() as tx:
+        tx.add_photos(root.id, rows, lib.model_id, EXTRACTOR_VERSION)
     return lib
+
+
+def _facets(facets: dict) -> tuple:
+    """`camera="Canon", date="2019-05-01"` as stored facets: numbers with their value, the rest as text."""
+    from searchfs.records import Facet
+
+    return tuple(Facet(k, str(v), float(v) if isinstance(v, (int, float)) else None) for k, v in facets.items())
 
 
 def tree_of(view: View, path: bytes) -> dict:

@@ -74,6 +74,7 @@ class Indexer:
         embedder: ImageEmbedder | None,
         progress: Progress = lambda phase, done, total: None,
         defer_fresh: float = 0.0,
+        after_embedding: Callable[[], object] | None = None,
     ):
         self.catalog = catalog
         self.rules = rules
@@ -83,6 +84,8 @@ class Indexer:
         # A scan leaves alone files modified less than this many seconds ago: while a daemon runs they
         # may still be being written, and the watcher (or a re-check) takes them once complete.
         self.defer_fresh = defer_fresh
+        # Called after each committed batch of embeddings: the daemon publishes them to ranked folders.
+        self.after_embedding = after_embedding
         self._read = 0
 
     # -- whole roots -------------------------------------------------------------------------------
@@ -335,6 +338,8 @@ class Indexer:
                     log.info("quarantined %s: %s", os.fsdecode(item.path), reason)
                     report.quarantined += tx.quarantine(item.content_id, reason)  # files, as status counts
         report.embedded += embedded
+        if self.after_embedding is not None:
+            self.after_embedding()
 
     def _count_leftovers(self, report: IndexReport) -> None:
         if self.embedder is not None:

@@ -24,11 +24,11 @@ import numpy as np
 
 from ..config import ensure_private_dir
 from ..errors import DiskFull, NotFound, SearchfsError, disk_full_message, is_disk_full
-from ..records import Filter, FileStat, Root
+from ..records import FileStat, Filter, Root
 from . import facets as F
 from .migrations import LATEST, migrate
-from .rows import ContentPath, Counts, FileHit, FileRow, KnownContent, Quarantined, VectorChanges
-from .writes import Transaction, _chunks
+from .rows import ContentPath, Counts, FileHit, FileRow, FileState, KnownContent, Quarantined, VectorChanges
+from .writes import Transaction, _chunks, under_sql
 
 SCHEMA_VERSION = LATEST
 BUSY_TIMEOUT_MS = 30_000
@@ -44,6 +44,9 @@ _LIVE = (
     f"EXISTS (SELECT 1 FROM {_FILES} JOIN contents c ON c.id = f.content_id"
     f" WHERE f.content_id = e.content_id AND {_USABLE})"
 )
+
+
+_CHANGED_AT = "INSERT OR REPLACE INTO meta(key, value) VALUES ('changed_at', CAST(strftime('%s', 'now') AS TEXT))"
 
 
 class CatalogError(SearchfsError):
@@ -144,9 +147,7 @@ class Catalog:
                     yield tx
                     if tx.dirty:
                         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-                        conn.execute(
-                            "INSERT OR REPLACE INTO meta(key, value) VALUES ('changed_at', CAST(strftime('%s', 'now') AS TEXT))"
-                        )
+                        conn.execute(_CHANGED_AT)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
@@ -213,10 +214,26 @@ class Catalog:
             conn.close()
 
     def _one(self, sql: str, params: Sequence = ()) -> tuple | None:
-        return self.read().execute(sql, tuple(params)).fetchone()
+        try:
+            return self.read().execute(sql, tuple(params)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from exc
 
     def _all(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        return self.read().execute(sql, tuple(params)).fetchall()
+        try:
+            return self.read().execute(sql, tuple(params)).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from exc
+
+    def _damaged(self, exc: sqlite3.DatabaseError) -> Exception:
+        """The catalog is not checked at open (a million photos would take a minute), so damage is met on a
+        read: it becomes the one-line error that says how to repair it. Other errors pass unchanged."""
+        if isinstance(exc, sqlite3.OperationalError) and "malformed" not in str(exc):
+            return exc
+        return CatalogError(
+            f"catalog {self.path} is damaged ({' '.join(str(exc).split())}); `searchfs doctor --repair` rebuilds it "
+            "from what is still readable and keeps every intact embedding"
+        )
 
     def close(self) -> None:
         with self._readers_lock:
@@ -289,8 +306,8 @@ class Catalog:
     def folder_files(self, root_id: int, folder: bytes) -> dict[bytes, FileRow]:
         """name -> row, for the files recorded in one folder of a root."""
         rows = self._all(
-            """SELECT f.name, f.id, f.size, f.mtime_ns, f.inode, f.content_id FROM files f JOIN dirs d ON d.id = f.dir_id
-               WHERE d.root_id = ? AND d.path = ?""",
+            """SELECT f.name, f.id, f.size, f.mtime_ns, f.inode, f.content_id
+               FROM files f JOIN dirs d ON d.id = f.dir_id WHERE d.root_id = ? AND d.path = ?""",
             (root_id, folder),
         )
         return {bytes(r[0]): FileRow(*r[1:]) for r in rows}
@@ -301,8 +318,7 @@ class Catalog:
             rows = self._all("SELECT path FROM dirs WHERE root_id = ?", (root_id,))
         else:
             rows = self._all(
-                "SELECT path FROM dirs WHERE root_id = ? AND (path = ? OR substr(path, 1, length(?) + 1) = ? || x'2f')",
-                (root_id, under, under, under),
+                f"SELECT path FROM dirs WHERE root_id = ? AND {under_sql('path')}", (root_id, under, under, under)
             )
         return [bytes(r[0]) for r in rows]
 
@@ -422,7 +438,11 @@ class Catalog:
             ):
                 ids.append(content_id)
                 blobs.append(blob)
-        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim) if ids else np.zeros((0, dim), np.float32)
+        vectors = (
+            np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim)
+            if ids
+            else np.zeros((0, dim), np.float32)
+        )
         removed = np.setdiff1d(np.asarray(changed, dtype=np.int64), np.asarray(ids, dtype=np.int64))
         return VectorChanges(upto, np.asarray(ids, dtype=np.int64), vectors, removed)
 
@@ -456,8 +476,11 @@ class Catalog:
         """As matching_files, one by one from a private connection: a million matches never sit in memory."""
         sql, params = self._matching_sql(filters, None, offset)
         with self.reader() as conn:
-            for row in conn.execute(sql, params):
-                yield _hit(row)
+            try:
+                for row in conn.execute(sql, params):
+                    yield _hit(row)
+            except sqlite3.DatabaseError as exc:
+                raise self._damaged(exc) from exc
 
     def _matching_sql(self, filters: Sequence[Filter], limit: int | None, offset: int) -> tuple[str, tuple]:
         where = self._where(filters)
@@ -536,11 +559,14 @@ class Catalog:
     def tree_children(self, root_id: int, relpath: bytes) -> list[tuple[bytes, bool]] | None:
         """Children of a folder of a root that hold usable files (directly or below): (name, is_folder);
         None when the folder holds none."""
-        names = [bytes(r[0]) for r in self._all(
-            f"SELECT f.name FROM {_FILES} JOIN contents c ON c.id = f.content_id WHERE d.root_id = ? AND d.path = ?"
-            f" AND {_USABLE}",
-            (root_id, relpath),
-        )]
+        names = [
+            bytes(r[0])
+            for r in self._all(
+                f"SELECT f.name FROM {_FILES} JOIN contents c ON c.id = f.content_id WHERE d.root_id = ? AND d.path = ?"
+                f" AND {_USABLE}",
+                (root_id, relpath),
+            )
+        ]
         prefix = relpath + b"/" if relpath else b""
         below = self._all(
             f"""SELECT DISTINCT d.path FROM {_FILES} JOIN contents c ON c.id = f.content_id
@@ -558,7 +584,9 @@ class Catalog:
     # -- status --------------------------------------------------------------------------------------
 
     def counts(self, model: str) -> Counts:
-        per_root = dict(self._all("SELECT d.root_id, count(*) FROM files f JOIN dirs d ON d.id = f.dir_id GROUP BY d.root_id"))
+        per_root = dict(
+            self._all("SELECT d.root_id, count(*) FROM files f JOIN dirs d ON d.id = f.dir_id GROUP BY d.root_id")
+        )
         quarantined = self._one(
             "SELECT count(*) FROM files f LEFT JOIN contents c ON c.id = f.content_id"
             " WHERE f.error IS NOT NULL OR c.error IS NOT NULL"
@@ -568,6 +596,19 @@ class Catalog:
             (self._model(model),),
         )
         return Counts(per_root, indexed[0] if indexed else 0, quarantined[0] if quarantined else 0)
+
+    def file_states(self, model: str) -> list[FileState]:
+        """Every file with its content hash, quarantine reason and whether `model` has embedded it."""
+        rows = self._all(
+            f"""SELECT {_ABSPATH}, c.hash, coalesce(f.error, c.error),
+                       EXISTS (SELECT 1 FROM embeddings e WHERE e.content_id = f.content_id AND e.model_id = ?)
+                FROM {_FILES} LEFT JOIN contents c ON c.id = f.content_id ORDER BY r.name, {_RELPATH}""",
+            (self._model(model),),
+        )
+        return [
+            FileState(os.path.normpath(bytes(p)), bytes(h).hex() if h is not None else None, why, bool(e))
+            for p, h, why, e in rows
+        ]
 
     def quarantined(self, limit: int) -> list[Quarantined]:
         rows = self._all(

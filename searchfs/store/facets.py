@@ -160,10 +160,11 @@ def shown(key: str, value: object) -> str:
 # ------------------------------------------------------------------------------------------------ storing
 
 
-def store(conn: sqlite3.Connection, content_id: int, facets: Sequence[Facet], version: int) -> None:
-    """Write one content's facets (what extract.normalize produced) into its columns and text rows."""
+def columns_of(conn: sqlite3.Connection, facets: Sequence[Facet]) -> tuple[dict[str, object], list[tuple[int, int]]]:
+    """One content's facets (what extract.normalize produced) as its column values, and its text rows
+    (kind, name id). Derived keys (year, month, timeofday, has_gps) need no storage."""
     columns: dict[str, object] = dict.fromkeys(FACET_COLUMNS)
-    texts: list[tuple[int, str]] = []
+    texts: list[tuple[int, int]] = []
     for facet in facets:
         if facet.key in NAME_COLUMNS:
             columns[facet.key] = _name_id(conn, facet.text)
@@ -172,7 +173,13 @@ def store(conn: sqlite3.Connection, content_id: int, facets: Sequence[Facet], ve
         elif facet.key in NUMBER_COLUMNS:
             columns[facet.key] = facet.num
         elif facet.key in TEXT_KINDS:
-            texts.append((TEXT_KINDS[facet.key], facet.text))
+            texts.append((TEXT_KINDS[facet.key], _name_id(conn, facet.text)))
+    return columns, texts
+
+
+def store(conn: sqlite3.Connection, content_id: int, facets: Sequence[Facet], version: int) -> None:
+    """Write one content's facets into its columns and text rows."""
+    columns, texts = columns_of(conn, facets)
     assignments = ", ".join(f"{name} = ?" for name in columns)
     conn.execute(
         f"UPDATE contents SET {assignments}, meta_version = ?, meta_error = NULL WHERE id = ?",
@@ -181,7 +188,7 @@ def store(conn: sqlite3.Connection, content_id: int, facets: Sequence[Facet], ve
     conn.execute("DELETE FROM content_texts WHERE content_id = ?", (content_id,))
     conn.executemany(
         "INSERT OR IGNORE INTO content_texts(content_id, kind, name_id) VALUES (?, ?, ?)",
-        [(content_id, kind, _name_id(conn, text)) for kind, text in texts],
+        [(content_id, kind, name_id) for kind, name_id in texts],
     )
 
 

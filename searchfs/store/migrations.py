@@ -51,7 +51,9 @@ def migrate(conn: sqlite3.Connection, where: str) -> None:
     """Bring the catalog on `conn` (autocommit mode) to the latest schema."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > LATEST:
-        raise SchemaError(f"catalog {where} has schema {version}, newer than this searchfs ({LATEST}): upgrade searchfs")
+        raise SchemaError(
+            f"catalog {where} has schema {version}, newer than this searchfs ({LATEST}): upgrade searchfs"
+        )
     if version == LATEST:
         return
     if version == 0:
@@ -89,8 +91,15 @@ def _create_latest(conn: sqlite3.Connection) -> None:
 # ------------------------------------------------------------------------------------------ 1 -> 2
 
 _V1_TABLES = ("contents", "files", "facets", "embeddings")
-_V1_INDEXES = ("files_content", "files_dir", "files_inode", "facets_content", "facets_key_fold", "facets_key_num",
-               "facets_key_text")
+_V1_INDEXES = (
+    "files_content",
+    "files_dir",
+    "files_inode",
+    "facets_content",
+    "facets_key_fold",
+    "facets_key_num",
+    "facets_key_text",
+)
 _NAME_KEYS = ("camera", "make", "model", "lens", "format")
 _TEXT_KINDS = {"keyword": 1, "title": 2, "description": 3}
 _NUMBER_KEYS = ("hour", "iso", "fnumber", "exposure", "focal", "width", "height", "orientation", "lat", "lon")
@@ -122,7 +131,9 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
 
 def _split_schema() -> tuple[list[str], list[str]]:
     parts = list(statements(latest_schema()))
-    return [s for s in parts if not s.startswith("CREATE TRIGGER")], [s for s in parts if s.startswith("CREATE TRIGGER")]
+    return [s for s in parts if not s.startswith("CREATE TRIGGER")], [
+        s for s in parts if s.startswith("CREATE TRIGGER")
+    ]
 
 
 def _copy_contents(conn: sqlite3.Connection) -> None:

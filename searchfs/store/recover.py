@@ -32,7 +32,21 @@ from .catalog import Catalog
 log = logging.getLogger(__name__)
 
 # Copied parents first, so that each child's foreign key finds its row.
-TABLES = ("meta", "roots", "contents", "files", "facets", "embeddings", "saved_queries")
+TABLES = (
+    "meta",
+    "roots",
+    "dirs",
+    "names",
+    "contents",
+    "content_texts",
+    "files",
+    "models",
+    "embeddings",
+    "saved_queries",
+)
+# Tables without rowid: walked by the first column of their key.
+_KEYED = {"content_texts": "content_id", "embeddings": "content_id"}
+_NAME_COLUMNS = ("camera", "make", "model", "lens", "format")
 _CHUNK = 4096  # keys per range read
 EMPTY_RANGES_TO_STOP = 256  # when a table's largest key cannot be read: stop ~1M keys past the last row
 
@@ -106,7 +120,8 @@ def _salvage(damaged: Path, into: Path) -> str:
             if table == "embeddings":
                 _copy_embeddings(source, target)
             else:
-                _copy_ranges(source, target, table, "SELECT * FROM {table} WHERE rowid BETWEEN ? AND ?")
+                key = _KEYED.get(table, "rowid")
+                _copy_ranges(source, target, table, f"SELECT * FROM {{table}} WHERE {key} BETWEEN ? AND ?", key=key)
         target.commit()
     finally:
         source.close()
@@ -114,17 +129,14 @@ def _salvage(damaged: Path, into: Path) -> str:
     return "row by row"
 
 
-def _copy_ranges(source, target, table: str, query: str, *params) -> None:
+def _copy_ranges(source, target, table: str, query: str, *params, key: str = "content_id") -> None:
     """Copy `table` in key ranges, upward from 0. A range that fails is halved until its damaged rows are
     alone (and left out); the walk ends past the largest key, or, when even that cannot be read, after
     EMPTY_RANGES_TO_STOP empty ranges in a row past the last row seen."""
     sql = query.format(table=table)
     try:
-        top = source.execute(
-            f"SELECT max({'content_id' if table == 'embeddings' else 'rowid'}) FROM {table}"
-            + (" WHERE model = ?" if params else ""),
-            params,
-        ).fetchone()[0]
+        where = " WHERE model_id = ?" if params else ""
+        top = source.execute(f"SELECT max({key}) FROM {table}{where}", params).fetchone()[0]
     except sqlite3.DatabaseError:
         top = None
     start, empty = 0, 0
@@ -154,22 +166,11 @@ def _copy_range(source, target, table: str, sql: str, params: tuple, low: int, h
 
 
 def _copy_embeddings(source, target) -> None:
-    """embeddings has no rowid: walk each model's content ids. Models are found one by one with a seek
-    past the previous one, which reads only the pages on the way."""
-    model = ""
-    while True:
-        try:
-            row = source.execute(
-                "SELECT model FROM embeddings WHERE model > ? ORDER BY model LIMIT 1", (model,)
-            ).fetchone()
-        except sqlite3.DatabaseError:
-            return
-        if row is None:
-            return
-        model = row[0]
-        _copy_ranges(
-            source, target, "embeddings", "SELECT * FROM {table} WHERE model = ? AND content_id BETWEEN ? AND ?", model
-        )
+    """embeddings has no rowid: walk each model's content ids (the models come from the salvaged
+    `models` table, copied before; a seek through the embeddings' own pages may hit the damage)."""
+    for (model,) in target.execute("SELECT id FROM models").fetchall():
+        query = "SELECT * FROM {table} WHERE model_id = ? AND content_id BETWEEN ? AND ?"
+        _copy_ranges(source, target, "embeddings", query, model)
 
 
 # ------------------------------------------------------------------------------------------ rebuilding
@@ -181,13 +182,18 @@ def _rebuild(salvaged: Path, fresh: Path, recovery: Recovery) -> None:
     try:
         conn.execute("ATTACH DATABASE ? AS old", (f"file:{salvaged}?mode=ro",))
         conn.execute("BEGIN")
+        triggers = conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger'").fetchall()
+        for name, _ in triggers:  # the copies are not changes: the change log starts anew, past the old one
+            conn.execute(f"DROP TRIGGER {name}")
         present = {r[0] for r in conn.execute("SELECT name FROM old.sqlite_master WHERE type = 'table'")}
         for table in TABLES:
             if table in present:
                 _copy_table(conn, table)
         recovery.dropped_embeddings = _drop_unusable_embeddings(conn)
         recovery.metadata_again = _metadata_again(conn)
-        _move_generations_past(conn)
+        _move_generations_past(conn, "sqlite_sequence" in present)
+        for _, sql in triggers:
+            conn.execute(sql)
         conn.execute("COMMIT")
         conn.execute("DETACH DATABASE old")
         for table in TABLES:
@@ -200,61 +206,66 @@ def _columns(conn: sqlite3.Connection, schema: str, table: str) -> list[str]:
     return [r[1] for r in conn.execute(f"PRAGMA {schema}.table_info({table})")]
 
 
+# Rows that no longer hang together are left out: what they point at was lost.
+_KEEP_IF = {
+    "dirs": " WHERE root_id IN (SELECT id FROM main.roots)",
+    # a file whose content row was lost is left out too: the rescan reads it again
+    "files": " WHERE dir_id IN (SELECT id FROM main.dirs)"
+    " AND (content_id IS NULL OR content_id IN (SELECT id FROM main.contents))",
+    "content_texts": " WHERE content_id IN (SELECT id FROM main.contents) AND name_id IN (SELECT id FROM main.names)",
+    "embeddings": " WHERE content_id IN (SELECT id FROM main.contents) AND model_id IN (SELECT id FROM main.models)",
+}
+
+
 def _copy_table(conn: sqlite3.Connection, table: str) -> None:
-    """The salvaged rows whose columns the current schema knows; rows breaking a constraint (a file whose
-    root was lost, a duplicate hash) are left out by OR IGNORE and the foreign keys below."""
+    """The salvaged rows whose columns the current schema knows (OR IGNORE drops duplicates)."""
     shared = [c for c in _columns(conn, "main", table) if c in _columns(conn, "old", table)]
     if not shared:
         return
     names = ", ".join(shared)
-    where = {
-        "files": " WHERE root_id IN (SELECT id FROM main.roots)",
-        "facets": " WHERE content_id IN (SELECT id FROM main.contents)",
-        "embeddings": " WHERE content_id IN (SELECT id FROM main.contents)",
-    }.get(table, "")
-    if table == "files":  # a file whose content row was lost is hashed again by the rescan
-        conn.execute(
-            f"INSERT OR IGNORE INTO main.files ({names}) SELECT {names} FROM old.files{where}"
-            " AND (content_id IS NULL OR content_id IN (SELECT id FROM main.contents))"
-        )
-        return
     verb = "INSERT OR REPLACE" if table == "meta" else "INSERT OR IGNORE"
-    conn.execute(f"{verb} INTO main.{table} ({names}) SELECT {names} FROM old.{table}{where}")
+    conn.execute(f"{verb} INTO main.{table} ({names}) SELECT {names} FROM old.{table}{_KEEP_IF.get(table, '')}")
 
 
 def _drop_unusable_embeddings(conn: sqlite3.Connection) -> int:
     """Vectors must have their model's length (the most common one), be finite and of unit length."""
     dropped = 0
-    for (model,) in conn.execute("SELECT DISTINCT model FROM main.embeddings").fetchall():
+    for (model,) in conn.execute("SELECT DISTINCT model_id FROM main.embeddings").fetchall():
         length = conn.execute(
-            "SELECT length(vector) FROM main.embeddings WHERE model = ? GROUP BY 1 ORDER BY count(*) DESC LIMIT 1",
+            "SELECT length(vector) FROM main.embeddings WHERE model_id = ? GROUP BY 1 ORDER BY count(*) DESC LIMIT 1",
             (model,),
         ).fetchone()[0]
         bad = []
         for content_id, blob in conn.execute(
-            "SELECT content_id, vector FROM main.embeddings WHERE model = ?", (model,)
+            "SELECT content_id, vector FROM main.embeddings WHERE model_id = ?", (model,)
         ).fetchall():
             vector = np.frombuffer(blob, dtype=np.float32) if len(blob) == length and length % 4 == 0 else None
             if vector is None or not np.all(np.isfinite(vector)) or abs(float(np.dot(vector, vector)) - 1) > 1e-3:
                 bad.append((model, content_id))
-        conn.executemany("DELETE FROM main.embeddings WHERE model = ? AND content_id = ?", bad)
+        conn.executemany("DELETE FROM main.embeddings WHERE model_id = ? AND content_id = ?", bad)
         dropped += len(bad)
     return dropped
 
 
 def _metadata_again(conn: sqlite3.Connection) -> int:
-    """Every content with metadata has at least its has_gps facet; one with none lost its facet rows."""
-    return conn.execute(
-        "UPDATE main.contents SET meta_state = 'pending' WHERE meta_state = 'done'"
-        " AND NOT EXISTS (SELECT 1 FROM main.facets f WHERE f.content_id = contents.id)"
-    ).rowcount
+    """A content whose name rows (camera, lens, ...) were lost has its metadata read again."""
+    lost = " OR ".join(f"({c} IS NOT NULL AND {c} NOT IN (SELECT id FROM main.names))" for c in _NAME_COLUMNS)
+    cleared = ", ".join(f"{c} = NULL" for c in _NAME_COLUMNS)
+    return conn.execute(f"UPDATE main.contents SET meta_version = 0, {cleared} WHERE {lost}").rowcount
 
 
-def _move_generations_past(conn: sqlite3.Connection) -> None:
+def _move_generations_past(conn: sqlite3.Connection, had_sequence: bool) -> None:
     """Caches keyed by a generation (vector files, the mount's listings) must not take the new catalog
-    for the old one: every counter moves on."""
+    for the old one: every counter moves on, and the saved vector index is rebuilt once."""
+    conn.execute("UPDATE main.meta SET value = CAST(value AS INTEGER) + 1000 WHERE key = 'generation'")
+    old = (
+        conn.execute("SELECT seq FROM old.sqlite_sequence WHERE name = 'vector_log'").fetchone()
+        if had_sequence
+        else None
+    )
+    conn.execute("DELETE FROM main.sqlite_sequence WHERE name = 'vector_log'")
     conn.execute(
-        "UPDATE main.meta SET value = CAST(value AS INTEGER) + 1000 WHERE key IN ('generation', 'vectors_generation')"
+        "INSERT INTO main.sqlite_sequence(name, seq) VALUES ('vector_log', ?)", ((old[0] if old else 0) + 1000,)
     )
 
 

@@ -41,6 +41,27 @@ class FileHit(NamedTuple):
     relpath: bytes
 
 
+class NewPhoto(NamedTuple):
+    """A photo already read elsewhere, for `Transaction.add_photos` (imports, synthetic libraries)."""
+
+    relpath: bytes
+    size: int
+    mtime_ns: int
+    inode: int
+    hash: str  # hex, 40 digits
+    facets: tuple  # of records.Facet
+    vector: np.ndarray | None  # unit-length float32, for the model given to add_photos
+
+
+class FileState(NamedTuple):
+    """Every file the catalog holds, with what became of it."""
+
+    path: bytes  # absolute
+    hash: str | None  # its content's hash (hex), None until read
+    reason: str | None  # why it is in quarantine, or None
+    embedded: bool  # it has a vector for the model asked about
+
+
 class Quarantined(NamedTuple):
     path: bytes  # absolute
     reason: str

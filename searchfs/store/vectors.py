@@ -518,7 +518,9 @@ class VectorIndex:
             self._generation = int(generation)
 
     @classmethod
-    def open(cls, folder: Path, model_id: str, exact_below: int = DEFAULT_EXACT_BELOW) -> tuple[VectorIndex, int] | None:
+    def open(
+        cls, folder: Path, model_id: str, exact_below: int = DEFAULT_EXACT_BELOW
+    ) -> tuple[VectorIndex, int] | None:
         """The saved index and the vectors generation it was saved at, or None when it is missing, damaged or
         of another model (then rebuild from SQLite). A saved index older than the catalog is the caller's
         to catch up (store/vector_store.py); nothing here compares it with the catalog."""
@@ -535,8 +537,9 @@ class VectorIndex:
         stamp = json.loads((Path(folder) / STAMP_FILE).read_text())
         if not isinstance(stamp, dict):
             raise ValueError("the stamp is not a JSON object")
-        expected = {"format": FORMAT_VERSION, "model_id": model_id}
-        return stamp, [f"stamp {k} is {stamp.get(k)!r}, expected {v!r}" for k, v in expected.items() if stamp.get(k) != v]
+        expected = {"format": FORMAT_VERSION, "model_id": model_id, "count": _rows_in(Path(folder) / IDS_FILE)}
+        problems = [f"stamp {k} is {stamp.get(k)!r}, expected {v!r}" for k, v in expected.items() if stamp.get(k) != v]
+        return stamp, problems
 
     @classmethod
     def _open(cls, folder: Path, model_id: str, exact_below: int) -> tuple[VectorIndex, int]:
@@ -674,6 +677,14 @@ def _write_vectors(file, table: _Table) -> None:
     np.lib.format.write_array_header_1_0(file, header)
     for start in range(0, count, CHUNK_ROWS):
         file.write(np.ascontiguousarray(table.vectors[table.rows[start : start + CHUNK_ROWS]]))
+
+
+def _rows_in(path: Path) -> int | None:
+    """The row count an .npy file's header declares (its first few hundred bytes only); None if unreadable."""
+    try:
+        return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])  # a map reads no data
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _file_checksum(path: Path) -> dict:

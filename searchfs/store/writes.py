@@ -17,7 +17,7 @@ import numpy as np
 
 from ..records import Facet, FileStat
 from . import facets as F
-from .rows import KnownContent
+from .rows import KnownContent, NewPhoto
 
 _CHUNK = 500  # ids per IN (...), well under SQLite's variable limit
 
@@ -27,9 +27,9 @@ def _chunks(items: Sequence, size: int = _CHUNK) -> Iterable[Sequence]:
         yield items[start : start + size]
 
 
-def _under(column: str) -> str:
+def under_sql(column: str) -> str:
     """A condition: `column` (a relative path BLOB) is the path given twice as parameters, or below it."""
-    return f"({column} = ? OR substr({column}, 1, length(?) + 1) = ? || x'2f')"
+    return f"({column} = ? OR substr({column}, 1, length(?) + 1) = CAST(? || x'2f' AS BLOB))"
 
 
 class Transaction:
@@ -63,9 +63,7 @@ class Transaction:
         cursor = self.conn.execute("INSERT INTO dirs(root_id, path) VALUES (?, ?)", (root_id, folder))
         return int(cursor.lastrowid or 0)
 
-    def upsert_file(
-        self, root_id: int, st: FileStat, content_id: int | None, error: str | None
-    ) -> bool:
+    def upsert_file(self, root_id: int, st: FileStat, content_id: int | None, error: str | None) -> bool:
         """Record a file as just read. True when this changes which content its path holds."""
         folder, name = os.path.split(st.relpath)
         dir_id = self.dir_id(root_id, folder)
@@ -112,7 +110,7 @@ class Transaction:
             "DELETE FROM files WHERE name = ? AND dir_id IN (SELECT id FROM dirs WHERE root_id = ? AND path = ?)",
             (name, root_id, folder),
         ).rowcount
-        below = f"SELECT id FROM dirs WHERE root_id = ? AND {_under('path')}"
+        below = f"SELECT id FROM dirs WHERE root_id = ? AND {under_sql('path')}"
         params = (root_id, relpath, relpath, relpath)
         removed += self.conn.execute(f"DELETE FROM files WHERE dir_id IN ({below})", params).rowcount
         self.conn.execute(f"DELETE FROM dirs WHERE id IN ({below})", params)
@@ -131,16 +129,18 @@ class Transaction:
         if row is not None:
             new_folder, new_name = os.path.split(dest)
             self.conn.execute(
-                "UPDATE files SET dir_id = ?, name = ? WHERE id = ?", (self.dir_id(root_id, new_folder), new_name, row[0])
+                "UPDATE files SET dir_id = ?, name = ? WHERE id = ?",
+                (self.dir_id(root_id, new_folder), new_name, row[0]),
             )
             return 1
         moved = self.conn.execute(
             f"""SELECT count(*) FROM files WHERE dir_id IN
-                (SELECT id FROM dirs WHERE root_id = ? AND {_under("path")})""",
+                (SELECT id FROM dirs WHERE root_id = ? AND {under_sql("path")})""",
             (root_id, src, src, src),
         ).fetchone()[0]
+        renamed = "CAST(? || substr(path, length(?) + 1) AS BLOB)"  # dest + what follows src
         self.conn.execute(
-            f"UPDATE dirs SET path = CAST(? || substr(path, length(?) + 1) AS BLOB) WHERE root_id = ? AND {_under('path')}",
+            f"UPDATE dirs SET path = {renamed} WHERE root_id = ? AND {under_sql('path')}",
             (dest, src, root_id, src, src, src),
         )
         self._changed()
@@ -197,12 +197,14 @@ class Transaction:
             (time.time() - older_than,),
         ).rowcount
         if removed:
-            self.conn.execute("DELETE FROM names WHERE NOT EXISTS (SELECT 1 FROM content_texts WHERE name_id = names.id)"
-                              " AND id NOT IN (SELECT camera FROM contents WHERE camera IS NOT NULL"
-                              " UNION SELECT make FROM contents WHERE make IS NOT NULL"
-                              " UNION SELECT model FROM contents WHERE model IS NOT NULL"
-                              " UNION SELECT lens FROM contents WHERE lens IS NOT NULL"
-                              " UNION SELECT format FROM contents WHERE format IS NOT NULL)")
+            self.conn.execute(
+                "DELETE FROM names WHERE NOT EXISTS (SELECT 1 FROM content_texts WHERE name_id = names.id)"
+                " AND id NOT IN (SELECT camera FROM contents WHERE camera IS NOT NULL"
+                " UNION SELECT make FROM contents WHERE make IS NOT NULL"
+                " UNION SELECT model FROM contents WHERE model IS NOT NULL"
+                " UNION SELECT lens FROM contents WHERE lens IS NOT NULL"
+                " UNION SELECT format FROM contents WHERE format IS NOT NULL)"
+            )
             self._changed()
         return removed
 
@@ -211,6 +213,35 @@ class Transaction:
             self.conn.execute("INSERT OR IGNORE INTO models(name) VALUES (?)", (model,))
             self._model_ids[model] = self.conn.execute("SELECT id FROM models WHERE name = ?", (model,)).fetchone()[0]
         return self._model_ids[model]
+
+    def add_photos(self, root_id: int, photos: Iterable[NewPhoto], model: str | None, version: int) -> int:
+        """Record photos already read (hashed, their metadata extracted, maybe embedded): files, contents,
+        metadata and vectors in bulk. Used to import and to build large synthetic libraries quickly."""
+        model_id = self.model_id(model) if model else None
+        next_id = (self.conn.execute("SELECT max(id) FROM contents").fetchone()[0] or 0) + 1
+        dirs: dict[bytes, int] = {}
+        contents, texts, files, vectors = [], [], [], []
+        for photo in photos:
+            folder, name = os.path.split(photo.relpath)
+            if folder not in dirs:
+                dirs[folder] = self.dir_id(root_id, folder)
+            columns, text_rows = F.columns_of(self.conn, photo.facets)
+            contents.append((next_id, bytes.fromhex(photo.hash), photo.size, version, *columns.values()))
+            texts += [(next_id, kind, name_id) for kind, name_id in text_rows]
+            files.append((dirs[folder], name, photo.size, photo.mtime_ns, photo.inode, next_id))
+            if photo.vector is not None and model_id is not None:
+                vectors.append((model_id, next_id, np.ascontiguousarray(photo.vector, dtype=np.float32).tobytes()))
+            next_id += 1
+        names = ", ".join(F.FACET_COLUMNS)
+        marks = ",".join("?" * (4 + len(F.FACET_COLUMNS)))
+        self.conn.executemany(f"INSERT INTO contents(id, hash, size, meta_version, {names}) VALUES ({marks})", contents)
+        self.conn.executemany("INSERT OR IGNORE INTO content_texts VALUES (?, ?, ?)", texts)
+        self.conn.executemany(
+            "INSERT INTO files(dir_id, name, size, mtime_ns, inode, content_id) VALUES (?, ?, ?, ?, ?, ?)", files
+        )
+        self.conn.executemany("INSERT INTO embeddings(model_id, content_id, vector) VALUES (?, ?, ?)", vectors)
+        self._changed()
+        return len(files)
 
     # -- queries people keep ------------------------------------------------------------------------------
 
