@@ -150,6 +150,17 @@ class Mount:
         searchfs("umount", str(self.mnt), env=self.env, check=False)
         if os.path.ismount(self.mnt):
             subprocess.run(["fusermount", "-uz", str(self.mnt)], capture_output=True)
+        # `searchfs umount` returns before the daemon has exited, and it still writes its home on the
+        # way out (the vector stamp): wait, so the folder can be removed
+        poll(lambda: _exited(self.pid), T)
+
+
+def _exited(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # a zombie has exited
+    except FileNotFoundError:
+        return True
 
 
 def mount(library: Library, base: Path, mountpoint: Path | None = None) -> Mount:
