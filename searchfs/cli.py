@@ -542,9 +542,13 @@ def umount(mountpoint, lazy):
         searchfs umount ~/search
         searchfs umount --lazy ~/search     # while a shell still sits inside
     """
-    from .fs.mount import unmount
+    from .fs.mount import unmount, wait_for_daemon
 
     unmount(mountpoint, lazy=lazy)
+    # Return once the daemon has finished, so that `searchfs index` right after does not find it busy.
+    busy = None if lazy else wait_for_daemon(mountpoint)
+    if busy:
+        click.echo(f"unmounted; its daemon (pid {busy}) is still finishing and exits on its own", err=True)
 
 
 @cli.command()

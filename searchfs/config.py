@@ -209,6 +209,18 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("model.batch_size must be at least 1")
 
 
+def runtime_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where a running daemon leaves what other processes of the same user look for (its pid per mount
+    point, its socket): $XDG_RUNTIME_DIR/searchfs (a per-user tmpfs), else /tmp/searchfs-<uid>. 0700."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_RUNTIME_DIR")
+    path = Path(base) / "searchfs" if base else Path("/tmp") / f"searchfs-{os.getuid()}"
+    ensure_private_dir(path)
+    if path.stat().st_uid != os.getuid():  # /tmp is shared: never trust a folder someone else made
+        raise ConfigError(f"{path} belongs to another user; set XDG_RUNTIME_DIR")
+    return path
+
+
 def ensure_private_dir(path: os.PathLike) -> Path:
     """Create `path` and every missing parent as 0700 (mkdir's own mode is cut by the umask, and
     `parents=True` ignores it for the parents), and tighten `path` itself if it exists. Folders that

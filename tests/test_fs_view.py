@@ -223,6 +223,9 @@ def names(view: View, path: bytes) -> list[bytes]:
     return [e.name for e in view.readdir(path)]
 
 
+MARKERS = [b".nomedia", b".trackerignore"]  # indexer opt-outs: in the root and the top-level folders only
+
+
 # --------------------------------------------------------------------------------------------- names
 
 
@@ -364,7 +367,7 @@ def test_metadata_only_scores_empty(view, backend):
 
 
 def test_exif_listings_and_escaping(view, backend):
-    assert names(view, b"/exif") == [f.key.encode() for f in FACETS]
+    assert names(view, b"/exif") == [f.key.encode() for f in FACETS] + MARKERS
     lens = names(view, b"/exif/lens")
     assert lens == ["lens=EF 50mm f\u22151.8".encode()]
     for spelled in (lens[0], b"lens=EF 50mm f%2F1.8"):
@@ -407,7 +410,7 @@ def test_bad_names_are_enoent(view, backend):
 
 
 def test_similar_tree_and_results(view, backend):
-    assert names(view, b"/similar") == [b"Photos", b"Other"]
+    assert names(view, b"/similar") == [b"Photos", b"Other"] + MARKERS
     assert names(view, b"/similar/Photos") == [b"2019", b"2020", b"2021", b"top.png"]
     assert all(e.kind == DIR for e in view.readdir(b"/similar/Photos/2019"))  # photos are folders
     assert names(view, b"/similar/Other/x") == [b"folder.jpg"]  # real photo, not a probe here
@@ -442,7 +445,7 @@ def test_nesting_is_and_and_unlisted(view, backend):
     # nested names are not listed: only links and manifests
     assert {e.kind for e in view.readdir(b"/query/dog")} == {LINK, FILE}
     # navigation folders inside a result folder
-    assert names(view, b"/query/dog/exif") == names(view, b"/exif")
+    assert names(view, b"/query/dog/exif") + MARKERS == names(view, b"/exif")  # no markers nested
     assert names(view, b"/query/dog/exif/camera") == names(view, b"/exif/camera")
     assert names(view, b"/exif/year=2019/similar") == [b"Photos", b"Other"]
 
@@ -598,7 +601,7 @@ def test_saved_and_recent_queries(view, backend):
     for i in range(25):
         view.readdir(b"/query/q%d" % i)
     listed = names(view, b"/query")
-    assert len(listed) == 2 + 20 and b"q24" in listed and b"q0" not in listed
+    assert len(listed) == 2 + 20 + len(MARKERS) and listed[-2:] == MARKERS and b"q24" in listed and b"q0" not in listed
     view.rmdir(b"/query/cats on a sofa")
     view.rmdir(b"/query/q24")  # recent only
     listed = names(view, b"/query")

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from photos import make_library, make_photo
 
+from searchfs.fs.mount import running
+
 pytestmark = pytest.mark.mount
 if not (os.path.exists("/dev/fuse") and (shutil.which("fusermount") or shutil.which("fusermount3"))):
     pytestmark = [pytestmark, pytest.mark.skip(reason="needs /dev/fuse and fusermount")]
@@ -304,3 +306,15 @@ def test_a_folder_moved_out_and_back_is_ranked_again(mounted, tmp_path):
     assert len(listing(like / "limit=100")) == 26
     status = json.loads(searchfs("status", "--json", env=env).stdout)
     assert status["watcher"]["since_start"]["embedded"] == 21  # the way back cost no embedding
+
+
+def test_umount_returns_once_the_daemon_has_finished(mounted):
+    """A script that unmounts and then indexes must not find the library busy: umount waits for the daemon
+    to save what it keeps and release the writer lock."""
+    photos, mnt, env = mounted
+    pid = _daemon_pid(env)
+    searchfs("umount", str(mnt), env=env)
+    assert not running(pid)
+    done = searchfs("index", "--no-progress", env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    searchfs("mount", str(photos), str(mnt), env=env)  # for the fixture's own umount and log check

@@ -320,7 +320,7 @@ class SearchfsOperations(mfusepy.Operations):
         return self._call("read", path, lambda: self.view.read(_b(path), size, offset, fh))
 
     def opendir(self, path: str) -> int:
-        return 0
+        return self._call("opendir", path, lambda: 0)
 
     def release(self, path: str, fi) -> int:
         fh = fi if isinstance(fi, int) else fi.fh

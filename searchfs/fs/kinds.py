@@ -48,8 +48,20 @@ TOP = {b"query": Kind.QUERIES, b"exif": Kind.EXIF, b"similar": Kind.SIMILAR, b"d
 NESTED = TOP
 
 
+def is_marked(node: Node) -> bool:
+    """The folders that hold indexer opt-out files (.nomedia, .trackerignore): the root and the top-level
+    folders. GNOME Tracker skips a folder holding one, but always crawls a folder it was told to index,
+    so a marker at the root alone does not keep it out of query/, exif/ and similar/."""
+    top = node.kind in TOP.values() and node.query == Query() and not node.key and node.period is None
+    return node.kind is Kind.ROOT or top
+
+
+def _markers(node: Node) -> Listing:
+    return [(name, FILE) for name in N.INDEXER_MARKERS] if is_marked(node) else []
+
+
 def _list_root(view: View, node: Node) -> Listing:
-    files = [(README_NAME, FILE)] + [(name, FILE) for name in N.INDEXER_MARKERS]
+    files = [(README_NAME, FILE)] + _markers(node)
     return [(name, DIR) for name in TOP] + files
 
 
@@ -67,7 +79,7 @@ def _child_root(view: View, node: Node, seg: bytes, text: str) -> Node:
 
 
 def _list_queries(view: View, node: Node) -> Listing:
-    return [(name, DIR) for name in view.query_names()]
+    return [(name, DIR) for name in view.query_names()] + _markers(node)
 
 
 def _child_queries(view: View, node: Node, seg: bytes, text: str) -> Node:
@@ -86,7 +98,7 @@ def _child_queries(view: View, node: Node, seg: bytes, text: str) -> Node:
 
 
 def _list_exif(view: View, node: Node) -> Listing:
-    return [(spec.key.encode(), DIR) for spec in FACETS]
+    return [(spec.key.encode(), DIR) for spec in FACETS] + _markers(node)
 
 
 def _child_exif(view: View, node: Node, seg: bytes, text: str) -> Node:
@@ -112,7 +124,7 @@ def _child_exif_key(view: View, node: Node, seg: bytes, text: str) -> Node:
 
 
 def _list_similar(view: View, node: Node) -> Listing:
-    return [(name, DIR) for name in map(N.fsencode, view.root_names()) if _plain_name(name)]
+    return [(name, DIR) for name in map(N.fsencode, view.root_names()) if _plain_name(name)] + _markers(node)
 
 
 def _child_similar(view: View, node: Node, seg: bytes, text: str) -> Node:
@@ -143,7 +155,10 @@ def _child_tree(view: View, node: Node, seg: bytes, text: str) -> Node:
 
 
 def _list_dates(view: View, node: Node) -> Listing:
-    return [(period.encode(), DIR) for period, _ in view.periods(Query(), 4) if period]
+    # The years present, as exif/year/ knows them (cached per generation): listing date/ must stay cheap,
+    # a desktop indexer lists it only to find the opt-out marker in it.
+    years = sorted({int(float(value)) for value, _ in view.backend.facet_values("year")})
+    return [(f"{year:04d}".encode(), DIR) for year in years] + _markers(node)
 
 
 def _child_dates(view: View, node: Node, seg: bytes, text: str) -> Node:

@@ -37,6 +37,7 @@ Private by default: ``allow_other`` only with the explicit flag (a non-root user
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -48,7 +49,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import ensure_private_file
+from ..config import ensure_private_file, runtime_dir
 from ..errors import NotFound, SearchfsError
 
 if TYPE_CHECKING:
@@ -259,6 +260,8 @@ def mount(
         roots = [backend.root_path(name) for name in backend.root_names()]
         check_mountpoint(path, roots)
         view = View(backend)
+        pid_file = _pid_file(path)
+        pid_file.write_text(str(os.getpid()))
         log.info(
             "mounting searchfs at %s (pid %d, %s)",
             path,
@@ -284,6 +287,7 @@ def mount(
                 close()
             except Exception:  # noqa: BLE001
                 log.exception("closing the backend failed")
+        _pid_file(path).unlink(missing_ok=True)  # last: `searchfs umount` waits for it to go
         if handler is not None:
             for name in ("searchfs", "fuse"):
                 logging.getLogger(name).removeHandler(handler)
@@ -360,6 +364,43 @@ def _tail(log_file: os.PathLike | None, start: int, lines: int = 8) -> str:
     except OSError:
         return ""
     return ("; log " + os.fspath(log_file) + ":\n  " + "\n  ".join(text)) if text else ""
+
+
+def _pid_file(mountpoint: str) -> Path:
+    """Where the daemon serving `mountpoint` says who it is, so that `unmount` can wait for it to finish."""
+    key = hashlib.blake2b(os.fsencode(mountpoint), digest_size=8).hexdigest()
+    return runtime_dir() / f"mount-{key}.pid"
+
+
+def wait_for_daemon(mountpoint, timeout: float = 60.0) -> int | None:
+    """After an unmount: wait until the daemon that served `mountpoint` has finished (saved what it keeps,
+    released the library's writer lock). Returns its pid if it is still running after `timeout`."""
+    pid_file = _pid_file(_abs(mountpoint))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid = int(pid_file.read_text())
+        except (OSError, ValueError):
+            return None  # gone (or never recorded)
+        if not running(pid):
+            return None
+        time.sleep(0.05)
+    return pid
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process: a zombie (ended, not reaped yet) has finished its work."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 def unmount(mountpoint, *, lazy: bool = False, timeout: float = 10.0) -> None:

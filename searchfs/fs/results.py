@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -148,9 +149,14 @@ class ResultFolders:
         self._hints.put((query, generation), matches)
 
     def _run(self, fn: Callable, *args):
+        """Every search or count the mount runs, one debug line each (what a file manager cost us)."""
         with self._busy:
             self.searches += 1
-            return fn(*args)
+            started = time.perf_counter()
+            result = fn(*args)
+        size = len(result) if isinstance(result, list) else "?"
+        log.debug("search %r: %s hits in %.3fs (%s)", args[0], size, time.perf_counter() - started, fn.__name__)
+        return result
 
     def search(self, query: Query, generation: int) -> list[Hit]:
         def run() -> list[Hit]:

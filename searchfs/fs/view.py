@@ -62,7 +62,7 @@ from ..search.query import Query
 from . import names as N
 from .cache import SingleFlightCache
 from .files import Originals
-from .kinds import FOLDERS
+from .kinds import FOLDERS, is_marked
 from .nodes import (
     DIR,
     FILE,
@@ -395,6 +395,9 @@ class View:
                 raise NotADir(seg)
             if folder.probes and N.is_probe(seg) and not _ours(node, seg):
                 raise NoEntry(seg)
+            if seg in N.INDEXER_MARKERS and is_marked(node):
+                node = Node(Kind.MARKER, name=seg)
+                continue
             node = self._child(folder, node, seg)
         return node
 
@@ -490,6 +493,6 @@ def _page_number(seg: bytes) -> int:
 
 def _ours(node: Node, seg: bytes) -> bool:
     """Dot-names the tree itself serves (the probe rule would answer ENOENT for them)."""
-    if node.kind is Kind.ROOT:
+    if is_marked(node):
         return seg in N.INDEXER_MARKERS
     return node.kind is Kind.RESULT and (seg in MANIFESTS or seg == PROGRESS_NAME)
