@@ -19,11 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
-
 from ..errors import ImageError, ModelUnavailable
 from ..records import Facet, FileStat, IndexReport, Root
 from ..store.catalog import Catalog
+from .embed import ImageResult
 from .scan import (
     ScanProblem,
     ScanRules,
@@ -53,9 +52,9 @@ class Extractor(Protocol):
 class ImageEmbedder(Protocol):
     model_id: str
 
-    def embed_images(self, paths: Sequence[bytes], on_batch: Callable | None = None) -> list: ...
+    def embed_images(self, paths: Sequence[bytes], on_batch: Callable | None = None) -> list[ImageResult]: ...
 
-    def embed_bytes(self, data: bytes, orientation: int | None = None): ...
+    def embed_bytes(self, data: bytes, orientation: int | None = None) -> ImageResult: ...
 
 
 @dataclass
@@ -332,14 +331,14 @@ class Indexer:
     def _rescue_raw(self, content_id: int, path: bytes, result):
         """A camera RAW file Pillow cannot decode is embedded from the JPEG preview it carries, turned
         upright by the RAW's own orientation (the preview carries none)."""
-        if not isinstance(result, ImageError) or not is_raw_name(path) or not os.path.exists(path):
+        if result.ok or not is_raw_name(path) or not os.path.exists(path):
             return result
         data = self.extractor.preview(path)
         rescued = self.embedder.embed_bytes(data, self._orientation(content_id)) if data else None
-        if isinstance(rescued, np.ndarray):
+        if rescued is not None and rescued.ok:
             return rescued
-        why = f": {rescued}" if rescued is not None else ""
-        return ImageError(f"{result}; and no usable embedded preview (camera RAW){why}")
+        why = f": {rescued.error}" if rescued is not None else ""
+        return ImageResult(error=ImageError(f"{result.error}; and no usable embedded preview (camera RAW){why}"))
 
     def _orientation(self, content_id: int) -> int | None:
         row = (
@@ -354,15 +353,15 @@ class Indexer:
         embedded = 0
         with self.catalog.write() as conn:
             for (content_id, path), result in zip(batch, results):
-                if isinstance(result, np.ndarray):
-                    self.catalog.store_embedding(conn, model, content_id, result)
+                if result.ok:
+                    self.catalog.store_embedding(conn, model, content_id, result.vector)
                     embedded += 1
                 elif not os.path.exists(path):
                     # Moved or deleted since it was listed: not the file's fault. Its new path (if any) is
                     # tried in the next round; this one is not tried again.
                     failed_ids.add((content_id, path))
                 else:
-                    reason = str(result) or type(result).__name__
+                    reason = str(result.error) or type(result.error).__name__
                     files = self.catalog.quarantine(conn, content_id, reason)
                     log.info("quarantined %s: %s", os.fsdecode(path), reason)
                     report.quarantined += files  # files, not contents: the count `searchfs status` shows
