@@ -50,6 +50,7 @@ class Settings:
     model_device: str = "auto"  # auto | cpu | cuda | mps
     model_precision: str = "auto"  # auto | fp32 | bf16 | fp16: the image tower's (auto: self-checked bf16/fp16)
     model_batch_size: int = 0  # images per forward pass; 0 = chosen for the device
+    model_text_tower: str = "numpy"  # numpy | torch: who answers new query texts (numpy needs no torch)
     model_threads: int = 0  # torch threads; 0 = torch's default
 
     # [index]
@@ -206,6 +207,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"library name must be a plain name, not {settings.library!r}")
     if settings.model_precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"model.precision must be auto, fp32, bf16 or fp16, not {settings.model_precision!r}")
+    if settings.model_text_tower not in ("numpy", "torch"):
+        raise ConfigError(f"model.text_tower must be numpy or torch, not {settings.model_text_tower!r}")
     if settings.model_batch_size < 0:
         raise ConfigError("model.batch_size must be 0 (chosen for the device) or more")
 

@@ -204,3 +204,32 @@ def test_background_load_failure_is_reported_in_the_foreground(settings, tmp_pat
     embedder._loader.join(60)
     with pytest.raises(ModelUnavailable, match="gone.pt"):
         embedder.load()
+
+
+def test_input_size_hint_matches_the_model(settings, tiny_model):
+    from searchfs.config import Settings
+    from searchfs.ingest.weights import input_size_hint
+
+    embedder = Embedder(settings)
+    assert input_size_hint(settings) == embedder.input_size == 32
+    embedder.close()
+    for name, size in (("ViT-B-32", 224), ("MobileCLIP2-S0", 256), ("ViT-L-14-336", 336)):
+        assert input_size_hint(Settings(home=settings.home, model_name=name)) == size
+    assert input_size_hint(Settings(home=settings.home, model_name="hf-hub:org/repo")) is None
+
+
+def test_pictures_decoded_before_the_load_give_the_same_vectors(settings, photos):
+    """Decoding that starts while the model loads must not change a single number."""
+    from searchfs.ingest.embed import _Decoded
+
+    early = Embedder(settings)
+    decoded = [early._decode(os.fsencode(p), 32) for p in photos]  # the model is not loaded yet
+    assert all(isinstance(d, _Decoded) for d in decoded) and not early.loaded
+    runtime = early.runtime
+    got = early._encode_images(runtime, [d.prepare(runtime) for d in decoded])
+    np.testing.assert_array_equal(got, vectors(Embedder(settings), photos))
+    early.close()
+    racing = Embedder(settings)  # start_loading and embed_images at once, as an index does
+    racing.start_loading()
+    np.testing.assert_array_equal(vectors(racing, photos), got)
+    racing.close()

@@ -38,7 +38,7 @@ class Runtime(TextEncoder, Protocol):
     precision: str  # what the image tower runs in after load: fp32, bf16 or fp16
     input_size: int  # the model's input side, for the decoder's draft scale
 
-    def load(self) -> None: ...
+    def load(self, images: bool = True) -> None: ...
 
     def prepare(self, picture) -> Any:
         """A decoded RGB picture -> the model's input (runs in the decode threads)."""

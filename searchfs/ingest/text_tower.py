@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..config import ensure_private_dir
 from . import bpe
@@ -165,7 +166,10 @@ class NumpyTextTower:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        out = np.stack([self._encode(self._tokenizer.encode(text)) for text in texts])
+        # A text's matrices are a few rows tall: a threaded BLAS spends far more on waking its threads than
+        # on the arithmetic (measured: 7 ms instead of 0.25 ms per product on 2 busy cores).
+        with threadpool_limits(1, user_api="blas"):
+            out = np.stack([self._encode(self._tokenizer.encode(text)) for text in texts])
         return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
     def _encode(self, ids: list[int]) -> np.ndarray:

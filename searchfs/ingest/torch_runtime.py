@@ -49,11 +49,15 @@ class TorchRuntime:
         self._transform: Any = None
         self._tokenizer: Any = None
         self._tokenizer_lock = threading.Lock()
-        self._dtype: Any = None
+        self._precision_lock = threading.Lock()
+        self._dtype: Any = None  # the image tower's dtype; None until its precision is set
+        self._mapped: Any = None
 
     # ---------------------------------------------------------------- loading
 
-    def load(self) -> None:
+    def load(self, images: bool = True) -> None:
+        """Load the model; `images=False` (a text query torch must answer) leaves the image tower's
+        precision step to its first use."""
         import torch
 
         s, started = self.settings, time.monotonic()
@@ -61,31 +65,42 @@ class TorchRuntime:
         self.device = resolve_device(s.model_device)
         if s.model_threads > 0:
             torch.set_num_threads(s.model_threads)
+        log.debug("resolved weights after %.2fs", time.monotonic() - started)
         model, mapped = torch_load.build(model_source(s), checkpoint, overrides)
+        log.debug("built after %.2fs", time.monotonic() - started)
         self._transform = _image_transform(model)
         self.input_size = _input_size(model)
         self._export_text(model, mapped)
         if self.device != "cpu":
             model = model.to(self.device)
-        self._model = model
-        self.precision = self._set_precision(model, mapped, choose_precision(s.model_precision, self.device))
-        if not self.dim:  # fp32 from the start: no probe ran
-            probe = self.prepare(selfcheck.probe_pictures(self.input_size, 1)[0])
-            self.dim = _output_dim(model) or self.encode_images([probe]).shape[1]
-        log.info(
-            "loaded %s on %s in %.1fs, image tower %s%s",
-            self.model_id,
-            self.device,
-            time.monotonic() - started,
-            self.precision,
-            f" (self-check: {self.verdict})" if self.verdict else "",
-        )
+        self._model, self._mapped = model, mapped
+        self.dim = _output_dim(model) or 0
+        log.info("loaded %s on %s in %.1fs", self.model_id, self.device, time.monotonic() - started)
+        if images or not self.dim:
+            self._images_ready()
+
+    def _images_ready(self) -> None:
+        """The image tower in its precision (once): converted and self-checked."""
+        with self._precision_lock:
+            if self._dtype is not None:
+                return
+            started = time.monotonic()
+            wanted = choose_precision(self.settings.model_precision, self.device)
+            self.precision = self._set_precision(self._model, self._mapped, wanted)
+            self._mapped = None  # nothing more to give back
+            if not self.dim:  # fp32 from the start: no probe ran
+                probe = self.prepare(selfcheck.probe_pictures(self.input_size, 1)[0])
+                self.dim = _output_dim(self._model) or self._encode_images(probe[None]).shape[1]
+            check = f", self-check: {self.verdict}" if self.verdict else ""
+            log.info("image tower in %s (%.1fs%s)", self.precision, time.monotonic() - started, check)
 
     def _export_text(self, model, mapped) -> None:
         """Write the numpy text tower once per model id; never fails the load (torch stays the fallback).
         The file's text pages are given back before the export is checked, so that the torch and the
         numpy copies of the tower are never resident together."""
-        if self.models_dir is None or text_tower.is_current(self.models_dir, self.model_id):
+        if self.models_dir is None or self.settings.model_text_tower != "numpy":
+            return
+        if text_tower.is_current(self.models_dir, self.model_id):
             return
         described = describe_text_tower(model, self._torch_tokenizer())
         if described is None:
@@ -120,11 +135,12 @@ class TorchRuntime:
         """Convert the image tower to `wanted` if the self-check agrees; returns the precision in use."""
         import torch
 
-        self._dtype = torch.float32
         if wanted == "fp32":
+            self._dtype = torch.float32
             return "fp32"
         probes = torch.stack([self._transform(p) for p in selfcheck.probe_pictures(self.input_size)])
         reference = selfcheck.load_reference(self.models_dir, self.model_id, self.input_size)
+        self._dtype = torch.float32
         if reference is None:  # a few probes at a time: the fp32 tower's activations add to its weights
             reference = np.concatenate([self._encode_images(chunk) for chunk in probes.split(8)])
             selfcheck.save_reference(self.models_dir, self.model_id, self.input_size, reference)
@@ -148,6 +164,7 @@ class TorchRuntime:
     def encode_images(self, prepared: Sequence[Any]) -> np.ndarray:
         import torch
 
+        self._images_ready()
         return self._encode_images(torch.stack(list(prepared)))
 
     def _encode_images(self, batch) -> np.ndarray:

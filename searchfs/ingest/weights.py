@@ -285,3 +285,23 @@ def resolve_weights(settings) -> tuple[str | None, dict]:
     # What open_clip would take from the tag had we passed it the tag; quick_gelu it only warns about,
     # though weights trained with QuickGELU (OpenAI's) are measurably worse without it.
     return path, {arg: cfg[key] for key, arg in keys.items() if cfg.get(key)}
+
+
+def input_size_hint(settings) -> int | None:
+    """The model's input side from its open_clip config, read as JSON (no torch, no open_clip import):
+    lets decoding start while the model loads. None when only loading the model can tell."""
+    import importlib.util
+    import json
+
+    path = Path(settings.model_config_file).expanduser() if settings.model_config_file else None
+    if path is None or path.stem != settings.model_name:
+        spec = importlib.util.find_spec("open_clip")
+        folders = (spec.submodule_search_locations or []) if spec else []
+        path = next((Path(f) / "model_configs" / f"{settings.model_name}.json" for f in folders), None)
+    try:
+        size = json.loads(path.read_text())["vision_cfg"].get("image_size", 224) if path else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if isinstance(size, list) and size and all(isinstance(v, int) for v in size):
+        size = max(size)
+    return size if isinstance(size, int) and size > 0 else None
