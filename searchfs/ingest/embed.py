@@ -220,7 +220,9 @@ class Embedder:
         """Decode (in a worker thread) and, once the model is loaded, preprocess one file; errors come
         back as values. Before the load ends the picture comes back as decoded, with its target."""
         runtime = self._runtime
-        target = runtime.input_size if runtime is not None and target is None else target
+        if target is None:  # called once the model is loaded
+            assert runtime is not None
+            target = runtime.input_size
         try:
             picture = load_image(path, self.settings.index_max_pixels, target)
             if runtime is None or runtime.input_size != target:
@@ -283,13 +285,13 @@ class Embedder:
             found = [v if v is not None else fresh[t] for t, v in zip(texts, found)]
         if not found:
             return np.zeros((0, self.dim), np.float32)
-        return np.stack(found).astype(np.float32, copy=False)
+        return np.stack([v for v in found if v is not None]).astype(np.float32, copy=False)
 
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
         encoder = self._text_tower()
         if encoder is None:
             self.load(images=False)
-            encoder = self._runtime
+            encoder = self.runtime
         with self._model_lock:
             self.model_calls += 1
             return encoder.encode_texts(texts)

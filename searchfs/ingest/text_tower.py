@@ -88,7 +88,7 @@ def write(folder: Path, model_id: str, config: TowerConfig, arrays: dict[str, np
     with _private(weights) as handle:
         np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (offset,)})
         for name in config.names():  # one array at a time: no copy of the whole tower in memory
-            handle.write(memoryview(np.ascontiguousarray(arrays[name], dtype=np.float32)).cast("B"))
+            np.ascontiguousarray(arrays[name], dtype=np.float32).tofile(handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(weights, folder / WEIGHTS)

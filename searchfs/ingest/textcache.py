@@ -127,6 +127,7 @@ class TextCache:
         return None
 
     def _connect(self) -> sqlite3.Connection:
+        assert self.path is not None  # a cache without a path is broken from the start, never connected
         ensure_private_dir(self.path.parent)
         # Create the file 0600 ourselves: sqlite3 would create it with the umask.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))

@@ -17,6 +17,7 @@ import ctypes
 import logging
 import mmap
 import os
+from typing import Any
 
 from ..errors import ModelUnavailable
 from .reasons import one_line
@@ -88,6 +89,7 @@ def read_state_dict(path: str) -> dict:
     """The checkpoint's tensors as views of the file (not read yet), in open_clip's key names."""
     import torch
 
+    checkpoint: Any
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 

@@ -121,6 +121,7 @@ class TorchRuntime:
         self.exported = self._verify_export(expected)
 
     def _verify_export(self, expected: np.ndarray) -> bool:
+        assert self.models_dir is not None
         tower = text_tower.NumpyTextTower.open(self.models_dir, self.model_id)
         cosine = float(np.min(np.sum(expected * tower.encode_texts(VERIFY_TEXTS), axis=1))) if tower else 0.0
         if cosine >= MIN_TEXT_COSINE:
@@ -279,9 +280,9 @@ def describe_text_tower(model, tokenizer):
     if linear and proj.bias is not None:
         tensors["projection.b"] = proj.bias
     for i, b in enumerate(blocks):
-        parts = (b.ln_1.weight, b.ln_1.bias, b.attn.in_proj_weight.T, b.attn.in_proj_bias, b.attn.out_proj.weight.T)
-        parts += (b.attn.out_proj.bias, b.ln_2.weight, b.ln_2.bias, b.mlp.c_fc.weight.T, b.mlp.c_fc.bias)
-        parts += (b.mlp.c_proj.weight.T, b.mlp.c_proj.bias)
+        parts = [b.ln_1.weight, b.ln_1.bias, b.attn.in_proj_weight.T, b.attn.in_proj_bias, b.attn.out_proj.weight.T]
+        parts += [b.attn.out_proj.bias, b.ln_2.weight, b.ln_2.bias, b.mlp.c_fc.weight.T, b.mlp.c_fc.bias]
+        parts += [b.mlp.c_proj.weight.T, b.mlp.c_proj.bias]
         tensors.update({f"{i}.{name}": t for name, t in zip(text_tower.BLOCK, parts)})
     config = text_tower.TowerConfig(
         width=model.transformer.width,
