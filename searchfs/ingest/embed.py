@@ -86,8 +86,9 @@ class Embedder:
         self._tower: TextEncoder | None = None
         self._tower_checked = False
         self._failure: ModelUnavailable | None = None
-        self._load_lock = threading.Lock()
-        self._model_lock = threading.Lock()
+        self._load_lock = threading.Lock()  # held for a whole load
+        self._model_lock = threading.Lock()  # held for a forward pass
+        self._loader_lock = threading.Lock()  # held while starting the background load
         self._loader: threading.Thread | None = None
         self._closed = False
         self.model_calls = 0  # forward passes run (torch or numpy), for tests and stats
@@ -137,7 +138,7 @@ class Embedder:
 
     def start_loading(self) -> None:
         """Load the runtime in a background thread; `load()` (and every embedding call) then waits for it."""
-        with self._model_lock:
+        with self._loader_lock:
             if self._runtime is not None or self._failure is not None or self._loader is not None:
                 return
             self._loader = threading.Thread(target=self._load_in_background, name="searchfs-model-load", daemon=True)
