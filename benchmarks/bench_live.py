@@ -276,13 +276,13 @@ def bare_embedding(settings, paths: list[bytes]) -> dict:
     embedder = Embedder(settings)
     try:
         embedder.load()
-        embedder.embed_images(paths[: 2 * settings.model_batch_size])  # warm-up
+        embedder.embed_images(paths[: 2 * embedder.batch_size])  # warm-up
         t = time.perf_counter()
         results = embedder.embed_images(paths)
         total = time.perf_counter() - t
     finally:
         embedder.close()
-    failed = sum(1 for r in results if not hasattr(r, "shape"))
+    failed = sum(1 for r in results if not r.ok)
     return {
         "files": len(paths),
         "failed": failed,

@@ -102,11 +102,11 @@ def child(case: str, files: dict) -> dict:
     elif case == "one_png_before":
         size = _decode_like_before(files["png"][0])
     elif case == "batch_png":
-        size = [len(v) for v in embedder.embed_images(files["png"])]
+        size = [len(r.vector) if r.ok else 0 for r in embedder.embed_images(files["png"])]
     elif case == "batch_jpeg":
-        size = [len(v) for v in embedder.embed_images(files["jpeg"])]
+        size = [len(r.vector) if r.ok else 0 for r in embedder.embed_images(files["jpeg"])]
     elif case == "batch_small":
-        size = [len(v) for v in embedder.embed_images(files["small"])]
+        size = [len(r.vector) if r.ok else 0 for r in embedder.embed_images(files["small"])]
     else:
         raise SystemExit(f"unknown case {case}")
     return {

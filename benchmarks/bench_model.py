@@ -1,7 +1,11 @@
-"""CPU cost of candidate CLIP models, to choose the default. Prints one JSON object.
+"""CPU cost of candidate CLIP models, to choose the default, in fp32 and in the auto precision (bf16 on a
+CPU that has it, after the runtime's self-check). Prints one JSON object.
 
-Weights are random (`pretrained` empty): speed does not depend on weight values, and no hub is needed.
-Each model runs in its own subprocess so that load time and peak RSS are its own.
+Weights are random (a checkpoint file per architecture, made once by benchmarks/_weights.py): speed does
+not depend on weight values, and no hub is needed; the checkpoint loads the way a user's weights do, so
+`load_s` is the real loading path (meta-device build, mapped file, precision step and self-check).
+Each (model, threads, precision) runs in its own subprocess so that load time and peak RSS are its own;
+`bf16_speedup` compares the two precisions of one model measured in the same run.
 
     python benchmarks/bench_model.py                        # the default candidates
     python benchmarks/bench_model.py --models ViT-B-32 --batches 2
@@ -21,6 +25,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _weights import random_checkpoint  # noqa: E402
 
 CANDIDATES = ["ViT-B-32", "MobileCLIP2-S0", "ViT-B-16", "MobileCLIP2-S2"]
 BATCH = 16
@@ -30,7 +37,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def bench_one(name: str, batches: int, queries: int, threads: int) -> dict:
+def bench_one(name: str, batches: int, queries: int, threads: int, precision: str) -> dict:
     """Load through the real Embedder path (reparameterization included) and time images and texts."""
     import torch
 
@@ -40,26 +47,31 @@ def bench_one(name: str, batches: int, queries: int, threads: int) -> dict:
     settings = Settings(
         home=Path(tempfile.mkdtemp()),
         model_name=name,
-        model_pretrained="",
+        model_pretrained=str(random_checkpoint(name)),
         model_batch_size=BATCH,
         model_threads=threads,
+        model_precision=precision,
+        model_text_tower="torch",  # the torch model's own text cost (the numpy tower: bench_query.py)
     )
     embedder = Embedder(settings)
     started = time.perf_counter()
     embedder.load()
     load_s = time.perf_counter() - started
+    runtime = embedder.runtime
     size = embedder.input_size
-    pixels = torch.rand(BATCH, 3, size, size)
-    embedder._encode_images(pixels)  # warm-up: first call allocates and picks kernels
-    images = timings(lambda: embedder._encode_images(pixels), batches)
+    pixels = list(torch.rand(BATCH, 3, size, size))
+    runtime.encode_images(pixels)  # warm-up: first call allocates and picks kernels
+    images = timings(lambda: runtime.encode_images(pixels), batches)
     embedder.embed_text(["warm up"])
     texts = iter(f"a photo of thing number {i}" for i in range(10 * queries))
     query = timings(lambda: embedder.embed_text([next(texts)]), queries)  # unique texts defeat the cache
     return {
         "model": name,
+        "precision": runtime.precision,
+        "self_check": str(runtime.verdict) if runtime.verdict else None,
         "input_size": size,
         "dim": embedder.dim,
-        "params_m": round(sum(p.numel() for p in embedder._model.parameters()) / 1e6, 1),
+        "params_m": round(sum(p.numel() for p in runtime.model.parameters()) / 1e6, 1),
         "load_s": round(load_s, 2),
         "images_per_s_batch16": round(BATCH / images["best_s"], 2),
         "images_per_s_batch16_median": round(BATCH / images["median_s"], 2),
@@ -69,7 +81,7 @@ def bench_one(name: str, batches: int, queries: int, threads: int) -> dict:
         "text_cpu_ms_per_query": round(1000 * query["cpu_s"], 1),
         "peak_rss_mib": round(peak_rss_mib()),
         "torch_threads": torch.get_num_threads(),
-        **(reparam_check(name) if threads == 1 else {}),
+        **(reparam_check(name) if threads == 1 and precision == "fp32" else {}),
     }
 
 
@@ -90,7 +102,7 @@ def reparam_check(name: str) -> dict:
     import open_clip
     import torch
 
-    from searchfs.ingest.embed import reparameterize
+    from searchfs.ingest.torch_load import reparameterize
 
     model = open_clip.create_model(name, pretrained=None).eval()
     if not any(hasattr(m, "reparameterize") for m in model.modules()):
@@ -162,7 +174,7 @@ def list_tags(names: list[str]) -> dict:
     }
 
 
-def run_child(name: str, threads: int, args: argparse.Namespace) -> dict:
+def run_child(name: str, threads: int, precision: str, args: argparse.Namespace) -> dict:
     command = [
         sys.executable,
         __file__,
@@ -174,10 +186,12 @@ def run_child(name: str, threads: int, args: argparse.Namespace) -> dict:
         str(args.queries),
         "--threads",
         str(threads),
+        "--precisions",
+        precision,
     ]
     child = subprocess.run(command, capture_output=True, text=True)
     if child.returncode:
-        return {"model": name, "threads": threads, "error": child.stderr.strip().splitlines()[-1:]}
+        return {"model": name, "threads": threads, "precision": precision, "error": child.stderr.strip()[-300:]}
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
@@ -193,16 +207,21 @@ def main() -> None:
         default=sorted({1, os.cpu_count() or 1}),
         help="torch thread counts to measure (1 thread is the least disturbed by other jobs)",
     )
+    parser.add_argument("--precisions", nargs="*", default=["fp32", "auto"], help="[model] precision values")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: bench one model, print its JSON
     args = parser.parse_args()
     if args.one:
-        args.threads = args.threads[0]
-        print(json.dumps(bench_one(args.one, args.batches, args.queries, args.threads)))
+        one = bench_one(args.one, args.batches, args.queries, args.threads[0], args.precisions[0])
+        print(json.dumps(one))
         return
-    report: dict = {"cpu_count": os.cpu_count(), "batch": BATCH, "weights": "random (pretrained=None)", "models": []}
+    report: dict = {"cpu_count": os.cpu_count(), "batch": BATCH, "weights": "random (checkpoint files)", "models": []}
     for name in args.models:
         for threads in args.threads:
-            report["models"].append(run_child(name, threads, args))
+            runs = {precision: run_child(name, threads, precision, args) for precision in args.precisions}
+            fp32, auto = runs.get("fp32", {}), runs.get("auto", {})
+            if "images_per_s_batch16" in fp32 and "images_per_s_batch16" in auto:
+                auto["speedup_over_fp32"] = round(auto["images_per_s_batch16"] / fp32["images_per_s_batch16"], 2)
+            report["models"] += runs.values()
     report.update(bench_decode())
     report["pretrained_tags"] = list_tags(args.models + ["MobileCLIP-S1", "MobileCLIP-S2", "MobileCLIP2-B"])
     print(json.dumps(report, indent=2))

@@ -20,6 +20,11 @@ from .errors import DiskFull, NotFound, SearchfsError, disk_full_message, is_dis
 
 log = logging.getLogger("searchfs")
 
+# Set by a command once everything it wrote is committed and closed: main() then ends the process at once.
+# Interpreter shutdown after an index run costs about a second (tearing down torch, freeing the model)
+# and does nothing a closed library needs; a background model load still running is simply dropped.
+_exit_when_done = False
+
 
 def _fail(message: str, code: int = 1) -> None:
     click.echo(f"searchfs: {message}", err=True)
@@ -134,6 +139,7 @@ def index(ctx, folders, retry_quarantined, as_json, no_progress):
         report = lib.index(folders, progress=progress.update, retry_quarantined=retry_quarantined)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
+        _done_and_closed()
         return
     click.echo(
         f"{report.scanned} photos scanned in {report.seconds:.1f}s: {report.new} new, {report.changed} changed, "
@@ -145,6 +151,12 @@ def index(ctx, folders, retry_quarantined, as_json, no_progress):
         click.echo(f"  ! {line}", err=True)
     if len(report.errors) > 20:
         click.echo(f"  ! ... {len(report.errors) - 20} more (see `searchfs status`)", err=True)
+    _done_and_closed()
+
+
+def _done_and_closed() -> None:
+    global _exit_when_done
+    _exit_when_done = True
 
 
 @cli.command()
@@ -601,6 +613,11 @@ def main() -> None:
     except (_PipeClosed, BrokenPipeError):
         _quiet_stdout()
         code = 0
+    if _exit_when_done:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or 0)
     sys.exit(code or 0)
 
 

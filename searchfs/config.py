@@ -48,7 +48,9 @@ class Settings:
     model_pretrained: str = "datacomp_xl_s13b_b90k"  # an open_clip tag or a path to a checkpoint file
     model_config_file: str = ""  # an open_clip model config (JSON) for architectures open_clip lacks
     model_device: str = "auto"  # auto | cpu | cuda | mps
-    model_batch_size: int = 16
+    model_precision: str = "auto"  # auto | fp32 | bf16 | fp16: the image tower's (auto: self-checked bf16/fp16)
+    model_batch_size: int = 0  # images per forward pass; 0 = chosen for the device
+    model_text_tower: str = "numpy"  # numpy | torch: who answers new query texts (numpy needs no torch)
     model_threads: int = 0  # torch threads; 0 = torch's default
 
     # [index]
@@ -205,8 +207,12 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"model.device must be auto, cpu, cuda or mps, not {settings.model_device!r}")
     if not settings.library or "/" in settings.library or settings.library.startswith("."):
         raise ConfigError(f"library name must be a plain name, not {settings.library!r}")
-    if settings.model_batch_size < 1:
-        raise ConfigError("model.batch_size must be at least 1")
+    if settings.model_precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"model.precision must be auto, fp32, bf16 or fp16, not {settings.model_precision!r}")
+    if settings.model_text_tower not in ("numpy", "torch"):
+        raise ConfigError(f"model.text_tower must be numpy or torch, not {settings.model_text_tower!r}")
+    if settings.model_batch_size < 0:
+        raise ConfigError("model.batch_size must be 0 (chosen for the device) or more")
 
 
 def runtime_dir(env: Mapping[str, str] | None = None) -> Path:

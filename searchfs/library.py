@@ -202,6 +202,7 @@ class Library:
             if retry_quarantined:
                 with self.catalog.transaction() as tx:
                     tx.retry_quarantined()
+            self.embedder.start_loading()  # imports and loading overlap the scan, hashing and exiftool
             with self.extractor() as extractor:
                 report = self.indexer(extractor, progress).index(roots)
             with self.catalog.transaction() as tx:
@@ -399,9 +400,9 @@ def compare_images(settings: Settings, a: os.PathLike | str | bytes, b: os.PathL
         vectors = []
         for path in (a, b):
             result = embedder.embed_images([os.fsencode(os.fsdecode(path))])[0]
-            if not isinstance(result, np.ndarray):
-                raise QueryError(f"cannot use {os.fsdecode(path)} as an image: {result}")
-            vectors.append(result)
+            if not result.ok:
+                raise QueryError(f"cannot use {os.fsdecode(path)} as an image: {result.error}")
+            vectors.append(result.vector)
     finally:
         embedder.close()
     return round(float(np.dot(vectors[0], vectors[1])), 6)

@@ -19,7 +19,7 @@ from PIL import Image
 from test_decode import halves, write_broken
 
 from searchfs.errors import ImageError, ModelUnavailable
-from searchfs.ingest import embed
+from searchfs.ingest import weights as weights_module
 from searchfs.ingest.embed import Embedder, model_id, weights_status
 
 CORPUS = Path("/work/shared/corpus")
@@ -43,8 +43,8 @@ def embedder(module_settings):
 
 def one(embedder: Embedder, path) -> np.ndarray:
     result = embedder.embed_images([os.fsencode(path)])[0]
-    assert isinstance(result, np.ndarray), result
-    return result
+    assert result.ok and result.error is None, result.error
+    return result.vector
 
 
 def cosine(a, b) -> float:
@@ -56,8 +56,8 @@ def cosine(a, b) -> float:
 
 def test_vectors_normalized_and_deterministic(embedder, tmp_path):
     paths = [os.fsencode(make_photo(tmp_path / f"p{i}.jpg", seed=i)) for i in range(6)]
-    first = embedder.embed_images(paths)
-    again = embedder.embed_images(list(reversed(paths)))[::-1]
+    first = [r.vector for r in embedder.embed_images(paths)]
+    again = [r.vector for r in embedder.embed_images(list(reversed(paths)))[::-1]]
     assert embedder.dim == 32
     for a, b in zip(first, again):
         assert a.dtype == np.float32 and a.shape == (32,)
@@ -119,12 +119,12 @@ def test_broken_files_give_reasons_and_spare_the_batch(embedder, tmp_path):
     assert len(results) == len(names)
     for name, result in zip(names, results):
         if name in reasons:
-            assert isinstance(result, ImageError), name
-            assert str(result).startswith(reasons[name]), (name, str(result))
-            assert "\n" not in str(result)
+            assert not result.ok and isinstance(result.error, ImageError), name
+            assert str(result.error).startswith(reasons[name]), (name, str(result.error))
+            assert "\n" not in str(result.error)
         else:
-            assert isinstance(result, np.ndarray), (name, result)
-            np.testing.assert_allclose(result, one(embedder, tmp_path / name), atol=1e-6)
+            assert result.ok and result.error is None, (name, result.error)
+            np.testing.assert_allclose(result.vector, one(embedder, tmp_path / name), atol=1e-6)
 
 
 def test_no_files_written_and_no_handles_left(embedder, tmp_path):
@@ -171,8 +171,8 @@ def test_text_cache_avoids_model_calls_and_loading(module_settings, tmp_path):
     fresh = Embedder(module_settings, cache)
     np.testing.assert_array_equal(fresh.embed_text(["a red car", "a dog on a beach"]), vectors[:2])
     assert not fresh.loaded and fresh.model_calls == 0  # persistent hit: model never loaded
-    fresh.embed_text(["something new"])
-    assert fresh.loaded and fresh.model_calls == 1
+    fresh.embed_text(["something new"])  # first's load exported the numpy text tower: torch stays unloaded
+    assert fresh.model_calls == 1 and not fresh.loaded
 
 
 def test_text_cache_is_per_model(module_settings, tmp_path):
@@ -228,9 +228,9 @@ def test_load_is_lazy_idempotent_and_thread_safe(module_settings):
         thread.start()
     for thread in threads:
         thread.join()
-    model = instance._model
+    runtime = instance.runtime
     instance.load()
-    assert instance._model is model and instance.device == "cpu" and instance.dim == 32
+    assert instance.runtime is runtime and instance.device == "cpu" and instance.dim == 32
 
 
 def test_missing_checkpoint(module_settings, tmp_path):
@@ -329,7 +329,7 @@ def test_cached_tag_is_found_without_network(module_settings, offline_hub):
     weights = fake_hub_cache(offline_hub, "timm/MobileCLIP2-S0-OpenCLIP", "open_clip_model.safetensors")
     settings = module_settings.replace(model_name="MobileCLIP2-S0", model_config_file="", model_pretrained="dfndr2b")
     assert weights_status(settings) == (True, f"weights for MobileCLIP2-S0/dfndr2b are cached at {weights}")
-    path, overrides = embed.resolve_weights(settings)
+    path, overrides = weights_module.resolve_weights(settings)
     assert path == str(weights)
     assert overrides["image_mean"] == (0.0, 0.0, 0.0) and overrides["image_std"] == (1.0, 1.0, 1.0)
     assert "force_quick_gelu" not in overrides
@@ -339,7 +339,7 @@ def test_cached_tag_is_found_without_network(module_settings, offline_hub):
 def test_cached_openai_tag_keeps_quick_gelu(module_settings, offline_hub):
     weights = fake_hub_cache(offline_hub, "timm/vit_base_patch32_clip_224.openai", "open_clip_pytorch_model.bin")
     settings = module_settings.replace(model_name="ViT-B-32", model_config_file="", model_pretrained="openai")
-    path, overrides = embed.resolve_weights(settings)
+    path, overrides = weights_module.resolve_weights(settings)
     assert path == str(weights) and overrides["force_quick_gelu"] is True
 
 
@@ -369,7 +369,7 @@ def test_model_id_does_not_import_torch(module_settings):
     import sys
 
     code = (
-        "import sys; from searchfs.ingest.embed import model_id; from searchfs.config import Settings;"
+        "import sys; from searchfs.ingest.embed import Embedder, model_id; from searchfs.config import Settings;"
         "print(model_id(Settings(home='/tmp', model_name='x', "
         f"model_pretrained={module_settings.model_pretrained!r})));"
         "print('torch' in sys.modules)"
@@ -398,12 +398,12 @@ def test_shared_corpus(embedder):
     assert len(results) == len(rows)
     decoded_by_pillow_but_not_us = []
     for row, result in zip(rows, results):
-        assert isinstance(result, (np.ndarray, ImageError)), (row["path"], result)
-        if isinstance(result, ImageError):
-            message = str(result)
+        assert result.ok != (result.error is not None), row["path"]
+        if not result.ok:
+            message = str(result.error)
             assert message and "\n" not in message and len(message) < 300, row["path"]
             if row["pillow_decode"].startswith("ok"):
                 decoded_by_pillow_but_not_us.append((row["path"], message))
         else:
-            assert abs(np.linalg.norm(result) - 1) < 1e-4
+            assert abs(np.linalg.norm(result.vector) - 1) < 1e-4
     assert not decoded_by_pillow_but_not_us

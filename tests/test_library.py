@@ -240,7 +240,7 @@ def test_camera_raw_is_embedded_from_its_preview_upright(lib, tmp_path):
     report = lib.index([root])
     assert report.embedded == 1 and report.quarantined == 1, report
     raw = lib.catalog.vector_of(lib.model_id, lib.search(where=["format=nef"])[0].content_id)
-    as_upright, as_stored = (lib.embedder.embed_images([os.fsencode(p)])[0] for p in (upright, stored))
+    as_upright, as_stored = (lib.embedder.embed_images([os.fsencode(p)])[0].vector for p in (upright, stored))
     assert float(raw @ as_upright) == pytest.approx(1.0, abs=1e-4)
     assert float(raw @ as_stored) < float(raw @ as_upright) - 1e-4  # the preview was turned, not used as stored
     reasons = {os.path.basename(q["path"]): q["reason"] for q in lib.status().quarantine}

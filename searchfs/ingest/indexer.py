@@ -22,12 +22,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-import numpy as np
-
 from ..errors import ImageError, ModelUnavailable
 from ..records import Facet, FileStat, IndexReport, Root
 from ..store.catalog import Catalog
 from ..store.rows import ContentPath
+from .embed import ImageResult
 from .extract import EXTRACTOR_VERSION
 from .scan import (
     Folder,
@@ -60,9 +59,9 @@ class Extractor(Protocol):
 class ImageEmbedder(Protocol):
     model_id: str
 
-    def embed_images(self, paths: Sequence[bytes], on_batch: Callable | None = None) -> list: ...
+    def embed_images(self, paths: Sequence[bytes], on_batch: Callable | None = None) -> list[ImageResult]: ...
 
-    def embed_bytes(self, data: bytes, orientation: int | None = None): ...
+    def embed_bytes(self, data: bytes, orientation: int | None = None) -> ImageResult: ...
 
 
 class Indexer:
@@ -311,30 +310,30 @@ class Indexer:
     def _rescue_raw(self, item: ContentPath, result):
         """A camera RAW file Pillow cannot decode is embedded from the JPEG preview it carries, turned
         upright by the RAW's own orientation (the preview carries none)."""
-        if not isinstance(result, ImageError) or not is_raw_name(item.path) or not os.path.exists(item.path):
+        if result.ok or not is_raw_name(item.path) or not os.path.exists(item.path):
             return result
         data = self.extractor.preview(item.path)
         assert self.embedder is not None
         rescued = self.embedder.embed_bytes(data, self.catalog.orientation(item.content_id)) if data else None
-        if isinstance(rescued, np.ndarray):
+        if rescued is not None and rescued.ok:
             return rescued
-        why = f": {rescued}" if rescued is not None else ""
-        return ImageError(f"{result}; and no usable embedded preview (camera RAW){why}")
+        why = f": {rescued.error}" if rescued is not None else ""
+        return ImageResult(error=ImageError(f"{result.error}; and no usable embedded preview (camera RAW){why}"))
 
     def _store_embeddings(self, model: str, batch, results, report: IndexReport, failed: set) -> None:
         """Vectors go to the catalog; the vector index catches up from its change feed."""
         embedded = 0
         with self.catalog.transaction() as tx:
             for item, result in zip(batch, results):
-                if isinstance(result, np.ndarray):
-                    tx.store_embedding(model, item.content_id, result)
+                if result.ok:
+                    tx.store_embedding(model, item.content_id, result.vector)
                     embedded += 1
                 elif not os.path.exists(item.path):
                     # Moved or deleted since it was listed: not the file's fault. Its new path (if any) is
                     # tried in the next round; this one is not tried again.
                     failed.add(item)
                 else:
-                    reason = str(result) or type(result).__name__
+                    reason = str(result.error) or type(result.error).__name__
                     log.info("quarantined %s: %s", os.fsdecode(item.path), reason)
                     report.quarantined += tx.quarantine(item.content_id, reason)  # files, as status counts
         report.embedded += embedded

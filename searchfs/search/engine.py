@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from ..errors import ImageError, NotFound, QueryError
+from ..errors import NotFound, QueryError
 from ..ingest.scan import hash_file
 from ..records import Hit
 from ..store.catalog import Catalog
@@ -137,6 +137,6 @@ def image_query_vector(catalog: Catalog, model: str, path: bytes, embed: Callabl
         if vector is not None:
             return vector
     result = embed([path])[0]
-    if isinstance(result, (ImageError, Exception)):
-        raise QueryError(f"cannot use {os.fsdecode(path)} as a query image: {result}")
-    return result
+    if not result.ok:
+        raise QueryError(f"cannot use {os.fsdecode(path)} as a query image: {result.error}")
+    return result.vector

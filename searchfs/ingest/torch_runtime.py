@@ -1,0 +1,317 @@
+"""The open_clip runtime: one model on one device, the image tower in the precision the self-check allows.
+
+Loading (torch_load.py) maps the checkpoint instead of copying it. Then, in this order, so that the peak
+memory holds the fp32 weights of at most one tower at a time:
+1. the text tower is exported for numpy (text_tower.py) when its export is missing or stale, checked
+   against torch on a few texts, and its pages given back: indexing itself never runs the text tower;
+2. the image tower moves to its precision: each weight is converted and its fp32 pages given back, then
+   the fixed probe set is embedded and compared with fp32 (selfcheck.py); on failure the fp32 weights
+   come back from the file and the tower stays fp32.
+CUDA and MPS take the same path (fp16 instead of bf16); only the device and the batch size differ.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import selfcheck, text_tower, torch_load
+from .runtime import choose_precision, resolve_device, torch_dtype
+from .weights import model_id, model_source, resolve_weights
+
+log = logging.getLogger(__name__)
+
+VERIFY_TEXTS = ("a photo of a dog", "red flower", "AC/DC poster, 1979!", "straße café 東京 2019")
+MIN_TEXT_COSINE = 0.9999
+
+
+class TorchRuntime:
+    """The Runtime protocol over open_clip. `models_dir` holds what is derived from the weights (the
+    numpy text tower, the self-check's fp32 reference); None keeps nothing."""
+
+    def __init__(self, settings, models_dir: Path | None = None):
+        self.settings = settings
+        self.model_id = model_id(settings)
+        self.models_dir = models_dir if text_tower.exportable(self.model_id) else None
+        self.device = "cpu"
+        self.precision = "fp32"
+        self.dim = 0
+        self.input_size = 224
+        self.verdict: selfcheck.Verdict | None = None
+        self.exported = False  # this load wrote the numpy text tower
+        self._model: Any = None
+        self._transform: Any = None
+        self._tokenizer: Any = None
+        self._tokenizer_lock = threading.Lock()
+        self._precision_lock = threading.Lock()
+        self._dtype: Any = None  # the image tower's dtype; None until its precision is set
+        self._mapped: Any = None
+
+    # ---------------------------------------------------------------- loading
+
+    def load(self, images: bool = True) -> None:
+        """Load the model; `images=False` (a text query torch must answer) leaves the image tower's
+        precision step to its first use."""
+        import torch
+
+        s, started = self.settings, time.monotonic()
+        checkpoint, overrides = resolve_weights(s)
+        self.device = resolve_device(s.model_device)
+        if s.model_threads > 0:
+            torch.set_num_threads(s.model_threads)
+        log.debug("resolved weights after %.2fs", time.monotonic() - started)
+        model, mapped = torch_load.build(model_source(s), checkpoint, overrides)
+        log.debug("built after %.2fs", time.monotonic() - started)
+        self._transform = _image_transform(model)
+        self.input_size = _input_size(model)
+        self._export_text(model, mapped)
+        if self.device != "cpu":
+            model = model.to(self.device)
+        self._model, self._mapped = model, mapped
+        self.dim = _output_dim(model) or 0
+        log.info("loaded %s on %s in %.1fs", self.model_id, self.device, time.monotonic() - started)
+        if images or not self.dim:
+            self._images_ready()
+
+    def _images_ready(self) -> None:
+        """The image tower in its precision (once): converted and self-checked."""
+        with self._precision_lock:
+            if self._dtype is not None:
+                return
+            started = time.monotonic()
+            wanted = choose_precision(self.settings.model_precision, self.device)
+            self.precision = self._set_precision(self._model, self._mapped, wanted)
+            self._mapped = None  # nothing more to give back
+            if not self.dim:  # fp32 from the start: no probe ran
+                probe = self.prepare(selfcheck.probe_pictures(self.input_size, 1)[0])
+                self.dim = _output_dim(self._model) or self._encode_images(probe[None]).shape[1]
+            check = f", self-check: {self.verdict}" if self.verdict else ""
+            log.info("image tower in %s (%.1fs%s)", self.precision, time.monotonic() - started, check)
+
+    def _export_text(self, model, mapped) -> None:
+        """Write the numpy text tower once per model id; never fails the load (torch stays the fallback).
+        The file's text pages are given back before the export is checked, so that the torch and the
+        numpy copies of the tower are never resident together."""
+        if self.models_dir is None or self.settings.model_text_tower != "numpy":
+            return
+        if text_tower.is_current(self.models_dir, self.model_id):
+            return
+        described = describe_text_tower(model, self._torch_tokenizer())
+        if described is None:
+            log.info("text tower of %s has no numpy version: text queries use torch", self.model_id)
+            return
+        config, arrays, tensors = described
+        try:
+            expected = self._encode_texts_torch(model, list(VERIFY_TEXTS))
+            text_tower.write(self.models_dir, self.model_id, config, arrays)
+        except OSError as exc:
+            log.warning("could not export the text tower to %s: %s", self.models_dir, exc)
+            return
+        finally:
+            del arrays
+            self._tokenizer = None  # open_clip's tokenizer tables: rebuilt if torch ever answers a text
+            if mapped is not None:
+                mapped.release(tensors)
+        self.exported = self._verify_export(expected)
+
+    def _verify_export(self, expected: np.ndarray) -> bool:
+        assert self.models_dir is not None
+        tower = text_tower.NumpyTextTower.open(self.models_dir, self.model_id)
+        cosine = float(np.min(np.sum(expected * tower.encode_texts(VERIFY_TEXTS), axis=1))) if tower else 0.0
+        if cosine >= MIN_TEXT_COSINE:
+            return True
+        log.warning("numpy text tower disagrees with torch (cosine %.6f): text queries use torch", cosine)
+        (self.models_dir / text_tower.STAMP).unlink(missing_ok=True)
+        return False
+
+    # ---------------------------------------------------------------- precision
+
+    def _set_precision(self, model, mapped, wanted: str) -> str:
+        """Convert the image tower to `wanted` if the self-check agrees; returns the precision in use."""
+        import torch
+
+        if wanted == "fp32":
+            self._dtype = torch.float32
+            return "fp32"
+        probes = torch.stack([self._transform(p) for p in selfcheck.probe_pictures(self.input_size)])
+        reference = selfcheck.load_reference(self.models_dir, self.model_id, self.input_size)
+        self._dtype = torch.float32
+        if reference is None:  # a few probes at a time: the fp32 tower's activations add to its weights
+            reference = np.concatenate([self._encode_images(chunk) for chunk in probes.split(8)])
+            selfcheck.save_reference(self.models_dir, self.model_id, self.input_size, reference)
+        self.dim = reference.shape[1]
+        originals = _convert(model.visual, torch_dtype(wanted), mapped)
+        self._dtype = torch_dtype(wanted)
+        self.verdict = selfcheck.compare(reference, self._encode_images(probes))
+        if self.verdict.ok:
+            return wanted
+        log.warning("%s image tower failed its self-check (%s): using fp32", wanted, self.verdict)
+        for tensor, original in originals:
+            tensor.data = original
+        self._dtype = torch.float32
+        return "fp32"
+
+    # ---------------------------------------------------------------- the protocol
+
+    def prepare(self, picture) -> Any:
+        return self._transform(picture)
+
+    def encode_images(self, prepared: Sequence[Any]) -> np.ndarray:
+        import torch
+
+        self._images_ready()
+        return self._encode_images(torch.stack(list(prepared)))
+
+    def _encode_images(self, batch) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            features = self._model.encode_image(batch.to(self.device, self._dtype, non_blocking=True))
+        vectors = _normalized(features)
+        self.dim = vectors.shape[1]
+        return vectors
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode_texts_torch(self._model, list(texts))
+
+    def _encode_texts_torch(self, model, texts: list[str]) -> np.ndarray:
+        import torch
+
+        tokens = self._torch_tokenizer()(texts).to(next(model.parameters()).device)
+        with torch.inference_mode():
+            return _normalized(model.encode_text(tokens))
+
+    def _torch_tokenizer(self):
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                import open_clip
+
+                self._tokenizer = open_clip.get_tokenizer(model_source(self.settings))
+            return self._tokenizer
+
+    def close(self) -> None:
+        self._model = self._transform = None
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    @property
+    def model(self):
+        return self._model
+
+
+def _convert(module, dtype, mapped) -> list[tuple[Any, Any]]:
+    """Every floating weight and buffer of `module` to `dtype`, one at a time, each fp32 original's pages
+    given back as soon as its copy exists. Returns (tensor, original) pairs to undo the conversion: the
+    originals are views of the file, read back from it if they are needed again."""
+    originals = []
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.is_floating_point() and tensor.dtype != dtype:
+            original = tensor.data
+            tensor.data = original.to(dtype)
+            originals.append((tensor, original))
+            if mapped is not None:
+                mapped.release([original])
+    return originals
+
+
+def _normalized(features) -> np.ndarray:
+    import torch.nn.functional as F
+
+    return F.normalize(features.float(), dim=-1).cpu().numpy().astype(np.float32, copy=False)
+
+
+def _image_transform(model):
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    return image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+
+
+def _output_dim(model) -> int | None:
+    dim = getattr(model.visual, "output_dim", None)
+    return int(dim) if isinstance(dim, int) and dim > 0 else None
+
+
+def _input_size(model) -> int:
+    size = getattr(model.visual, "image_size", 224)
+    return int(max(size) if isinstance(size, (tuple, list)) else size)
+
+
+# ---------------------------------------------------------------------------------------------- text export
+
+
+def describe_text_tower(model, tokenizer):
+    """(TowerConfig, numpy arrays, the torch tensors they came from) when the text tower is the plain CLIP
+    one text_tower.py implements, with open_clip's default tokenizer; else None."""
+    import torch
+    from open_clip.model import CLIP
+    from open_clip.tokenizer import SimpleTokenizer, _clean_lower
+    from open_clip.transformer import QuickGELU, ResidualAttentionBlock
+
+    if not isinstance(model, CLIP) or model.text_pool_type != "argmax" or model.attn_mask is None:
+        return None
+    if not isinstance(tokenizer, SimpleTokenizer) or tokenizer.clean_fn is not _clean_lower:
+        return None
+    if tokenizer.reduction_fn is not None or tokenizer.vocab_size != model.vocab_size:
+        return None
+    blocks = list(model.transformer.resblocks)
+    if not blocks or not all(_plain_block(b, ResidualAttentionBlock, QuickGELU) for b in blocks):
+        return None
+    norms = [m for b in blocks for m in (b.ln_1, b.ln_2)] + [model.ln_final]
+    quick = isinstance(blocks[0].mlp.gelu, QuickGELU)
+    if len({n.eps for n in norms}) != 1 or any(isinstance(b.mlp.gelu, QuickGELU) != quick for b in blocks):
+        return None
+    proj = model.text_projection
+    linear = isinstance(proj, torch.nn.Linear)
+    tensors: dict[str, Any] = {
+        "token_embedding": model.token_embedding.weight,
+        "positional_embedding": model.positional_embedding,
+        "ln_final.w": model.ln_final.weight,
+        "ln_final.b": model.ln_final.bias,
+        "projection": proj.weight.T if linear else proj,
+    }
+    if linear and proj.bias is not None:
+        tensors["projection.b"] = proj.bias
+    for i, b in enumerate(blocks):
+        parts = [b.ln_1.weight, b.ln_1.bias, b.attn.in_proj_weight.T, b.attn.in_proj_bias, b.attn.out_proj.weight.T]
+        parts += [b.attn.out_proj.bias, b.ln_2.weight, b.ln_2.bias, b.mlp.c_fc.weight.T, b.mlp.c_fc.bias]
+        parts += [b.mlp.c_proj.weight.T, b.mlp.c_proj.bias]
+        tensors.update({f"{i}.{name}": t for name, t in zip(text_tower.BLOCK, parts)})
+    config = text_tower.TowerConfig(
+        width=model.transformer.width,
+        heads=blocks[0].attn.num_heads,
+        layers=len(blocks),
+        context_length=model.context_length,
+        output_dim=int(proj.weight.shape[0] if linear else proj.shape[1]),
+        eps=float(norms[0].eps),
+        activation="quick_gelu" if quick else "gelu",
+        projection_bias="projection.b" in tensors,
+    )
+    arrays = {name: t.detach().float().cpu().numpy() for name, t in tensors.items()}
+    return config, arrays, list(tensors.values())
+
+
+def _plain_block(block, block_type, quick_gelu_type) -> bool:
+    import torch
+
+    attn, act = getattr(block, "attn", None), getattr(getattr(block, "mlp", None), "gelu", None)
+    plain_act = isinstance(act, quick_gelu_type) or (isinstance(act, torch.nn.GELU) and act.approximate == "none")
+    return (
+        type(block) is block_type
+        and isinstance(block.ls_1, torch.nn.Identity)
+        and isinstance(block.ls_2, torch.nn.Identity)
+        and not hasattr(block, "ln_1_kv")
+        and isinstance(attn, torch.nn.MultiheadAttention)
+        and attn._qkv_same_embed_dim
+        and attn.in_proj_bias is not None
+        and attn.batch_first
+        and plain_act
+        and all(isinstance(n, torch.nn.LayerNorm) and n.elementwise_affine for n in (block.ln_1, block.ln_2))
+    )
