@@ -12,6 +12,7 @@ import os
 import sqlite3
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -66,7 +67,7 @@ class Context:
         self._settings = None
 
     def settings(self, **flags):
-        return load_settings(self.config, library=self.library_name, **flags)
+        return load_settings(Path(self.config) if self.config else None, library=self.library_name, **flags)
 
     def library(self, create: bool = False, **flags):
         """The library; only `index`, `watch` and `mount` pass create=True."""
@@ -606,7 +607,8 @@ def main() -> None:
     try:
         code = cli.main(prog_name="searchfs", standalone_mode=False)
     except click.ClickException as exc:  # usage errors: bad option, missing argument, bad value
-        hint = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) is not None else ""
+        ctx = getattr(exc, "ctx", None)  # usage errors carry the command they were raised in
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         _fail(exc.format_message() + hint, exc.exit_code)
     except click.exceptions.Abort:
         _fail("interrupted", 130)

@@ -16,10 +16,16 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import DiskFull
 from .library import Library
 from .records import IndexReport, Root
+
+if TYPE_CHECKING:
+    from .ingest.extract import ExifExtractor
+    from .ingest.indexer import Indexer
+    from .ingest.watch import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +82,9 @@ class SyncDaemon:
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = library.writer_lock()
-        self._watcher = None
-        self._extractor = None
-        self._indexer = None
+        self._watcher: Watcher | None = None
+        self._extractor: ExifExtractor | None = None
+        self._indexer_: Indexer | None = None
         self._stopping = threading.Event()
         self._idle = threading.Event()
         self.last_reconcile: dict[str, tuple[float, str]] = {}
@@ -98,7 +104,7 @@ class SyncDaemon:
         self._extractor = self.library.extractor()
         self._settle = self.library.settings.watch_settle_seconds
         self.library.vectors.own()  # from now on only the writer thread changes the vector index
-        self._indexer = self.library.indexer(
+        self._indexer_ = self.library.indexer(
             self._extractor, defer_fresh=self._settle, after_embedding=self.library.vectors.catch_up
         )
         self._thread = threading.Thread(target=self._run, name="searchfs-writer", daemon=True)
@@ -172,7 +178,8 @@ class SyncDaemon:
                 self._do(job)
                 self._backlog.succeeded()
             except DiskFull as exc:  # nothing is lost: the job waits and is tried again, later and later
-                self._retry_later(job, str(exc))
+                if job is not None:
+                    self._retry_later(job, str(exc))
             except Exception:  # one bad job must not stop the writer; the next reconcile catches up
                 log.exception("sync job %s for root %s failed", job.kind if job else None, job.root if job else None)
             finally:
@@ -266,8 +273,9 @@ class SyncDaemon:
         if src is not None:  # moved out of this root: gone from here
             self._indexer.remove_path(root, src, report)
         other = self._root_of(change.dest)
-        if other is not None:  # into another root: its content hash finds the old embedding
-            self._indexer.upsert_path(other, self._relative(other, change.dest), report)
+        inside = self._relative(other, change.dest) if other is not None else None
+        if other is not None and inside is not None:  # into another root: its content hash finds the old embedding
+            self._indexer.upsert_path(other, inside, report)
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -312,12 +320,17 @@ class SyncDaemon:
             self.library.vectors.save()
             self._last_save = time.monotonic()
 
+    @property
+    def _indexer(self) -> Indexer:
+        assert self._indexer_ is not None, "the daemon was not started"
+        return self._indexer_
+
     def _status_path(self):
         return self.library.settings.library_dir / "daemon.json"
 
     def status(self) -> dict:
         watch = self._watcher.status() if self._watcher is not None else None
-        events = sum(int(root.get("pending", 0)) for root in (watch or {}).values())
+        events = sum(int(state.get("pending", 0)) for state in (watch or {}).values())
         queued = self._jobs.unfinished_tasks + self._rechecks
         return {
             "pid": os.getpid(),

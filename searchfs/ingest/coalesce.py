@@ -319,7 +319,8 @@ def _walk(tree: _Tree) -> tuple[list[_Op], list[Change], dict[bytes, bool]]:
     moves: list[_Op] = []
     content: list[Change] = []
     final: dict[bytes, bool] = {}
-    stack = [(tree.root, b"/", b"/", False)]  # node, path, identity, inside a new folder
+    # node, path, identity, inside a new folder
+    stack: list[tuple[_Node, bytes, bytes | None, bool]] = [(tree.root, b"/", b"/", False)]
     while stack:
         node, path, ident, in_new = stack.pop()
         for name in sorted(node.children, reverse=True):  # reversed so the stack pops them in order

@@ -342,7 +342,8 @@ def _draft(image: Image.Image, handle, target: int) -> int:
         if jpeg_frame_kind(handle) in (9, 10):
             # libjpeg's arithmetic decoder cannot suspend for more input, and Pillow feeds it 64 KiB at a
             # time: give it the whole file in one piece, or any arithmetic JPEG over 64 KiB fails.
-            image.decodermaxblock = max(handle.seek(0, io.SEEK_END), image.decodermaxblock)
+            block = max(handle.seek(0, io.SEEK_END), getattr(image, "decodermaxblock", 65536))
+            setattr(image, "decodermaxblock", block)  # noqa: B010 - Pillow reads it as an instance attribute
     return image.size[0] * image.size[1]
 
 
@@ -369,6 +370,7 @@ def _reduce(image: Image.Image, factor: int) -> Image.Image:
         if out is None:
             out = Image.new(strip.mode, (-(-width // factor), -(-height // factor)))
         out.paste(strip, (0, top // factor))
+    assert out is not None  # an image has at least one row
     return out
 
 

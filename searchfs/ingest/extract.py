@@ -278,7 +278,7 @@ def _shot_facets(tags: dict) -> list[Facet]:
 
 def _image_facets(tags: dict) -> list[Facet]:
     width, height = _dimensions(tags)
-    facets = [_num_facet("width", width), _num_facet("height", height)] if width else []
+    facets = [_num_facet("width", width), _num_facet("height", height)] if width and height else []
     orientation = _number(tags.get("Orientation"))
     if orientation in (1, 2, 3, 4, 5, 6, 7, 8):
         facets.append(_num_facet("orientation", orientation))
@@ -438,7 +438,7 @@ class ExifExtractor:
         tool = self._running_tool()
         with self._arguments(paths) as (arguments, unlinkable):
             if not arguments:
-                return unlinkable
+                return dict(unlinkable)
             stdout, stderr = self._execute(tool, [arg.encode("utf-8") for arg in arguments])
             return {**unlinkable, **_parse_output(stdout, stderr, arguments)}
 
@@ -503,8 +503,8 @@ class ExifExtractor:
     def _link_to(self, path: bytes) -> str:
         """An ASCII-named symlink in our private folder; the photo's own folder is never written."""
         path = os.fsencode(path)
-        suffix = os.path.splitext(os.path.basename(path))[1]
-        suffix = suffix.decode("ascii") if re.fullmatch(rb"\.[A-Za-z0-9]{1,10}", suffix) else ""
+        ext = os.path.splitext(os.path.basename(path))[1]
+        suffix = ext.decode("ascii") if re.fullmatch(rb"\.[A-Za-z0-9]{1,10}", ext) else ""
         link = os.path.join(self._links_folder(), f"{next(self._link_numbers)}{suffix}")
         os.symlink(os.path.abspath(path), link)
         return link
@@ -649,7 +649,8 @@ class _GuardedCall:
         blocker = os.open("/", os.O_RDONLY)
         try:
             for stream in (self._process.stdout, self._process.stderr):
-                os.dup2(blocker, stream.fileno())
+                if stream is not None:
+                    os.dup2(blocker, stream.fileno())
         finally:
             os.close(blocker)
 
@@ -662,13 +663,13 @@ def _alive(tool: exiftool.ExifTool) -> bool:
 def _reap(tool: exiftool.ExifTool | None, close_pipes: bool = True) -> None:
     """Kill a discarded exiftool, close its pipes, and let pyexiftool notice it is gone."""
     process = tool._process if tool is not None else None
-    if process is None:
+    if tool is None or process is None:
         return
     with contextlib.suppress(OSError):
         process.kill()
     process.wait()
     for stream in (process.stdin, process.stdout, process.stderr) if close_pipes else (process.stdin,):
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, AttributeError):
             stream.close()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pyexiftool warns "process ... died" while resetting its state

@@ -57,7 +57,8 @@ class Extractor(Protocol):
 
 
 class ImageEmbedder(Protocol):
-    model_id: str
+    @property
+    def model_id(self) -> str: ...
 
     def embed_images(self, paths: Sequence[bytes], on_batch: Callable | None = None) -> list[ImageResult]: ...
 

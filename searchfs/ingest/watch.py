@@ -51,6 +51,7 @@ from watchdog.events import (
     FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
+    FileSystemEventHandler,
 )
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
@@ -686,7 +687,7 @@ class Watcher:
                 root.last_error = f"sink: {type(exc).__name__}: {exc}"
 
 
-class _Handler:
+class _Handler(FileSystemEventHandler):
     """watchdog handler: converts and buffers, on watchdog's dispatch thread. Must never raise."""
 
     def __init__(self, watcher: Watcher, root: _Root) -> None:

@@ -77,7 +77,8 @@ def _date_span(text: str, word: str) -> tuple[str, str]:
     match = _DATE.match(text)
     if not match:
         raise QueryError(f"filter {word!r}: {text!r} is not a date (YYYY, YYYY-MM or YYYY-MM-DD)")
-    year, month, day = (int(g) if g else None for g in match.groups())
+    year = int(match.group(1))
+    month, day = (int(g) if g else None for g in match.groups()[1:])
     if month is not None and not 1 <= month <= 12:
         raise QueryError(f"filter {word!r}: month {month} is not 1-12")
     if month is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ..errors import QueryError
@@ -60,6 +61,6 @@ class Query:
         )
 
     @classmethod
-    def build(cls, where: tuple[str, ...] | list[str] = (), **fields) -> Query:
+    def build(cls, where: Sequence[str] = (), **fields) -> Query:
         """Query from filter words, as the CLI and the Python API take them."""
         return cls(filters=tuple(parse_filter(w) for w in where), **fields)
