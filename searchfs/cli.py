@@ -64,7 +64,6 @@ class Context:
         self.config = config
         self.library_name = library
         self.verbose = verbose
-        self._settings = None
 
     def settings(self, **flags):
         return load_settings(Path(self.config) if self.config else None, library=self.library_name, **flags)
@@ -378,7 +377,7 @@ def _watcher_lines(watcher: dict | None) -> list[str]:
 
 def _watcher_state(settings) -> dict | None:
     """What a running daemon last wrote about its watcher (None when no daemon runs)."""
-    path = settings.library_dir / "daemon.json"
+    path = settings.daemon_status_path
     for _ in range(5):  # the daemon rewrites it in place: a read may catch it half written
         try:
             data = json.loads(path.read_text())

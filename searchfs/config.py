@@ -87,6 +87,11 @@ class Settings:
         return self.library_dir / "catalog.sqlite"
 
     @property
+    def daemon_status_path(self) -> Path:
+        """What a running daemon says about itself (daemon.py writes it, `searchfs status` reads it)."""
+        return self.library_dir / "daemon.json"
+
+    @property
     def log_dir(self) -> Path:
         return self.home / "logs"
 
@@ -177,7 +182,7 @@ def _coerce(name: str, value: Any) -> Any:
         if name in ("home", "config_file"):
             return None if value is None else Path(value).expanduser()
         if isinstance(default, bool):
-            return _to_bool(value)
+            return parse_bool(value)
         if isinstance(default, int) and not isinstance(default, bool):
             return int(value)
         if isinstance(default, float) or name == "search_min_score":
@@ -191,15 +196,16 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"setting {name}: cannot use {value!r} ({exc})") from exc
 
 
-def _to_bool(value: Any) -> bool:
+def parse_bool(value: Any) -> bool:
+    """A yes/no in any of the spellings people use (settings, `has_gps=` filters); ValueError otherwise."""
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
+    if text in ("1", "true", "yes", "on", "y"):
         return True
-    if text in ("0", "false", "no", "off"):
+    if text in ("0", "false", "no", "off", "n"):
         return False
-    raise ValueError("expected true or false")
+    raise ValueError("expected yes or no")
 
 
 def _validate(settings: Settings) -> None:

@@ -16,10 +16,13 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from .errors import DiskFull
+from .ingest.coalesce import ChangeKind
 from .library import Library
+from .paths import relative
 from .records import IndexReport, Root
 
 if TYPE_CHECKING:
@@ -34,9 +37,22 @@ STATUS_BYTES = 64 * 1024  # daemon.json's reserved size: written in place, space
 _SAVE_VECTORS_EVERY = 300.0
 
 
+class JobKind(str, Enum):
+    """What the writer thread is asked to do."""
+
+    CHANGES = "changes"  # coalesced watch events
+    RECONCILE = "reconcile"  # a full scan of a root
+    RECHECK = "recheck"  # files too fresh to read at the last look
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class _Job:
-    kind: str  # "changes" | "reconcile" | "online" | "offline"
+    kind: JobKind
     root: str
     changes: list = field(default_factory=list)
     reason: str = ""
@@ -92,7 +108,7 @@ class SyncDaemon:
         self._last_save = time.monotonic()
         self._rechecks = 0  # re-checks of too-fresh files waiting on their timer
         self._rechecks_lock = threading.Lock()
-        self._working_on: str | None = None  # the job kind the writer thread is doing now
+        self._working_on: JobKind | None = None  # the job kind the writer thread is doing now
         self._backlog = _Backlog()
         self._status_warned: int | None = None
         self._status_thread: threading.Thread | None = None
@@ -146,7 +162,7 @@ class SyncDaemon:
         self._lock.release()
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
-        """For tests and `watch --once`: block until every queued job is done."""
+        """Block until every queued job is done (and no re-check is waiting): for tests and benchmarks."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._jobs.unfinished_tasks == 0 and self._rechecks == 0:
@@ -157,13 +173,13 @@ class SyncDaemon:
     # -- the watcher's sink (called from watcher threads; only queues) -------------------------------
 
     def apply(self, root: str, changes: list) -> None:
-        self._jobs.put(_Job("changes", root, list(changes)))
+        self._jobs.put(_Job(JobKind.CHANGES, root, list(changes)))
 
     def reconcile(self, root: str, reason: str) -> None:
-        self._jobs.put(_Job("reconcile", root, reason=reason))
+        self._jobs.put(_Job(JobKind.RECONCILE, root, reason=reason))
 
     def set_online(self, root: str, online: bool) -> None:
-        self._jobs.put(_Job("online" if online else "offline", root))
+        self._jobs.put(_Job(JobKind.ONLINE if online else JobKind.OFFLINE, root))
 
     # -- the writer thread -------------------------------------------------------------------------
 
@@ -192,21 +208,21 @@ class SyncDaemon:
         root = self._root(job.root)
         if root is None:
             return
-        if not root.online and job.kind in ("changes", "recheck"):
+        if not root.online and job.kind in (JobKind.CHANGES, JobKind.RECHECK):
             # The watcher said it went away (or stopped answering): touching it could hang this thread.
             log.debug("skipping %s for offline root %s", job.kind, root.name)
             return
         report = IndexReport()
-        if job.kind == "reconcile":
+        if job.kind is JobKind.RECONCILE:
             log.info("reconciling %s (%s)", root.display, job.reason)
             self._indexer.scan_root(root, report)
             self.last_reconcile[root.name] = (time.time(), job.reason)
-        elif job.kind == "recheck":
+        elif job.kind is JobKind.RECHECK:
             self._recheck(root, job.changes, report)
-        elif job.kind == "offline":
+        elif job.kind is JobKind.OFFLINE:
             self.library.catalog.set_online(root.id, False)
             log.warning("root %s went offline: its photos are kept", root.display)
-        elif job.kind == "online":
+        elif job.kind is JobKind.ONLINE:
             self.library.catalog.set_online(root.id, True)
         else:
             self._apply_changes(root, job.changes, report)
@@ -234,7 +250,7 @@ class SyncDaemon:
     def _recheck_later(self, root: Root, relpaths: list[bytes]) -> None:
         """Files a scan found too fresh to read: look again once they have been quiet for a while."""
         if relpaths and not self._stopping.is_set():
-            self._after(self._settle * 2, _Job("recheck", root.name, list(relpaths)))
+            self._after(self._settle * 2, _Job(JobKind.RECHECK, root.name, list(relpaths)))
 
     def _queue_recheck(self, job: _Job) -> None:
         self._jobs.put(job)  # queued before the count drops, so wait_idle never sees a gap
@@ -257,13 +273,13 @@ class SyncDaemon:
         for change in changes:
             src = self._relative(root, change.path)
             dest = self._relative(root, change.dest) if change.dest else None
-            if change.kind == "rescan":
+            if change.kind is ChangeKind.RESCAN:
                 self._indexer.scan_root(root, report, start=src or b"")
-            elif change.kind == "delete" and src is not None:
+            elif change.kind is ChangeKind.DELETE and src is not None:
                 self._indexer.remove_path(root, src, report)
-            elif change.kind == "move":
+            elif change.kind is ChangeKind.MOVE:
                 self._apply_move(root, change, src, dest, report)
-            elif change.kind == "upsert" and src is not None:
+            elif change.kind is ChangeKind.UPSERT and src is not None:
                 self._indexer.upsert_path(root, src, report)
 
     def _apply_move(self, root: Root, change, src: bytes | None, dest: bytes | None, report: IndexReport) -> None:
@@ -294,14 +310,7 @@ class SyncDaemon:
     @staticmethod
     def _relative(root: Root, path: bytes | None) -> bytes | None:
         """`path` relative to the root ('' for the root itself), or None when it lies outside."""
-        if path is None:
-            return None
-        base = root.path.rstrip(b"/")
-        if path == base:
-            return b""
-        if path.startswith(base + b"/"):
-            return path[len(base) + 1 :]
-        return None
+        return relative(path, root.path) if path is not None else None
 
     def _add_totals(self, report: IndexReport) -> None:
         for name in ("new", "changed", "removed", "reused", "embedded", "quarantined"):
@@ -326,7 +335,7 @@ class SyncDaemon:
         return self._indexer_
 
     def _status_path(self):
-        return self.library.settings.library_dir / "daemon.json"
+        return self.library.settings.daemon_status_path
 
     def status(self) -> dict:
         watch = self._watcher.status() if self._watcher is not None else None
@@ -335,7 +344,7 @@ class SyncDaemon:
         return {
             "pid": os.getpid(),
             "pending_jobs": self._jobs.qsize() + self._rechecks,
-            "working_on": self._working_on,
+            "working_on": str(self._working_on) if self._working_on else None,
             "idle": queued == 0 and events == 0,  # nothing queued, nothing being done, no events held
             "events_pending": events,
             "backlog": self._backlog.status(),

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from searchfs.config import Settings
-from searchfs.ingest.coalesce import Change, RawEvent
-from searchfs.ingest.watch import Watcher, _fs_type, is_network_fs, split_ready
+from searchfs.ingest.coalesce import Change, RawEvent, split_ready
+from searchfs.ingest.watch import Watcher, is_network_fs
+from searchfs.system import fs_type
 
 SETTLE = 0.4
 QUEUE_LIMIT = Path("/proc/sys/fs/inotify/max_queued_events")
@@ -490,9 +491,9 @@ def test_unmount_and_remount(tmp_path, sink, start_watcher):
 
 def test_network_file_systems_are_polled():
     mounts = {b"/": "ext4", b"/mnt/nas": "nfs4", b"/mnt/nas/local": "ext4", b"/media/box": "fuse.sshfs"}
-    assert _fs_type(b"/mnt/nas/photos", mounts) == "nfs4"
-    assert _fs_type(b"/mnt/nas/local/x", mounts) == "ext4"
-    assert _fs_type(b"/mnt/nasty", mounts) == "ext4"
+    assert fs_type(b"/mnt/nas/photos", mounts) == "nfs4"
+    assert fs_type(b"/mnt/nas/local/x", mounts) == "ext4"
+    assert fs_type(b"/mnt/nasty", mounts) == "ext4"
     assert is_network_fs("nfs4") and is_network_fs("cifs") and is_network_fs("fuse.sshfs")
     assert not is_network_fs("ext4") and not is_network_fs("fuseblk")
 

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageError
+from ..errors import ImageError, one_line
 from . import noise
 from .reasons import (
     HEIF_PLUGIN_MISSING,
@@ -43,7 +43,6 @@ from .reasons import (
     header_problem,
     identify,
     jpeg_frame_kind,
-    one_line,
     sniff,
 )
 
@@ -65,7 +64,7 @@ warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 # threads). Blocks over 32 MiB are always mapped on their own and returned when freed.
 Image.core.set_block_size(64 * MIB)
 
-__all__ = ["decode_image", "load_image", "one_line", "pixel_limit", "sniff", "to_rgb", "upright"]
+__all__ = ["decode_image", "load_image", "pixel_limit", "sniff", "to_rgb", "upright"]
 
 
 # ---------------------------------------------------------------------------------------------- plugins

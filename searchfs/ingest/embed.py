@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import ImageError, ModelUnavailable
+from ..errors import ImageError, ModelUnavailable, one_line
 from ..store.textcache import TextCache, TextVectors
 from . import text_tower
-from .decode import PathLike, decode_image, load_image, one_line, to_rgb
+from .decode import PathLike, decode_image, load_image, to_rgb
 from .runtime import Runtime, TextEncoder, choose_batch_size
 from .weights import input_size_hint, model_id, resolve_weights, weights_status
 

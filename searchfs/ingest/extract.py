@@ -82,7 +82,7 @@ from typing import Any
 import exiftool
 
 from searchfs.config import ensure_private_dir
-from searchfs.errors import ExiftoolError
+from searchfs.errors import ExiftoolError, one_line
 from searchfs.records import Facet, display_number, format_number
 
 # The version of what `normalize` makes of exiftool's tags. Bump it when it changes (a new facet, a
@@ -465,7 +465,7 @@ class ExifExtractor:
         except FileNotFoundError as error:
             raise ExiftoolError(f"exiftool not found ({self.exiftool_path}): {INSTALL_HINT}") from error
         except Exception as error:
-            raise ExiftoolError(f"exiftool did not start ({_one_line(error)}): {INSTALL_HINT}") from error
+            raise ExiftoolError(f"exiftool did not start ({one_line(error)}): {INSTALL_HINT}") from error
         return tool
 
     def _discard_tool(self) -> None:
@@ -490,7 +490,7 @@ class ExifExtractor:
                     try:
                         argument = self._link_to(path)
                     except OSError as error:  # e.g. an unwritable scratch_dir: this file only
-                        unlinkable[path] = f"exiftool failed: cannot alias the file name ({_one_line(error)})"
+                        unlinkable[path] = f"exiftool failed: cannot alias the file name ({one_line(error)})"
                         continue
                     links.append(argument)
                 arguments[argument] = path
@@ -614,7 +614,7 @@ class _GuardedCall:
             self._stop(worker)
             raise _CallFailed(reason)
         if "error" in self._outcome:
-            raise _CallFailed(f"exiftool failed: {_one_line(self._outcome['error'])}") from self._outcome["error"]
+            raise _CallFailed(f"exiftool failed: {one_line(self._outcome['error'])}") from self._outcome["error"]
         self.healthy = True
         return self._outcome["stdout"], self._tool.last_stderr or b""
 
@@ -674,11 +674,6 @@ def _reap(tool: exiftool.ExifTool | None, close_pipes: bool = True) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pyexiftool warns "process ... died" while resetting its state
         tool.running  # noqa: B018 - the property resets pyexiftool's state, so its __del__ stays quiet
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text[:200]
 
 
 def exiftool_version(exiftool_path: str = "exiftool") -> str | None:

@@ -15,6 +15,7 @@ import calendar
 import re
 from fractions import Fraction
 
+from ..config import parse_bool
 from ..errors import QueryError
 from ..records import FACET_BY_KEY, Bound, Filter
 
@@ -92,9 +93,7 @@ def _date_span(text: str, word: str) -> tuple[str, str]:
 
 
 def _yes(text: str, word: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("yes", "true", "1", "y"):
-        return True
-    if lowered in ("no", "false", "0", "n"):
-        return False
-    raise QueryError(f"filter {word!r}: expected yes or no")
+    try:
+        return parse_bool(text)
+    except ValueError:
+        raise QueryError(f"filter {word!r}: expected yes or no") from None

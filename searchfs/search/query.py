@@ -12,7 +12,8 @@ from .filters import Filter, parse_filter
 @dataclass(frozen=True)
 class Query:
     """One search. At most one of `text`, `image` and `similar_to` ranks the results; with none of them
-    the results are the files matching `filters`, in path order, without scores.
+    the results are the files matching `filters`, oldest photo first (undated last, then by root and path),
+    without scores.
 
     text:       words to embed with the CLIP text encoder
     image:      path (bytes) of any image file, inside the roots or not
