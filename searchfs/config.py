@@ -22,6 +22,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found]
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # [model] precision; ingest/runtime.py chooses among them
+
 DEFAULT_EXCLUDE = (
     "@eaDir",  # Synology thumbnails
     "#recycle",
@@ -213,7 +215,7 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"model.device must be auto, cpu, cuda or mps, not {settings.model_device!r}")
     if not settings.library or "/" in settings.library or settings.library.startswith("."):
         raise ConfigError(f"library name must be a plain name, not {settings.library!r}")
-    if settings.model_precision not in ("auto", "fp32", "bf16", "fp16"):
+    if settings.model_precision not in PRECISIONS:
         raise ConfigError(f"model.precision must be auto, fp32, bf16 or fp16, not {settings.model_precision!r}")
     if settings.model_text_tower not in ("numpy", "torch"):
         raise ConfigError(f"model.text_tower must be numpy or torch, not {settings.model_text_tower!r}")

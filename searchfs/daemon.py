@@ -102,7 +102,6 @@ class SyncDaemon:
         self._extractor: ExifExtractor | None = None
         self._indexer_: Indexer | None = None
         self._stopping = threading.Event()
-        self._idle = threading.Event()
         self.last_reconcile: dict[str, tuple[float, str]] = {}
         self.totals = IndexReport()
         self._last_save = time.monotonic()

@@ -336,9 +336,7 @@ def _plan(tree: _Tree) -> list[Change]:
     for i, op in enumerate(ops):
         op.id = i
     structural, broken = _Scheduler(ops).run()
-    content.extend(
-        Change(ChangeKind.RESCAN if op.is_dir else ChangeKind.UPSERT, op.dest or b"", is_dir=op.is_dir) for op in broken
-    )
+    content.extend(Change(_read_again(op.is_dir), op.dest or b"", is_dir=op.is_dir) for op in broken)
     return structural + _drop_covered(content)
 
 
@@ -361,9 +359,7 @@ def _walk(tree: _Tree) -> tuple[list[_Op], list[Change], dict[bytes, bool]]:
                 moves.append(_Op(0, ChangeKind.MOVE, child_ident, child_path, child.is_dir))
             child_in_new = in_new
             if not in_new and child_ident is None:
-                content.append(
-                    Change(ChangeKind.RESCAN if child.is_dir else ChangeKind.UPSERT, child_path, is_dir=child.is_dir)
-                )
+                content.append(Change(_read_again(child.is_dir), child_path, is_dir=child.is_dir))
                 child_in_new = child.is_dir
             elif not in_new and child.dirty and not child.is_dir:
                 content.append(Change(ChangeKind.UPSERT, child_path))

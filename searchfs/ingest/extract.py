@@ -153,14 +153,6 @@ def _text(value: Any) -> str | None:
     return text[:MAX_TEXT]
 
 
-def _first_text(tags: dict, *names: str) -> str | None:
-    for name in names:
-        text = _text(tags.get(name))
-        if text:
-            return text
-    return None
-
-
 # --- camera ---
 
 # Trailing words of a maker's name that only say what kind of company it is.

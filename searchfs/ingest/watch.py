@@ -272,6 +272,7 @@ class _Root:
     next_restart_at: float = 0.0
     last_error: str | None = None
     batches: int = 0
+    probes: int = 0
     prober: threading.Thread | None = None  # the last stat of the root folder, maybe stuck on a dead server
     probe_box: list = field(default_factory=list)
 
@@ -342,6 +343,7 @@ class Watcher:
                     "last_error": root.last_error,
                     "polling_reason": root.polling_reason,
                     "batches": root.batches,
+                    "probes": root.probes,  # how often the supervisor has looked at the root folder
                 }
         return out
 
@@ -391,6 +393,7 @@ class Watcher:
     def _follow_root(self, root: _Root) -> bool:
         """Notice the root going away, coming back or being replaced. True if it is online."""
         answered, probe = self._timed_probe(root)
+        root.probes += 1
         if not answered:
             if root.mode != "offline":
                 self._take_down(root, f"not answering within {PROBE_TIMEOUT:g}s")
