@@ -477,10 +477,19 @@ def start_service(library: Library) -> SearchService | None:
     try:
         service = SearchService(library, socket_path(library.settings, create=True))
         service.start()
-        return service
     except (OSError, ConfigError) as exc:
         log.info("not answering searches over a socket (searches from the CLI run on their own): %s", exc)
         return None
+    threading.Thread(target=_prepare_texts, args=(library,), name="searchfs-service-warm", daemon=True).start()
+    return service
+
+
+def _prepare_texts(library: Library) -> None:
+    """The text tower opened before the first search needs it (a fraction of a second, once)."""
+    try:
+        library.embedder.prepare_texts()
+    except Exception as exc:  # noqa: BLE001 - only a head start: the first search opens it otherwise
+        log.debug("could not prepare the text tower: %s", exc)
 
 
 # ---------------------------------------------------------------------------------------------- the client

@@ -145,6 +145,9 @@ def test_the_daemon_answers_the_cli_as_the_cli_would_itself_without_importing_a_
         cache.unlink()  # the daemon must embed the texts itself, not read what the local runs cached
 
     daemon = start_daemon()
+    embedder = daemon.library.embedder  # the service opened its text tower ahead of any search, without torch
+    wait_for(lambda: embedder.model_calls == 1, "the text tower to be prepared")
+    assert not embedder.loaded
     for args, before in zip(queries, local):
         done = cli(*args, env=env, trace=True)
         assert done.returncode == 0, done.stderr
