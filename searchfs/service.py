@@ -258,6 +258,7 @@ class SearchService:
                 return
             except OSError as exc:  # EMFILE and the like: the client finds no answer and searches itself
                 log.debug("accept failed: %s", exc)
+                time.sleep(0.1)  # the listener stays readable: do not spin on it
                 return
             try:
                 uid = peer_uid(sock)
@@ -273,6 +274,7 @@ class SearchService:
             conn = _Conn(sock)
             open_conns.add(conn)
             if len(open_conns) > MAX_CONNECTIONS:
+                self._count("declined")
                 self._answer_now(selector, conn, {"decline": "busy"}, registered=False)
             else:
                 selector.register(sock, selectors.EVENT_READ, conn)
