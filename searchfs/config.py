@@ -223,12 +223,18 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("model.batch_size must be 0 (chosen for the device) or more")
 
 
-def runtime_dir(env: Mapping[str, str] | None = None) -> Path:
+def runtime_dir(env: Mapping[str, str] | None = None, create: bool = True) -> Path:
     """Where a running daemon leaves what other processes of the same user look for (its pid per mount
-    point, its socket): $XDG_RUNTIME_DIR/searchfs (a per-user tmpfs), else /tmp/searchfs-<uid>. 0700."""
+    point, its socket): $XDG_RUNTIME_DIR/searchfs (a per-user tmpfs), else /tmp/searchfs-<uid>. 0700.
+    `create=False` (a client looking for a daemon) creates nothing; a folder that is missing is returned
+    as it would be named."""
     env = os.environ if env is None else env
     base = env.get("XDG_RUNTIME_DIR")
     path = Path(base) / "searchfs" if base else Path("/tmp") / f"searchfs-{os.getuid()}"
+    if not create:
+        if path.exists() and path.stat().st_uid != os.getuid():
+            raise ConfigError(f"{path} belongs to another user; set XDG_RUNTIME_DIR")
+        return path
     ensure_private_dir(path)
     if path.stat().st_uid != os.getuid():  # /tmp is shared: never trust a folder someone else made
         raise ConfigError(f"{path} belongs to another user; set XDG_RUNTIME_DIR")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from . import service
 from .errors import DiskFull
 from .ingest.coalesce import ChangeKind
 from .library import Library
@@ -111,6 +112,7 @@ class SyncDaemon:
         self._backlog = _Backlog()
         self._status_warned: int | None = None
         self._status_thread: threading.Thread | None = None
+        self._service: service.SearchService | None = None  # answers the CLI's searches (service.py)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -136,11 +138,14 @@ class SyncDaemon:
         else:
             for name in roots:
                 self.reconcile(name, "start")
+        self._service = service.start_service(self.library)  # last: a failed start leaves no socket
 
     def stop(self) -> None:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self._service is not None:  # first: no search may outlive the library
+            self._service.stop()
         if self._watcher is not None:
             self._watcher.stop()
         self._jobs.put(None)
@@ -351,6 +356,7 @@ class SyncDaemon:
             "last_reconcile": {k: {"at": v[0], "reason": v[1]} for k, v in self.last_reconcile.items()},
             "since_start": {k: v for k, v in self.totals.to_json().items() if k != "seconds"},
             "offline_roots": [r.name for r in self.library.roots() if not r.online],
+            "service": self._service.status() if self._service is not None else None,
             "updated_at": time.time(),
         }
 

@@ -308,3 +308,23 @@ def test_umount_returns_once_the_daemon_has_finished(mounted):
     done = searchfs("index", "--no-progress", env=env, check=False)
     assert done.returncode == 0, done.stderr
     searchfs("mount", str(photos), str(mnt), env=env)  # for the fixture's own umount and log check
+
+
+def test_the_mount_daemon_answers_the_cli_and_takes_its_socket_away(mounted, settings):
+    """While a mount runs, `searchfs search` is answered by its daemon (service.py), with what the mount
+    shows; after umount the CLI searches on its own again, with the same answer."""
+    from searchfs import service
+
+    photos, mnt, env = mounted
+    pid = _daemon_pid(env)
+    done = searchfs("-v", "search", "red flower", "--json", env=env)
+    assert f"search answered by the searchfs daemon (pid {pid})" in done.stderr
+    links = [os.readlink(mnt / "query" / "red flower" / name) for name in listing(mnt / "query" / "red flower")]
+    assert [h["path"] for h in json.loads(done.stdout)] == links
+    socket_file = service.socket_path(settings)
+    assert socket_file.is_socket()
+    searchfs("umount", str(mnt), env=env)
+    assert not socket_file.exists()
+    alone = searchfs("-v", "search", "red flower", "--json", env=env)
+    assert "answered by" not in alone.stderr and alone.stdout == done.stdout
+    searchfs("mount", str(photos), str(mnt), env=env)  # for the fixture's own umount and log check

@@ -297,6 +297,18 @@ class Embedder:
             self.model_calls += 1
             return encoder.encode_texts(texts)
 
+    def prepare_texts(self) -> bool:
+        """Open the numpy text tower and run it once (nothing is cached), so that a long-lived process's
+        first new query text costs only its own encoding, not the tower's opening and first page faults.
+        False (and nothing loaded) when new texts would need torch."""
+        encoder = self._text_tower()
+        if encoder is None:
+            return False
+        with self._model_lock:
+            self.model_calls += 1
+            encoder.encode_texts(["a photo"])
+        return True
+
     def _text_tower(self) -> TextEncoder | None:
         """The numpy text tower when this model has a current export; looked up once per load."""
         if self.settings.model_text_tower == "torch":
