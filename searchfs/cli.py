@@ -221,10 +221,10 @@ def search(ctx, query, limit, min_score, where, force_image, force_text, as_json
     is_image = query is not None and not force_text and (force_image or os.path.isfile(query))
     if query is not None and not force_text and not is_image and _looks_like_path(query):
         raise NotFound(f"no such image file: {query} (to search for these words, add --text)")
-    from . import service
+    from . import client
 
     text, image = (None, os.path.abspath(query)) if is_image else (query, None)
-    hits = service.search(ctx.settings(), text=text, image=image, where=where, limit=limit, min_score=min_score)
+    hits = client.search(ctx.settings(), text=text, image=image, where=where, limit=limit, min_score=min_score)
     if hits is None:  # no daemon of this library answered: the same search here
         from .search.query import Query
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from photos import make_library, make_photo
 
-from searchfs import service
+from searchfs import client, service
 from searchfs.daemon import SyncDaemon
 from searchfs.library import Library
 
@@ -228,7 +228,7 @@ def test_garbage_and_oversized_requests_get_an_error_and_the_daemon_keeps_servin
     finally:
         for sock in silent:
             sock.close()
-    assert service.ask(settings, STATUS)["pid"] == os.getpid()
+    assert client.ask(settings, STATUS)["pid"] == os.getpid()
     assert served(daemon)["served"] == 1
 
 
@@ -256,7 +256,7 @@ def test_socket_and_folder_are_private_and_go_with_the_daemon(photos, start_daem
     other = service.socket_path(settings.replace(library="work"))
     assert other.parent == path.parent and other != path  # one socket per library
     daemon.stop()
-    assert not path.exists() and service.ask(settings, STATUS) is None
+    assert not path.exists() and client.ask(settings, STATUS) is None
 
 
 def test_a_killed_daemon_leaves_a_socket_the_cli_passes_over_quietly(photos, env, settings):
@@ -267,7 +267,7 @@ def test_a_killed_daemon_leaves_a_socket_the_cli_passes_over_quietly(photos, env
         daemon = subprocess.Popen(
             [sys.executable, "-m", "searchfs", "watch"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_for(lambda: (service.ask(settings, STATUS) or {}).get("pid") == daemon.pid, "the watch daemon to answer")
+        wait_for(lambda: (client.ask(settings, STATUS) or {}).get("pid") == daemon.pid, "the watch daemon to answer")
         return daemon
 
     first = watch()
@@ -368,7 +368,7 @@ def test_the_daemon_answers_only_its_own_user_even_with_loosened_modes(photos, s
     os.waitpid(child, 0)
     assert said == b"answer:", said  # connected, and closed without a word
     assert served(daemon)["refused"] == 1
-    assert service.ask(settings, STATUS) is None  # nor does our own client trust a folder others may enter
+    assert client.ask(settings, STATUS) is None  # nor does our own client trust a folder others may enter
     for folder in (runtime, path.parent):
         os.chmod(folder, 0o700)
-    assert service.ask(settings, STATUS)["pid"] == os.getpid()  # and it still serves its own user
+    assert client.ask(settings, STATUS)["pid"] == os.getpid()  # and it still serves its own user
