@@ -356,11 +356,12 @@ class Catalog:
         """Contents whose metadata is missing or older than extractor `version` (read again lazily)."""
         return self._content_paths("c.meta_version < ?", (version,), limit)
 
-    def contents_needing_embedding(self, model: str, limit: int) -> list[ContentPath]:
+    def contents_needing_embedding(self, model: str, limit: int, after: int = 0) -> list[ContentPath]:
+        """The first `limit` contents with an id above `after` that have no vector of `model` yet."""
         return self._content_paths(
-            "c.error IS NULL AND NOT EXISTS (SELECT 1 FROM embeddings e JOIN models m ON m.id = e.model_id"
-            " WHERE m.name = ? AND e.content_id = c.id)",
-            (model,),
+            "c.id > ? AND c.error IS NULL AND NOT EXISTS (SELECT 1 FROM embeddings e JOIN models m"
+            " ON m.id = e.model_id WHERE m.name = ? AND e.content_id = c.id)",
+            (after, model),
             limit,
         )
 
