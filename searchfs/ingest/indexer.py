@@ -31,7 +31,7 @@ from typing import Protocol
 from ..errors import ImageError, ModelUnavailable
 from ..paths import is_under
 from ..records import Facet, FileStat, IndexReport, Root
-from ..store.catalog import Catalog
+from ..store.protocol import CatalogStore
 from ..store.rows import ContentPath
 from .embed import ImageResult
 from .extract import EXTRACTOR_VERSION
@@ -74,7 +74,7 @@ class ImageEmbedder(Protocol):
 class Indexer:
     def __init__(
         self,
-        catalog: Catalog,
+        catalog: CatalogStore,
         rules: ScanRules,
         extractor: Extractor,
         embedder: ImageEmbedder | None,
