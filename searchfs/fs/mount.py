@@ -346,16 +346,17 @@ def _pid_file(mountpoint: str) -> Path:
 def wait_for_daemon(mountpoint, timeout: float = 60.0) -> int | None:
     """After an unmount: wait until the daemon that served `mountpoint` has finished (saved what it keeps,
     released the library's writer lock). Returns its pid if it is still running after `timeout`."""
-    pid_file = _pid_file(_abs(mountpoint))
+    try:
+        pid = int(_pid_file(_abs(mountpoint)).read_text())
+    except (OSError, ValueError):
+        return None  # gone already (or never recorded)
+    # The process itself, not its pid file: the file goes last in its work, but the process lives on for
+    # its exit, and a caller that checks the pid right after must find it gone.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            pid = int(pid_file.read_text())
-        except (OSError, ValueError):
-            return None  # gone (or never recorded)
         if not running(pid):
             return None
-        time.sleep(0.05)
+        time.sleep(0.02)
     return pid
 
 
