@@ -279,6 +279,8 @@ class Indexer:
         if self.embedder is None:
             return
         model = self.embedder.model_id
+        with self.catalog.transaction() as tx:
+            tx.track_model(model)  # the queue of what is left to embed follows this model (store/work.py)
         failed: set[ContentPath] = set()
         done, total = 0, self.catalog.count_needing_embedding(model)
 
