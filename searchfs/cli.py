@@ -12,6 +12,7 @@ import os
 import sqlite3
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -63,10 +64,9 @@ class Context:
         self.config = config
         self.library_name = library
         self.verbose = verbose
-        self._settings = None
 
     def settings(self, **flags):
-        return load_settings(self.config, library=self.library_name, **flags)
+        return load_settings(Path(self.config) if self.config else None, library=self.library_name, **flags)
 
     def library(self, create: bool = False, **flags):
         """The library; only `index`, `watch` and `mount` pass create=True."""
@@ -221,12 +221,16 @@ def search(ctx, query, limit, min_score, where, force_image, force_text, as_json
     is_image = query is not None and not force_text and (force_image or os.path.isfile(query))
     if query is not None and not force_text and not is_image and _looks_like_path(query):
         raise NotFound(f"no such image file: {query} (to search for these words, add --text)")
-    from .search.query import Query
+    from . import client
 
-    image = os.fsencode(os.path.abspath(query)) if is_image else None
-    wanted = Query.build(where, text=None if is_image else query, image=image, limit=limit, min_score=min_score)
-    with ctx.library() as lib:  # after the query parsed: a bad filter is exit 2 whatever the library
-        hits = lib.search(query=wanted)
+    text, image = (None, os.path.abspath(query)) if is_image else (query, None)
+    hits = client.search(ctx.settings(), text=text, image=image, where=where, limit=limit, min_score=min_score)
+    if hits is None:  # no daemon of this library answered: the same search here
+        from .search.query import Query
+
+        wanted = Query.build(where, text=text, image=image and os.fsencode(image), limit=limit, min_score=min_score)
+        with ctx.library() as lib:  # after the query parsed: a bad filter is exit 2 whatever the library
+            hits = lib.search(query=wanted)
     _print_hits(hits, as_json, null)
 
 
@@ -377,7 +381,7 @@ def _watcher_lines(watcher: dict | None) -> list[str]:
 
 def _watcher_state(settings) -> dict | None:
     """What a running daemon last wrote about its watcher (None when no daemon runs)."""
-    path = settings.library_dir / "daemon.json"
+    path = settings.daemon_status_path
     for _ in range(5):  # the daemon rewrites it in place: a read may catch it half written
         try:
             data = json.loads(path.read_text())
@@ -606,7 +610,8 @@ def main() -> None:
     try:
         code = cli.main(prog_name="searchfs", standalone_mode=False)
     except click.ClickException as exc:  # usage errors: bad option, missing argument, bad value
-        hint = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) is not None else ""
+        ctx = getattr(exc, "ctx", None)  # usage errors carry the command they were raised in
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         _fail(exc.format_message() + hint, exc.exit_code)
     except click.exceptions.Abort:
         _fail("interrupted", 130)

@@ -20,7 +20,9 @@ from .errors import ConfigError
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # [model] precision; ingest/runtime.py chooses among them
 
 DEFAULT_EXCLUDE = (
     "@eaDir",  # Synology thumbnails
@@ -85,6 +87,11 @@ class Settings:
     @property
     def catalog_path(self) -> Path:
         return self.library_dir / "catalog.sqlite"
+
+    @property
+    def daemon_status_path(self) -> Path:
+        """What a running daemon says about itself (daemon.py writes it, `searchfs status` reads it)."""
+        return self.library_dir / "daemon.json"
 
     @property
     def log_dir(self) -> Path:
@@ -177,7 +184,7 @@ def _coerce(name: str, value: Any) -> Any:
         if name in ("home", "config_file"):
             return None if value is None else Path(value).expanduser()
         if isinstance(default, bool):
-            return _to_bool(value)
+            return parse_bool(value)
         if isinstance(default, int) and not isinstance(default, bool):
             return int(value)
         if isinstance(default, float) or name == "search_min_score":
@@ -191,15 +198,16 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"setting {name}: cannot use {value!r} ({exc})") from exc
 
 
-def _to_bool(value: Any) -> bool:
+def parse_bool(value: Any) -> bool:
+    """A yes/no in any of the spellings people use (settings, `has_gps=` filters); ValueError otherwise."""
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
+    if text in ("1", "true", "yes", "on", "y"):
         return True
-    if text in ("0", "false", "no", "off"):
+    if text in ("0", "false", "no", "off", "n"):
         return False
-    raise ValueError("expected true or false")
+    raise ValueError("expected yes or no")
 
 
 def _validate(settings: Settings) -> None:
@@ -207,7 +215,7 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"model.device must be auto, cpu, cuda or mps, not {settings.model_device!r}")
     if not settings.library or "/" in settings.library or settings.library.startswith("."):
         raise ConfigError(f"library name must be a plain name, not {settings.library!r}")
-    if settings.model_precision not in ("auto", "fp32", "bf16", "fp16"):
+    if settings.model_precision not in PRECISIONS:
         raise ConfigError(f"model.precision must be auto, fp32, bf16 or fp16, not {settings.model_precision!r}")
     if settings.model_text_tower not in ("numpy", "torch"):
         raise ConfigError(f"model.text_tower must be numpy or torch, not {settings.model_text_tower!r}")
@@ -215,12 +223,18 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("model.batch_size must be 0 (chosen for the device) or more")
 
 
-def runtime_dir(env: Mapping[str, str] | None = None) -> Path:
+def runtime_dir(env: Mapping[str, str] | None = None, create: bool = True) -> Path:
     """Where a running daemon leaves what other processes of the same user look for (its pid per mount
-    point, its socket): $XDG_RUNTIME_DIR/searchfs (a per-user tmpfs), else /tmp/searchfs-<uid>. 0700."""
+    point, its socket): $XDG_RUNTIME_DIR/searchfs (a per-user tmpfs), else /tmp/searchfs-<uid>. 0700.
+    `create=False` (a client looking for a daemon) creates nothing; a folder that is missing is returned
+    as it would be named."""
     env = os.environ if env is None else env
     base = env.get("XDG_RUNTIME_DIR")
     path = Path(base) / "searchfs" if base else Path("/tmp") / f"searchfs-{os.getuid()}"
+    if not create:
+        if path.exists() and path.stat().st_uid != os.getuid():
+            raise ConfigError(f"{path} belongs to another user; set XDG_RUNTIME_DIR")
+        return path
     ensure_private_dir(path)
     if path.stat().st_uid != os.getuid():  # /tmp is shared: never trust a folder someone else made
         raise ConfigError(f"{path} belongs to another user; set XDG_RUNTIME_DIR")

@@ -16,10 +16,20 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING
 
+from . import service
 from .errors import DiskFull
+from .ingest.coalesce import ChangeKind
 from .library import Library
+from .paths import relative
 from .records import IndexReport, Root
+
+if TYPE_CHECKING:
+    from .ingest.extract import ExifExtractor
+    from .ingest.indexer import Indexer
+    from .ingest.watch import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +38,22 @@ STATUS_BYTES = 64 * 1024  # daemon.json's reserved size: written in place, space
 _SAVE_VECTORS_EVERY = 300.0
 
 
+class JobKind(str, Enum):
+    """What the writer thread is asked to do."""
+
+    CHANGES = "changes"  # coalesced watch events
+    RECONCILE = "reconcile"  # a full scan of a root
+    RECHECK = "recheck"  # files too fresh to read at the last look
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class _Job:
-    kind: str  # "changes" | "reconcile" | "online" | "offline"
+    kind: JobKind
     root: str
     changes: list = field(default_factory=list)
     reason: str = ""
@@ -76,20 +99,20 @@ class SyncDaemon:
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = library.writer_lock()
-        self._watcher = None
-        self._extractor = None
-        self._indexer = None
+        self._watcher: Watcher | None = None
+        self._extractor: ExifExtractor | None = None
+        self._indexer_: Indexer | None = None
         self._stopping = threading.Event()
-        self._idle = threading.Event()
         self.last_reconcile: dict[str, tuple[float, str]] = {}
         self.totals = IndexReport()
         self._last_save = time.monotonic()
         self._rechecks = 0  # re-checks of too-fresh files waiting on their timer
         self._rechecks_lock = threading.Lock()
-        self._working_on: str | None = None  # the job kind the writer thread is doing now
+        self._working_on: JobKind | None = None  # the job kind the writer thread is doing now
         self._backlog = _Backlog()
         self._status_warned: int | None = None
         self._status_thread: threading.Thread | None = None
+        self._service: service.SearchService | None = None  # answers the CLI's searches (service.py)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -98,7 +121,7 @@ class SyncDaemon:
         self._extractor = self.library.extractor()
         self._settle = self.library.settings.watch_settle_seconds
         self.library.vectors.own()  # from now on only the writer thread changes the vector index
-        self._indexer = self.library.indexer(
+        self._indexer_ = self.library.indexer(
             self._extractor, defer_fresh=self._settle, after_embedding=self.library.vectors.catch_up
         )
         self._thread = threading.Thread(target=self._run, name="searchfs-writer", daemon=True)
@@ -115,11 +138,14 @@ class SyncDaemon:
         else:
             for name in roots:
                 self.reconcile(name, "start")
+        self._service = service.start_service(self.library)  # last: a failed start leaves no socket
 
     def stop(self) -> None:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self._service is not None:  # first: no search may outlive the library
+            self._service.stop()
         if self._watcher is not None:
             self._watcher.stop()
         self._jobs.put(None)
@@ -140,7 +166,7 @@ class SyncDaemon:
         self._lock.release()
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
-        """For tests and `watch --once`: block until every queued job is done."""
+        """Block until every queued job is done (and no re-check is waiting): for tests and benchmarks."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._jobs.unfinished_tasks == 0 and self._rechecks == 0:
@@ -151,13 +177,13 @@ class SyncDaemon:
     # -- the watcher's sink (called from watcher threads; only queues) -------------------------------
 
     def apply(self, root: str, changes: list) -> None:
-        self._jobs.put(_Job("changes", root, list(changes)))
+        self._jobs.put(_Job(JobKind.CHANGES, root, list(changes)))
 
     def reconcile(self, root: str, reason: str) -> None:
-        self._jobs.put(_Job("reconcile", root, reason=reason))
+        self._jobs.put(_Job(JobKind.RECONCILE, root, reason=reason))
 
     def set_online(self, root: str, online: bool) -> None:
-        self._jobs.put(_Job("online" if online else "offline", root))
+        self._jobs.put(_Job(JobKind.ONLINE if online else JobKind.OFFLINE, root))
 
     # -- the writer thread -------------------------------------------------------------------------
 
@@ -172,7 +198,8 @@ class SyncDaemon:
                 self._do(job)
                 self._backlog.succeeded()
             except DiskFull as exc:  # nothing is lost: the job waits and is tried again, later and later
-                self._retry_later(job, str(exc))
+                if job is not None:
+                    self._retry_later(job, str(exc))
             except Exception:  # one bad job must not stop the writer; the next reconcile catches up
                 log.exception("sync job %s for root %s failed", job.kind if job else None, job.root if job else None)
             finally:
@@ -185,21 +212,21 @@ class SyncDaemon:
         root = self._root(job.root)
         if root is None:
             return
-        if not root.online and job.kind in ("changes", "recheck"):
+        if not root.online and job.kind in (JobKind.CHANGES, JobKind.RECHECK):
             # The watcher said it went away (or stopped answering): touching it could hang this thread.
             log.debug("skipping %s for offline root %s", job.kind, root.name)
             return
         report = IndexReport()
-        if job.kind == "reconcile":
+        if job.kind is JobKind.RECONCILE:
             log.info("reconciling %s (%s)", root.display, job.reason)
             self._indexer.scan_root(root, report)
             self.last_reconcile[root.name] = (time.time(), job.reason)
-        elif job.kind == "recheck":
+        elif job.kind is JobKind.RECHECK:
             self._recheck(root, job.changes, report)
-        elif job.kind == "offline":
+        elif job.kind is JobKind.OFFLINE:
             self.library.catalog.set_online(root.id, False)
             log.warning("root %s went offline: its photos are kept", root.display)
-        elif job.kind == "online":
+        elif job.kind is JobKind.ONLINE:
             self.library.catalog.set_online(root.id, True)
         else:
             self._apply_changes(root, job.changes, report)
@@ -227,7 +254,7 @@ class SyncDaemon:
     def _recheck_later(self, root: Root, relpaths: list[bytes]) -> None:
         """Files a scan found too fresh to read: look again once they have been quiet for a while."""
         if relpaths and not self._stopping.is_set():
-            self._after(self._settle * 2, _Job("recheck", root.name, list(relpaths)))
+            self._after(self._settle * 2, _Job(JobKind.RECHECK, root.name, list(relpaths)))
 
     def _queue_recheck(self, job: _Job) -> None:
         self._jobs.put(job)  # queued before the count drops, so wait_idle never sees a gap
@@ -250,13 +277,13 @@ class SyncDaemon:
         for change in changes:
             src = self._relative(root, change.path)
             dest = self._relative(root, change.dest) if change.dest else None
-            if change.kind == "rescan":
+            if change.kind is ChangeKind.RESCAN:
                 self._indexer.scan_root(root, report, start=src or b"")
-            elif change.kind == "delete" and src is not None:
+            elif change.kind is ChangeKind.DELETE and src is not None:
                 self._indexer.remove_path(root, src, report)
-            elif change.kind == "move":
+            elif change.kind is ChangeKind.MOVE:
                 self._apply_move(root, change, src, dest, report)
-            elif change.kind == "upsert" and src is not None:
+            elif change.kind is ChangeKind.UPSERT and src is not None:
                 self._indexer.upsert_path(root, src, report)
 
     def _apply_move(self, root: Root, change, src: bytes | None, dest: bytes | None, report: IndexReport) -> None:
@@ -266,8 +293,9 @@ class SyncDaemon:
         if src is not None:  # moved out of this root: gone from here
             self._indexer.remove_path(root, src, report)
         other = self._root_of(change.dest)
-        if other is not None:  # into another root: its content hash finds the old embedding
-            self._indexer.upsert_path(other, self._relative(other, change.dest), report)
+        inside = self._relative(other, change.dest) if other is not None else None
+        if other is not None and inside is not None:  # into another root: its content hash finds the old embedding
+            self._indexer.upsert_path(other, inside, report)
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -286,14 +314,7 @@ class SyncDaemon:
     @staticmethod
     def _relative(root: Root, path: bytes | None) -> bytes | None:
         """`path` relative to the root ('' for the root itself), or None when it lies outside."""
-        if path is None:
-            return None
-        base = root.path.rstrip(b"/")
-        if path == base:
-            return b""
-        if path.startswith(base + b"/"):
-            return path[len(base) + 1 :]
-        return None
+        return relative(path, root.path) if path is not None else None
 
     def _add_totals(self, report: IndexReport) -> None:
         for name in ("new", "changed", "removed", "reused", "embedded", "quarantined"):
@@ -312,17 +333,22 @@ class SyncDaemon:
             self.library.vectors.save()
             self._last_save = time.monotonic()
 
+    @property
+    def _indexer(self) -> Indexer:
+        assert self._indexer_ is not None, "the daemon was not started"
+        return self._indexer_
+
     def _status_path(self):
-        return self.library.settings.library_dir / "daemon.json"
+        return self.library.settings.daemon_status_path
 
     def status(self) -> dict:
         watch = self._watcher.status() if self._watcher is not None else None
-        events = sum(int(root.get("pending", 0)) for root in (watch or {}).values())
+        events = sum(int(state.get("pending", 0)) for state in (watch or {}).values())
         queued = self._jobs.unfinished_tasks + self._rechecks
         return {
             "pid": os.getpid(),
             "pending_jobs": self._jobs.qsize() + self._rechecks,
-            "working_on": self._working_on,
+            "working_on": str(self._working_on) if self._working_on else None,
             "idle": queued == 0 and events == 0,  # nothing queued, nothing being done, no events held
             "events_pending": events,
             "backlog": self._backlog.status(),
@@ -330,6 +356,7 @@ class SyncDaemon:
             "last_reconcile": {k: {"at": v[0], "reason": v[1]} for k, v in self.last_reconcile.items()},
             "since_start": {k: v for k, v in self.totals.to_json().items() if k != "seconds"},
             "offline_roots": [r.name for r in self.library.roots() if not r.online],
+            "service": self._service.status() if self._service is not None else None,
             "updated_at": time.time(),
         }
 

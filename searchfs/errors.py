@@ -60,6 +60,16 @@ class DiskFull(SearchfsError):
     exit_code = 8
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """Any exception as the one line searchfs shows: the OS's words for an OSError, our own message for a
+    SearchfsError, else "Type: message" (a library's bare message rarely says what failed); whitespace
+    folded, at most `limit` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, (OSError, SearchfsError)):
+        text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def disk_full_message(where: object) -> str:
     return (
         f"no space left on the disk holding {where}: free some space and run it again (nothing indexed so far is lost)"

@@ -17,6 +17,7 @@ import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from .search.engine import Engine, image_query_vector
 from .search.query import Query
 from .store.catalog import Catalog
 from .store.vector_store import VectorStore
+
+if TYPE_CHECKING:
+    from .ingest.embed import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,7 @@ class Library:
         ensure_private_dir(settings.home)
         ensure_private_dir(settings.library_dir)
         self.catalog = Catalog(settings.catalog_path)
-        self._embedder = None
+        self._embedder: Embedder | None = None
         self._embedder_lock = threading.Lock()
         self.vectors = VectorStore(
             self.catalog, lambda: self.vectors_dir, lambda: self.model_id, settings.search_exact_below
@@ -108,7 +112,7 @@ class Library:
     # -- parts -------------------------------------------------------------------------------------
 
     @property
-    def embedder(self):
+    def embedder(self) -> Embedder:
         with self._embedder_lock:
             if self._embedder is None:
                 from .ingest.embed import Embedder
@@ -397,10 +401,10 @@ def compare_images(settings: Settings, a: os.PathLike | str | bytes, b: os.PathL
 
     embedder = Embedder(settings)
     try:
-        vectors = []
+        vectors: list[np.ndarray] = []
         for path in (a, b):
             result = embedder.embed_images([os.fsencode(os.fsdecode(path))])[0]
-            if not result.ok:
+            if result.vector is None:
                 raise QueryError(f"cannot use {os.fsdecode(path)} as an image: {result.error}")
             vectors.append(result.vector)
     finally:

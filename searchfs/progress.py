@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 PHASES = {"scan": "scanning", "read": "reading new files", "metadata": "reading EXIF", "embed": "embedding"}
 
@@ -21,7 +21,7 @@ class IndexProgress:
             console=console,
             transient=False,
         )
-        self._tasks: dict[str, int] = {}
+        self._tasks: dict[str, TaskID] = {}
 
     def update(self, phase: str, done: int, total: int | None) -> None:
         if not self.enabled:

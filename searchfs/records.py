@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-FacetValue = str | float
-
 
 @dataclass(frozen=True)
 class FacetSpec:

@@ -54,3 +54,26 @@ def settings(home, tiny_model):
     from searchfs.config import load_settings
 
     return load_settings(**tiny_model)
+
+
+@pytest.fixture
+def inotify_queue(request):
+    """Change fs.inotify.max_queued_events for a test (the kernel reads it once, at inotify_init), and put
+    it back afterwards, whatever happens in the test: it is a system-wide setting. Skips where it cannot be
+    written. `.set(n)` changes it; `.restore()` puts the old value back early (idempotent)."""
+    knob = Path("/proc/sys/fs/inotify/max_queued_events")
+    try:
+        old = knob.read_text()
+        knob.write_text(old)
+    except OSError as exc:
+        pytest.skip(f"cannot change {knob}: {exc}")
+    request.addfinalizer(lambda: knob.write_text(old))
+
+    class Knob:
+        def set(self, value: int) -> None:
+            knob.write_text(str(value))
+
+        def restore(self) -> None:
+            knob.write_text(old)
+
+    return Knob()

@@ -19,21 +19,12 @@ import subprocess
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from waiting import poll
+
 SCREEN = (1280, 1024)
-
-
-def poll(check: Callable[[], object], timeout: float, interval: float = 0.2):
-    """`check()` until it is truthy or `timeout` seconds have passed; its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 # ------------------------------------------------------------------------------------ file managers

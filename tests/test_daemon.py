@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from photos import make_library, make_photo
+from waiting import wait_for
 
 from searchfs.daemon import SyncDaemon
 from searchfs.ingest.scan import hash_file
@@ -24,18 +25,6 @@ T = 30.0  # deadline for anything to show up
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def wait_for(check, what: str, timeout: float = T, every: float = 0.05):
-    """Poll `check` until it returns something truthy; fail with `what` and its last value otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
-        time.sleep(every)
 
 
 def leica(lib: Library) -> list[str]:
@@ -289,34 +278,9 @@ def test_a_burst_of_2000_files_all_end_up_indexed_and_copies_share_one_embedding
     print(f"2200 files indexed live in {took:.1f}s")
 
 
-@pytest.fixture
-def small_inotify_queue(request):
-    """Lower fs.inotify.max_queued_events while the daemon's inotify instance is created (the kernel
-    reads it once, at inotify_init), and put it back right after: it is a system-wide setting."""
-    knob = Path("/proc/sys/fs/inotify/max_queued_events")
-    try:
-        old = knob.read_text()
-        knob.write_text(old)
-    except OSError as exc:
-        pytest.skip(f"cannot change {knob}: {exc}")
-
-    def restore():
-        knob.write_text(old)
-
-    request.addfinalizer(restore)
-
-    class Knob:
-        def lower(self, value: int) -> None:
-            knob.write_text(str(value))
-
-        restore_now = staticmethod(restore)
-
-    return Knob()
-
-
-def test_an_inotify_queue_overflow_is_caught_up_by_a_reconcile(start_daemon, photos, small_inotify_queue):
-    small_inotify_queue.lower(16)
-    daemon, lib = start_daemon(photos, started=small_inotify_queue.restore_now)
+def test_an_inotify_queue_overflow_is_caught_up_by_a_reconcile(start_daemon, photos, inotify_queue):
+    inotify_queue.set(16)
+    daemon, lib = start_daemon(photos, started=inotify_queue.restore)
     template = leica_photo(photos.parent / "outside-t.jpg", 50, size=(32, 32)).read_bytes()
     expect = []
     for i, data in enumerate(_jpeg_variants(template, 300)):

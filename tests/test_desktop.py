@@ -38,11 +38,11 @@ from desktop import (
     Manager,
     Reads,
     missing_tools,
-    poll,
     unresponsive_fuse_mounts,
     usage,
 )
 from photos import make_photo
+from waiting import poll
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("SEARCHFS_ARTIFACTS") or REPO / "test-artifacts")

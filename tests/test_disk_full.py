@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from photos import make_library, make_photo
+from waiting import wait_for
 
 from searchfs.daemon import SyncDaemon
 from searchfs.library import Library
@@ -54,16 +55,6 @@ def searchfs(*args, env) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "searchfs", *args], env=env, capture_output=True, text=True, timeout=120
     )
-
-
-def wait_for(check, what: str, timeout: float = T):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def test_index_on_a_full_disk_is_one_line_and_loses_nothing(small_disk, tiny_model, tmp_path):
@@ -107,7 +98,9 @@ def test_the_daemon_waits_out_a_full_disk_and_catches_up(small_disk, settings, t
         status_file = lib.settings.library_dir / "daemon.json"  # rewritten in place: still says why
         wait_for(lambda: json.loads(status_file.read_text())["backlog"]["jobs"] >= 1, "daemon.json to show it")
         filler.unlink()
-        wait_for(lambda: len(lib.search(where=["camera=Leica"])) == 120, "the photos after space came back", 120)
+        wait_for(
+            lambda: len(lib.search(where=["camera=Leica"])) == 120, "the photos after space came back", timeout=120
+        )
         wait_for(lambda: daemon.status()["backlog"]["jobs"] == 0, "the backlog to clear")
     finally:
         daemon.stop()

@@ -172,11 +172,16 @@ class FakeBackend:
         return self.progress
 
     def facet_values(self, key: str) -> list[tuple[str, int]]:
+        """As the catalog lists them: numbers in numeric order, texts alphabetically (case-insensitive)."""
         counts: dict[str, int] = {}
+        order: dict[str, tuple] = {}
         for facets in self.photos.values():
             if key in facets:
-                counts[str(facets[key])] = counts.get(str(facets[key]), 0) + 1
-        return sorted(counts.items())
+                value = facets[key]
+                counts[str(value)] = counts.get(str(value), 0) + 1
+                number = isinstance(value, (int, float))
+                order[str(value)] = (0, float(value), "", "") if number else (1, 0.0, str(value).casefold(), str(value))
+        return sorted(counts.items(), key=lambda item: order[item[0]])
 
     def saved_queries(self) -> list[str]:
         return list(self.saved)

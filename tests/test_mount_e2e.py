@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from photos import make_library, make_photo
+from waiting import wait_for
 
 from searchfs.fs.mount import running
 
@@ -156,13 +157,11 @@ def test_live_changes_show_on_the_next_listing(mounted):
     folder = mnt / "exif" / "camera=Leica"
     assert listing(folder) == []
     make_photo(photos / "new" / "L1.jpg", (5, 250, 5), seed=42, make="Leica", model="Leica M11")
-    assert _eventually(lambda: [os.path.basename(os.readlink(folder / n)) for n in listing(folder)] == ["L1.jpg"])
+    wait_for(lambda: [os.path.basename(os.readlink(folder / n)) for n in listing(folder)] == ["L1.jpg"])
     os.rename(photos / "new", photos / "renamed")
-    assert _eventually(
-        lambda: [os.readlink(folder / n) for n in listing(folder)] == [str(photos / "renamed" / "L1.jpg")]
-    )
+    wait_for(lambda: [os.readlink(folder / n) for n in listing(folder)] == [str(photos / "renamed" / "L1.jpg")])
     os.remove(photos / "renamed" / "L1.jpg")
-    assert _eventually(lambda: listing(folder) == [])
+    wait_for(lambda: listing(folder) == [])
     status = json.loads(searchfs("status", "--json", env=env).stdout)
     assert status["watcher"]["since_start"]["embedded"] == 1  # the rename cost no embedding
 
@@ -171,15 +170,6 @@ def _idle(env) -> bool:
     """The daemon says it holds no events and has nothing queued or in hand (status --json .indexing)."""
     indexing = json.loads(searchfs("status", "--json", env=env).stdout)["indexing"]
     return indexing["idle"] and indexing["events_pending"] == 0 and indexing["photos_pending"] == 0
-
-
-def _eventually(check, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return check()
 
 
 def test_a_refused_mount_changes_nothing(env, tmp_path):
@@ -279,8 +269,8 @@ def test_links_out_of_a_root_never_show_through_the_mount(mounted, tmp_path):
     os.symlink(outside, photos / "evil")
     os.symlink(outside / "private.jpg", photos / "leak.jpg")
     make_photo(photos / "marker.jpg", (9, 9, 9), seed=8, make="Fujifilm", model="X100V")  # after the links
-    assert _eventually(lambda: len(listing(mnt / "exif" / "camera=Fujifilm")) == 1)
-    assert _eventually(lambda: _idle(env))  # every event handled, the links' included
+    wait_for(lambda: len(listing(mnt / "exif" / "camera=Fujifilm")) == 1)
+    wait_for(lambda: _idle(env), "the daemon to be idle")  # every event handled, the links' included
     assert listing(mnt / "exif" / "camera=Leica") == [] and listing(mnt / "exif" / "has_gps=yes") == []
     assert "evil" not in listing(mnt / "similar" / "photos") and "leak.jpg" not in listing(mnt / "similar" / "photos")
     assert not [n for n in listing(mnt / "query" / "anything") if "private" in n]
@@ -294,12 +284,12 @@ def test_a_folder_moved_out_and_back_is_ranked_again(mounted, tmp_path):
     for i in range(21):
         make_photo(album / f"T{i:02d}.jpg", (i * 12, 90, 200 - i * 9), seed=500 + i, make="Sony")
     query = mnt / "query" / "a trip" / "limit=100"
-    assert _eventually(lambda: len(listing(query)) == 27 and _idle(env), timeout=60)
+    wait_for(lambda: len(listing(query)) == 27 and _idle(env), timeout=60)
     elsewhere = tmp_path / "away"
     shutil.move(album, elsewhere)
-    assert _eventually(lambda: len(listing(query)) == 6 and _idle(env), timeout=60)
+    wait_for(lambda: len(listing(query)) == 6 and _idle(env), timeout=60)
     shutil.move(elsewhere, album)
-    assert _eventually(lambda: len(listing(query)) == 27 and _idle(env), timeout=60)
+    wait_for(lambda: len(listing(query)) == 27 and _idle(env), timeout=60)
     targets = {os.readlink(query / name) for name in listing(query)}
     assert {str(album / f"T{i:02d}.jpg") for i in range(21)} <= targets
     like = mnt / "similar" / "photos" / "trip" / "T00.jpg"
@@ -317,4 +307,24 @@ def test_umount_returns_once_the_daemon_has_finished(mounted):
     assert not running(pid)
     done = searchfs("index", "--no-progress", env=env, check=False)
     assert done.returncode == 0, done.stderr
+    searchfs("mount", str(photos), str(mnt), env=env)  # for the fixture's own umount and log check
+
+
+def test_the_mount_daemon_answers_the_cli_and_takes_its_socket_away(mounted, settings):
+    """While a mount runs, `searchfs search` is answered by its daemon (service.py), with what the mount
+    shows; after umount the CLI searches on its own again, with the same answer."""
+    from searchfs import service
+
+    photos, mnt, env = mounted
+    pid = _daemon_pid(env)
+    done = searchfs("-v", "search", "red flower", "--json", env=env)
+    assert f"search answered by the searchfs daemon (pid {pid})" in done.stderr
+    links = [os.readlink(mnt / "query" / "red flower" / name) for name in listing(mnt / "query" / "red flower")]
+    assert [h["path"] for h in json.loads(done.stdout)] == links
+    socket_file = service.socket_path(settings)
+    assert socket_file.is_socket()
+    searchfs("umount", str(mnt), env=env)
+    assert not socket_file.exists()
+    alone = searchfs("-v", "search", "red flower", "--json", env=env)
+    assert "answered by" not in alone.stderr and alone.stdout == done.stdout
     searchfs("mount", str(photos), str(mnt), env=env)  # for the fixture's own umount and log check

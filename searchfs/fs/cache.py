@@ -9,9 +9,10 @@ back but not kept, so one huge answer never flushes everything else.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
+
+from ..lru import LRU
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -33,25 +34,23 @@ class SingleFlightCache(Generic[K, V]):
     def __init__(self, max_bytes: int, weigh: Callable[[V], int] = lambda value: 1) -> None:
         self.max_bytes = max_bytes
         self.weigh = weigh
-        self.bytes = 0
         self._lock = threading.Lock()
-        self._data: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._data: LRU[K, V] = LRU(max_bytes)
         self._flights: dict[K, _Flight] = {}
+
+    @property
+    def bytes(self) -> int:
+        return self._data.total
 
     def peek(self, key: K) -> V | None:
         with self._lock:
-            item = self._data.get(key)
-            if item is None:
-                return None
-            self._data.move_to_end(key)
-            return item[0]
+            return self._data.get(key)
 
     def get(self, key: K, compute: Callable[[], V]) -> V:
         with self._lock:
-            item = self._data.get(key)
-            if item is not None:
-                self._data.move_to_end(key)
-                return item[0]
+            found = self._data.get(key)
+            if found is not None:
+                return found
             flight = self._flights.get(key)
             leader = flight is None
             if flight is None:
@@ -82,21 +81,12 @@ class SingleFlightCache(Generic[K, V]):
 
     def _store(self, key: K, value: V) -> None:
         weight = max(1, self.weigh(value))
-        if weight * 4 > self.max_bytes:
-            return
-        old = self._data.pop(key, None)
-        if old is not None:
-            self.bytes -= old[1]
-        self._data[key] = (value, weight)
-        self.bytes += weight
-        while self.bytes > self.max_bytes:
-            _, (_, dropped) = self._data.popitem(last=False)
-            self.bytes -= dropped
+        if weight * 4 <= self.max_bytes:  # one huge answer must not flush everything else
+            self._data.put(key, value, weight)
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
-            self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._data)

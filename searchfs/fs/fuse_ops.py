@@ -423,7 +423,3 @@ def run_fuse(operations: SearchfsOperations, mountpoint: str, *, foreground: boo
         )
     finally:
         logging.getLogger("fuse").removeFilter(quiet)
-
-
-def libfuse_version() -> tuple[int, int]:
-    return mfusepy.fuse_version_major, mfusepy.fuse_version_minor

@@ -43,7 +43,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,6 +50,8 @@ from typing import TYPE_CHECKING
 
 from ..config import ensure_private_file, runtime_dir
 from ..errors import NotFound, SearchfsError
+from ..paths import is_under
+from ..system import mount_table
 
 if TYPE_CHECKING:
     from .view import Backend
@@ -77,32 +78,9 @@ def _abs(mountpoint: os.PathLike | str | bytes) -> str:
     return os.path.join(os.path.realpath(parent), name) if name else path
 
 
-def _unescape_mountinfo(field: str) -> str:
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def mounts() -> dict[str, str]:
-    """mount point -> fs type, from /proc/self/mountinfo."""
-    table: dict[str, str] = {}
-    try:
-        with open("/proc/self/mountinfo", "rb") as fh:
-            for raw in fh:
-                line = raw.decode("utf-8", "surrogateescape")
-                left, _, right = line.partition(" - ")
-                fields = left.split()
-                if len(fields) >= 5 and right:
-                    table[_unescape_mountinfo(fields[4])] = right.split()[0]
-    except OSError:
-        pass
-    return table
+    """mount point -> fs type (system.mount_table, as str paths)."""
+    return {os.fsdecode(point): kind for point, kind in mount_table().items()}
 
 
 def is_mounted(mountpoint) -> bool:
@@ -154,11 +132,6 @@ def clear_stale(mountpoint) -> bool:
     )
 
 
-def _inside(child: str, parent: str) -> bool:
-    child, parent = child.rstrip("/") or "/", parent.rstrip("/") or "/"
-    return child == parent or child.startswith(parent + "/") or parent == "/"
-
-
 def check_mountpoint(mountpoint, root_paths: Sequence[bytes | str] = ()) -> str:
     """The absolute mountpoint, after refusing what cannot or must not be mounted on."""
     path = _abs(mountpoint)
@@ -171,12 +144,12 @@ def check_mountpoint(mountpoint, root_paths: Sequence[bytes | str] = ()) -> str:
     real = os.path.realpath(path)
     for root in root_paths:
         root_real = os.path.realpath(os.fsdecode(root))
-        if _inside(real, root_real):
+        if is_under(real, root_real):
             raise MountError(
                 f"mountpoint {path} is inside the source root {root_real}; "
                 "the index would find its own results. Pick a folder outside the roots"
             )
-        if _inside(root_real, real):
+        if is_under(root_real, real):
             raise MountError(
                 f"mountpoint {path} contains the source root {root_real}; "
                 "mounting would hide the photos. Pick another folder"
@@ -239,9 +212,7 @@ def mount(
     """Mount the search tree at `mountpoint`. See the module docstring."""
     if not foreground:
         if command is None:
-            command = [sys.executable, "-m", "searchfs", "mount", "--foreground", _abs(mountpoint)]
-            if allow_other:
-                command.append("--allow-other")
+            raise MountError("a background mount needs the command that serves it (cli.py builds it)")
         return spawn(command, mountpoint, log_file=log_file, ready_timeout=ready_timeout)
 
     from .fuse_ops import SearchfsOperations, run_fuse  # needs libfuse; the rest of this module doesn't

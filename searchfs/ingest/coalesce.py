@@ -31,14 +31,40 @@ import os
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
-RAW_KINDS = ("created", "modified", "attrib", "closed", "deleted", "moved")
-CHANGE_KINDS = ("upsert", "delete", "move", "rescan")
+from ..paths import is_below
+
+
+class EventKind(str, Enum):
+    """What the watcher saw happen to a path (a str, so literal event lists in tests read naturally)."""
+
+    CREATED = "created"
+    MODIFIED = "modified"
+    ATTRIB = "attrib"
+    CLOSED = "closed"
+    DELETED = "deleted"
+    MOVED = "moved"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ChangeKind(str, Enum):
+    """What the catalog must do about a path once a burst of events is coalesced."""
+
+    UPSERT = "upsert"
+    DELETE = "delete"
+    MOVE = "move"
+    RESCAN = "rescan"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
 class RawEvent:
-    kind: str  # "created" | "modified" | "attrib" | "closed" | "deleted" | "moved"
+    kind: EventKind
     path: bytes
     dest: bytes | None = None
     is_dir: bool = False
@@ -47,10 +73,15 @@ class RawEvent:
 
 @dataclass(frozen=True)
 class Change:
-    kind: str  # "upsert" | "delete" | "move" | "rescan"
+    kind: ChangeKind
     path: bytes
     dest: bytes | None = None
     is_dir: bool = False
+
+
+def _read_again(is_dir: bool) -> ChangeKind:
+    """What a path whose history was lost needs: a folder is scanned again, a file read again."""
+    return ChangeKind.RESCAN if is_dir else ChangeKind.UPSERT
 
 
 def ready(
@@ -99,11 +130,6 @@ def _ancestors(path: bytes) -> Iterator[bytes]:
     while path != b"/":
         path = os.path.dirname(path)
         yield path
-
-
-def _is_under(path: bytes, top: bytes) -> bool:
-    """True when `path` is strictly below `top`."""
-    return path != top and path.startswith(top if top.endswith(b"/") else top + b"/")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -234,16 +260,16 @@ class _Tree:
     # -- events --------------------------------------------------------------------------------------
 
     def apply(self, event: RawEvent) -> None:
-        if event.kind == "created":
+        if event.kind == EventKind.CREATED:
             self.created(event.path, event.is_dir)
-        elif event.kind in ("modified", "attrib", "closed"):
+        elif event.kind in (EventKind.MODIFIED, EventKind.ATTRIB, EventKind.CLOSED):
             if not event.is_dir:  # a folder's own metadata is of no interest
                 self.written(event.path)
-        elif event.kind == "deleted":
+        elif event.kind == EventKind.DELETED:
             node = self.lookup(event.path, event.is_dir)
             if node is not None and node is not self.root:
                 self.remove(node)
-        elif event.kind == "moved":
+        elif event.kind == EventKind.MOVED:
             if event.dest is None:
                 raise ValueError(f"moved event without dest: {event.path!r}")
             self.moved(event.path, event.dest, event.is_dir)
@@ -252,7 +278,7 @@ class _Tree:
 
     def created(self, path: bytes, is_dir: bool) -> None:
         # A creation of a path we have not heard of is new, even in a folder that existed: that is
-        # what "created" says. A path we have heard of is watchdog repeating itself, or a rewrite.
+        # what a creation says. A path we have heard of is watchdog repeating itself, or a rewrite.
         node = self.known(path)
         if node is not None and node.is_dir == is_dir:
             # Already there (watchdog repeats creations when it walks a new folder): a rewrite at most.
@@ -270,7 +296,7 @@ class _Tree:
             node.dirty = True
 
     def moved(self, src: bytes, dest: bytes, is_dir: bool) -> None:
-        if src == dest or _is_under(dest, src):
+        if src == dest or is_below(dest, src):
             return
         node = self.lookup(src, is_dir)
         if node is None:
@@ -297,7 +323,7 @@ class _Tree:
 @dataclass
 class _Op:
     id: int
-    kind: str  # "move" | "delete"
+    kind: ChangeKind  # MOVE or DELETE
     src: bytes
     dest: bytes | None
     is_dir: bool
@@ -310,7 +336,7 @@ def _plan(tree: _Tree) -> list[Change]:
     for i, op in enumerate(ops):
         op.id = i
     structural, broken = _Scheduler(ops).run()
-    content.extend(Change("rescan" if op.is_dir else "upsert", op.dest or b"", is_dir=op.is_dir) for op in broken)
+    content.extend(Change(_read_again(op.is_dir), op.dest or b"", is_dir=op.is_dir) for op in broken)
     return structural + _drop_covered(content)
 
 
@@ -319,7 +345,8 @@ def _walk(tree: _Tree) -> tuple[list[_Op], list[Change], dict[bytes, bool]]:
     moves: list[_Op] = []
     content: list[Change] = []
     final: dict[bytes, bool] = {}
-    stack = [(tree.root, b"/", b"/", False)]  # node, path, identity, inside a new folder
+    # node, path, identity, inside a new folder
+    stack: list[tuple[_Node, bytes, bytes | None, bool]] = [(tree.root, b"/", b"/", False)]
     while stack:
         node, path, ident, in_new = stack.pop()
         for name in sorted(node.children, reverse=True):  # reversed so the stack pops them in order
@@ -329,13 +356,13 @@ def _walk(tree: _Tree) -> tuple[list[_Op], list[Change], dict[bytes, bool]]:
             child_ident = child.orig if child.pinned else expected
             final[child_path] = child.is_dir
             if child_ident is not None and child_ident != expected:
-                moves.append(_Op(0, "move", child_ident, child_path, child.is_dir))
+                moves.append(_Op(0, ChangeKind.MOVE, child_ident, child_path, child.is_dir))
             child_in_new = in_new
             if not in_new and child_ident is None:
-                content.append(Change("rescan" if child.is_dir else "upsert", child_path, is_dir=child.is_dir))
+                content.append(Change(_read_again(child.is_dir), child_path, is_dir=child.is_dir))
                 child_in_new = child.is_dir
             elif not in_new and child.dirty and not child.is_dir:
-                content.append(Change("upsert", child_path))
+                content.append(Change(ChangeKind.UPSERT, child_path))
             stack.append((child, child_path, child_ident, child_in_new))
     return moves, content, final
 
@@ -353,7 +380,7 @@ def _deletes(doomed: list[tuple[bytes, bool]], final: dict[bytes, bool], move_sr
         # rescan or move (which replaces) that puts it there also disposes of the old one.
         replaced = final.get(path) == is_dir and not any(a in move_srcs for a in _ancestors(path))
         if not replaced:
-            ops.append(_Op(0, "delete", path, None, is_dir))
+            ops.append(_Op(0, ChangeKind.DELETE, path, None, is_dir))
     return ops
 
 
@@ -368,9 +395,9 @@ def _covered(path: bytes, gone: set[bytes], move_srcs: set[bytes]) -> bool:
 
 
 def _drop_covered(content: list[Change]) -> list[Change]:
-    rescans = {c.path for c in content if c.kind == "rescan"}
+    rescans = {c.path for c in content if c.kind == ChangeKind.RESCAN}
     kept = [c for c in content if not any(a in rescans for a in _ancestors(c.path))]
-    return [c for c in kept if c.kind == "rescan"] + [c for c in kept if c.kind != "rescan"]
+    return [c for c in kept if c.kind == ChangeKind.RESCAN] + [c for c in kept if c.kind != ChangeKind.RESCAN]
 
 
 class _Scheduler:
@@ -406,7 +433,7 @@ class _Scheduler:
             op = self.ops.get(self.queue.popleft())
             if op is None:
                 continue
-            if op.kind == "move" and op.dest is not None and _is_under(op.dest, op.src):
+            if op.kind == ChangeKind.MOVE and op.dest is not None and is_below(op.dest, op.src):
                 # e.g. a file whose place a new folder took, and which went into it: say it plainly
                 self._convert(op)
                 continue
@@ -428,7 +455,7 @@ class _Scheduler:
         edit(self.src_at, op.src)
         for a in _ancestors(op.src):
             edit(self.src_below, a)
-        if op.kind == "move" and op.dest is not None:
+        if op.kind == ChangeKind.MOVE and op.dest is not None:
             edit(self.dest_at, op.dest)
 
     def _other(self, table: dict[bytes, set[int]], key: bytes, me: int) -> int | None:
@@ -438,9 +465,9 @@ class _Scheduler:
         return None
 
     def _blocker(self, op: _Op) -> int | None:
-        if op.kind == "delete":
+        if op.kind == ChangeKind.DELETE:
             for i in self.src_below.get(op.src, ()):
-                if self.ops[i].kind == "move":
+                if self.ops[i].kind == ChangeKind.MOVE:
                     return i
             return None
         dest = op.dest or b""
@@ -461,18 +488,18 @@ class _Scheduler:
 
     def _execute(self, op: _Op) -> None:
         self._finish(op)
-        if op.kind == "delete":
-            self.out.append(Change("delete", op.src, is_dir=op.is_dir))
+        if op.kind == ChangeKind.DELETE:
+            self.out.append(Change(ChangeKind.DELETE, op.src, is_dir=op.is_dir))
             return
         assert op.dest is not None
-        self.out.append(Change("move", op.src, op.dest, op.is_dir))
+        self.out.append(Change(ChangeKind.MOVE, op.src, op.dest, op.is_dir))
         moved = set(self.src_at.get(op.src, ())) | set(self.src_below.get(op.src, ()))
         for i in moved:
             other = self.ops[i]
             self._index(other, False)
             other.src = op.dest + other.src[len(op.src) :]
             self._index(other, True)
-            if other.kind == "move" and other.src == other.dest:  # back where it belongs
+            if other.kind == ChangeKind.MOVE and other.src == other.dest:  # back where it belongs
                 self._finish(other)
 
     def _break_cycle(self) -> None:
@@ -485,17 +512,96 @@ class _Scheduler:
             path.append(current)
             current = self.blocked_by[current]
         cycle = path[path.index(current) :]
-        self._convert(self.ops[min(i for i in cycle if self.ops[i].kind == "move")])
+        self._convert(self.ops[min(i for i in cycle if self.ops[i].kind == ChangeKind.MOVE)])
 
     def _convert(self, victim: _Op) -> None:
         """Give up on moving `victim`: delete it where it is and read it afresh where it ends up."""
         self._finish(victim)
         self.broken.append(victim)
         if not any(
-            self.ops[i].kind == "delete" for a in [victim.src, *_ancestors(victim.src)] for i in self.src_at.get(a, ())
+            self.ops[i].kind == ChangeKind.DELETE
+            for a in [victim.src, *_ancestors(victim.src)]
+            for i in self.src_at.get(a, ())
         ):
-            delete = _Op(self.next_id, "delete", victim.src, None, victim.is_dir)
+            delete = _Op(self.next_id, ChangeKind.DELETE, victim.src, None, victim.is_dir)
             self.next_id += 1
             self.ops[delete.id] = delete
             self._index(delete, True)
             self.queue.append(delete.id)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Which events are ready (pure: the watcher passes the clock in)
+
+
+def split_ready(
+    events: list[RawEvent], now: float, settle: float, open_limit: float | None = None
+) -> tuple[list[RawEvent], list[RawEvent]]:
+    """Split a buffer into events that can go now and events to hold (files still being written).
+
+    With `open_limit` (inotify, which reports closes) a file written and not yet closed is held until
+    its close, or `open_limit` seconds of quiet; without it (polling) `settle` seconds of quiet do.
+
+    An event is held when it touches a file that is not complete, or a path above or below one, or
+    any path an earlier held event touched: so nothing released depends on something held back.
+    """
+    pending: dict[bytes, float] = {}
+    closed: set[bytes] = set()
+    written: set[bytes] = set()  # content written, close not seen yet
+    names: dict[bytes, set[bytes]] = {}  # every name a pending file had in this buffer
+    for ev in events:
+        if ev.kind in (EventKind.CREATED, EventKind.MODIFIED) and not ev.is_dir:
+            pending[ev.path] = ev.time
+            names.setdefault(ev.path, {ev.path})
+            closed.discard(ev.path)
+            if ev.kind == EventKind.MODIFIED:  # bytes written: wait for the close. A bare creation may be a
+                written.add(ev.path)  # file moved in from outside, complete, whose close never comes
+        elif ev.kind == EventKind.ATTRIB and not ev.is_dir:  # touch, chmod, or cp -p setting times after close
+            pending[ev.path] = ev.time
+            names.setdefault(ev.path, {ev.path})
+        elif ev.kind == EventKind.CLOSED:
+            written.discard(ev.path)
+            pending.setdefault(ev.path, ev.time)
+            names.setdefault(ev.path, {ev.path})
+            closed.add(ev.path)
+        elif ev.kind in (EventKind.DELETED, EventKind.MOVED):
+            gone = [p for p in pending if p == ev.path or (ev.is_dir and is_below(p, ev.path))]
+            for p in gone:
+                when, old_names = pending.pop(p), names.pop(p)
+                if ev.kind == EventKind.MOVED and ev.dest is not None:  # the writer may go on under the new name
+                    new = ev.dest + p[len(ev.path) :]
+                    pending[new] = when
+                    names[new] = old_names | {new}
+                    if p in closed:
+                        closed.add(new)
+                    if p in written:
+                        written.add(new)
+                closed.discard(p)
+                written.discard(p)
+    if open_limit is None:
+        written.clear()
+    unready = set(pending) - ready(pending, closed, now, settle, written, open_limit or settle)
+    if not unready:
+        return events, []
+    held_paths = set().union(*(names[p] for p in unready))
+    above = {a for p in held_paths for a in _parents(p)}
+    go: list[RawEvent] = []
+    held: list[RawEvent] = []
+    for ev in events:
+        paths = [ev.path] if ev.dest is None else [ev.path, ev.dest]
+        if any(p in held_paths or p in above or any(a in held_paths for a in _parents(p)) for p in paths):
+            held.append(ev)
+            for p in paths:
+                held_paths.add(p)
+                above.update(_parents(p))
+        else:
+            go.append(ev)
+    return go, held
+
+
+def _parents(path: bytes) -> list[bytes]:
+    out = []
+    while path not in (b"/", b""):
+        path = os.path.dirname(path)
+        out.append(path)
+    return out

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageError
+from ..errors import ImageError, one_line
 from . import noise
 from .reasons import (
     HEIF_PLUGIN_MISSING,
@@ -43,7 +43,6 @@ from .reasons import (
     header_problem,
     identify,
     jpeg_frame_kind,
-    one_line,
     sniff,
 )
 
@@ -65,7 +64,7 @@ warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 # threads). Blocks over 32 MiB are always mapped on their own and returned when freed.
 Image.core.set_block_size(64 * MIB)
 
-__all__ = ["decode_image", "load_image", "one_line", "pixel_limit", "sniff", "to_rgb", "upright"]
+__all__ = ["decode_image", "load_image", "pixel_limit", "sniff", "to_rgb", "upright"]
 
 
 # ---------------------------------------------------------------------------------------------- plugins
@@ -342,7 +341,8 @@ def _draft(image: Image.Image, handle, target: int) -> int:
         if jpeg_frame_kind(handle) in (9, 10):
             # libjpeg's arithmetic decoder cannot suspend for more input, and Pillow feeds it 64 KiB at a
             # time: give it the whole file in one piece, or any arithmetic JPEG over 64 KiB fails.
-            image.decodermaxblock = max(handle.seek(0, io.SEEK_END), image.decodermaxblock)
+            block = max(handle.seek(0, io.SEEK_END), getattr(image, "decodermaxblock", 65536))
+            setattr(image, "decodermaxblock", block)  # noqa: B010 - Pillow reads it as an instance attribute
     return image.size[0] * image.size[1]
 
 
@@ -369,6 +369,7 @@ def _reduce(image: Image.Image, factor: int) -> Image.Image:
         if out is None:
             out = Image.new(strip.mode, (-(-width // factor), -(-height // factor)))
         out.paste(strip, (0, top // factor))
+    assert out is not None  # an image has at least one row
     return out
 
 

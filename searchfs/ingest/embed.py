@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import ImageError, ModelUnavailable
+from ..errors import ImageError, ModelUnavailable, one_line
 from ..store.textcache import TextCache, TextVectors
 from . import text_tower
-from .decode import PathLike, decode_image, load_image, one_line, to_rgb
+from .decode import PathLike, decode_image, load_image, to_rgb
 from .runtime import Runtime, TextEncoder, choose_batch_size
 from .weights import input_size_hint, model_id, resolve_weights, weights_status
 
@@ -296,6 +296,18 @@ class Embedder:
         with self._model_lock:
             self.model_calls += 1
             return encoder.encode_texts(texts)
+
+    def prepare_texts(self) -> bool:
+        """Open the numpy text tower and run it once (nothing is cached), so that a long-lived process's
+        first new query text costs only its own encoding, not the tower's opening and first page faults.
+        False (and nothing loaded) when new texts would need torch."""
+        encoder = self._text_tower()
+        if encoder is None:
+            return False
+        with self._model_lock:
+            self.model_calls += 1
+            encoder.encode_texts(["a photo"])
+        return True
 
     def _text_tower(self) -> TextEncoder | None:
         """The numpy text tower when this model has a current export; looked up once per load."""

@@ -82,7 +82,7 @@ from typing import Any
 import exiftool
 
 from searchfs.config import ensure_private_dir
-from searchfs.errors import ExiftoolError
+from searchfs.errors import ExiftoolError, one_line
 from searchfs.records import Facet, display_number, format_number
 
 # The version of what `normalize` makes of exiftool's tags. Bump it when it changes (a new facet, a
@@ -151,14 +151,6 @@ def _text(value: Any) -> str | None:
     if not text or text.startswith(("(Binary data", "base64:")):
         return None
     return text[:MAX_TEXT]
-
-
-def _first_text(tags: dict, *names: str) -> str | None:
-    for name in names:
-        text = _text(tags.get(name))
-        if text:
-            return text
-    return None
 
 
 # --- camera ---
@@ -278,7 +270,7 @@ def _shot_facets(tags: dict) -> list[Facet]:
 
 def _image_facets(tags: dict) -> list[Facet]:
     width, height = _dimensions(tags)
-    facets = [_num_facet("width", width), _num_facet("height", height)] if width else []
+    facets = [_num_facet("width", width), _num_facet("height", height)] if width and height else []
     orientation = _number(tags.get("Orientation"))
     if orientation in (1, 2, 3, 4, 5, 6, 7, 8):
         facets.append(_num_facet("orientation", orientation))
@@ -438,7 +430,7 @@ class ExifExtractor:
         tool = self._running_tool()
         with self._arguments(paths) as (arguments, unlinkable):
             if not arguments:
-                return unlinkable
+                return dict(unlinkable)
             stdout, stderr = self._execute(tool, [arg.encode("utf-8") for arg in arguments])
             return {**unlinkable, **_parse_output(stdout, stderr, arguments)}
 
@@ -465,7 +457,7 @@ class ExifExtractor:
         except FileNotFoundError as error:
             raise ExiftoolError(f"exiftool not found ({self.exiftool_path}): {INSTALL_HINT}") from error
         except Exception as error:
-            raise ExiftoolError(f"exiftool did not start ({_one_line(error)}): {INSTALL_HINT}") from error
+            raise ExiftoolError(f"exiftool did not start ({one_line(error)}): {INSTALL_HINT}") from error
         return tool
 
     def _discard_tool(self) -> None:
@@ -490,7 +482,7 @@ class ExifExtractor:
                     try:
                         argument = self._link_to(path)
                     except OSError as error:  # e.g. an unwritable scratch_dir: this file only
-                        unlinkable[path] = f"exiftool failed: cannot alias the file name ({_one_line(error)})"
+                        unlinkable[path] = f"exiftool failed: cannot alias the file name ({one_line(error)})"
                         continue
                     links.append(argument)
                 arguments[argument] = path
@@ -503,8 +495,8 @@ class ExifExtractor:
     def _link_to(self, path: bytes) -> str:
         """An ASCII-named symlink in our private folder; the photo's own folder is never written."""
         path = os.fsencode(path)
-        suffix = os.path.splitext(os.path.basename(path))[1]
-        suffix = suffix.decode("ascii") if re.fullmatch(rb"\.[A-Za-z0-9]{1,10}", suffix) else ""
+        ext = os.path.splitext(os.path.basename(path))[1]
+        suffix = ext.decode("ascii") if re.fullmatch(rb"\.[A-Za-z0-9]{1,10}", ext) else ""
         link = os.path.join(self._links_folder(), f"{next(self._link_numbers)}{suffix}")
         os.symlink(os.path.abspath(path), link)
         return link
@@ -614,7 +606,7 @@ class _GuardedCall:
             self._stop(worker)
             raise _CallFailed(reason)
         if "error" in self._outcome:
-            raise _CallFailed(f"exiftool failed: {_one_line(self._outcome['error'])}") from self._outcome["error"]
+            raise _CallFailed(f"exiftool failed: {one_line(self._outcome['error'])}") from self._outcome["error"]
         self.healthy = True
         return self._outcome["stdout"], self._tool.last_stderr or b""
 
@@ -649,7 +641,8 @@ class _GuardedCall:
         blocker = os.open("/", os.O_RDONLY)
         try:
             for stream in (self._process.stdout, self._process.stderr):
-                os.dup2(blocker, stream.fileno())
+                if stream is not None:
+                    os.dup2(blocker, stream.fileno())
         finally:
             os.close(blocker)
 
@@ -662,22 +655,17 @@ def _alive(tool: exiftool.ExifTool) -> bool:
 def _reap(tool: exiftool.ExifTool | None, close_pipes: bool = True) -> None:
     """Kill a discarded exiftool, close its pipes, and let pyexiftool notice it is gone."""
     process = tool._process if tool is not None else None
-    if process is None:
+    if tool is None or process is None:
         return
     with contextlib.suppress(OSError):
         process.kill()
     process.wait()
     for stream in (process.stdin, process.stdout, process.stderr) if close_pipes else (process.stdin,):
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, AttributeError):
             stream.close()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pyexiftool warns "process ... died" while resetting its state
         tool.running  # noqa: B018 - the property resets pyexiftool's state, so its __del__ stays quiet
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text[:200]
 
 
 def exiftool_version(exiftool_path: str = "exiftool") -> str | None:

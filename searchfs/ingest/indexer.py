@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ..errors import ImageError, ModelUnavailable
+from ..paths import is_under
 from ..records import Facet, FileStat, IndexReport, Root
 from ..store.catalog import Catalog
 from ..store.rows import ContentPath
@@ -34,7 +35,6 @@ from .scan import (
     ScanRules,
     hash_file,
     is_raw_name,
-    is_under,
     resolves_inside,
     root_state,
     stat_photo,
@@ -57,7 +57,8 @@ class Extractor(Protocol):
 
 
 class ImageEmbedder(Protocol):
-    model_id: str
+    @property
+    def model_id(self) -> str: ...
 
     def embed_images(self, paths: Sequence[bytes], on_batch: Callable | None = None) -> list[ImageResult]: ...
 

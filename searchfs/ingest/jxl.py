@@ -38,10 +38,11 @@ class JXLImageFile(ImageFile.ImageFile):
     format_description = "JPEG XL (imagecodecs)"
 
     def _open(self) -> None:
-        if not _accept(self.fp.read(12)):
+        source = self.fp
+        if source is None or not _accept(source.read(12)):
             raise SyntaxError("not a JPEG XL file")
-        self.fp.seek(0)
-        pixels = _eight_bit(imagecodecs.jpegxl_decode(self.fp.read()))
+        source.seek(0)
+        pixels = _eight_bit(imagecodecs.jpegxl_decode(source.read()))
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
         height, width, channels = pixels.shape

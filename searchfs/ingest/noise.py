@@ -22,7 +22,6 @@ pipe; lines read between a file's markers are that file's.
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 import logging
 import os
@@ -234,7 +233,7 @@ def stderr_to_log() -> Iterator[None]:
         pipe.close()
 
 
-def _stream_handlers(stream: io.TextIOBase) -> list[logging.StreamHandler]:
+def _stream_handlers(stream: object) -> list[logging.StreamHandler]:
     loggers = [logging.getLogger()] + [
         logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
     ]

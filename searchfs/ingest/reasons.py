@@ -68,12 +68,6 @@ _TIFF_PHOTOMETRIC = {0: "greyscale", 1: "greyscale", 2: "RGB", 3: "palette", 4: 
 _TIFF_SAMPLE_FORMATS = {2: "signed ", 3: "float "}
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: the OS's words for OSErrors, else 'Type: message'."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, OSError) else text
-
-
 def format_name(pillow_format: str | None) -> str:
     return FORMAT_NAMES.get(pillow_format or "", pillow_format or "image")
 

@@ -23,8 +23,6 @@ from ..errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
 
 class TextEncoder(Protocol):
     model_id: str

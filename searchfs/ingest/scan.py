@@ -16,6 +16,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from ..paths import is_under
 from ..records import FileStat
 
 log = logging.getLogger(__name__)
@@ -67,21 +68,24 @@ class ScanProblem:
 
 @dataclass(frozen=True)
 class ScanRules:
+    """Which names the scan and the watcher leave out: `exclude` patterns (fnmatch, matched against every
+    path component) and hidden (dot) names unless `hidden`. The patterns are one compiled bytes regex: this
+    runs for every name of every walk (eleven fnmatch calls a name were most of a rescan's time)."""
+
     exclude: Sequence[str] = ()
     hidden: bool = False
-    _excluded: re.Pattern | None = field(default=None, init=False, repr=False, compare=False)
+    _pattern: re.Pattern = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Every pattern in one regex, compiled once: a rescan asks about every name it lists, and fnmatch
-        # per pattern per name (11 default patterns) cost as much as the stat of the file.
-        joined = "|".join(f"(?:{fnmatch.translate(pattern)})" for pattern in self.exclude)
-        object.__setattr__(self, "_excluded", re.compile(joined) if joined else None)
+        alternatives = [fnmatch.translate(p).encode("utf-8", "surrogateescape") for p in self.exclude]
+        object.__setattr__(self, "_pattern", re.compile(b"|".join(alternatives) or rb"(?!)"))
 
     def skips(self, name: bytes) -> bool:
-        text = os.fsdecode(name)
-        if not self.hidden and text.startswith("."):
-            return True
-        return self._excluded is not None and self._excluded.match(text) is not None
+        return (not self.hidden and name.startswith(b".")) or self._pattern.match(name) is not None
+
+    def keeps(self, relpath: bytes) -> bool:
+        """No component of `relpath` (relative to its root) is left out."""
+        return not any(self.skips(part) for part in relpath.split(b"/") if part)
 
 
 def is_photo_name(name: bytes) -> bool:
@@ -108,12 +112,6 @@ def is_candidate(abspath: bytes, name: bytes) -> bool:
     if is_photo_name(name):
         return True
     return b"." not in name.lstrip(b".") and looks_like_image(abspath)
-
-
-def is_under(path: bytes, top: bytes) -> bool:
-    """`path` is `top` or below it (both absolute, compared as given: resolve them first if needed)."""
-    top = top.rstrip(b"/") or b"/"
-    return path == top or top == b"/" or path.startswith(top + b"/")
 
 
 def resolves_inside(root: bytes, relpath: bytes) -> bool:
@@ -188,7 +186,7 @@ def _entry_kind(entry: os.DirEntry, root_real: bytes) -> str:
 def stat_photo(root: bytes, relpath: bytes, rules: ScanRules) -> FileStat | None:
     """Stat one path for a watch event: None when it is gone, excluded, or not a photo."""
     parts = relpath.split(b"/")
-    if any(rules.skips(part) for part in parts) or not resolves_inside(root, relpath):
+    if not rules.keeps(relpath) or not resolves_inside(root, relpath):
         return None
     abspath = os.path.join(root, relpath)
     try:

@@ -19,8 +19,7 @@ import mmap
 import os
 from typing import Any
 
-from ..errors import ModelUnavailable
-from .reasons import one_line
+from ..errors import ModelUnavailable, one_line
 
 log = logging.getLogger(__name__)
 

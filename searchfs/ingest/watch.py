@@ -29,10 +29,8 @@ with `sink.set_online(root, False)` and nothing else: no deletes for its files.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import logging
 import os
-import re
 import stat
 import threading
 import time
@@ -51,12 +49,16 @@ from watchdog.events import (
     FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
+    FileSystemEventHandler,
 )
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
 from watchdog.observers.polling import PollingObserver
 
-from .coalesce import Change, RawEvent, coalesce, ready
+from ..paths import relative
+from ..system import fs_type, mount_table
+from .coalesce import Change, EventKind, RawEvent, coalesce, split_ready
+from .scan import ScanRules
 
 log = logging.getLogger(__name__)
 
@@ -179,32 +181,6 @@ def _threads_alive(observer: BaseObserver) -> bool:
 # Mounts
 
 
-def _mounts() -> dict[bytes, str]:
-    """Mount point -> file system type, from /proc/self/mountinfo (which, unlike st_dev, sees bind mounts)."""
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            data = f.read()
-    except OSError:
-        return {}
-    table = {}
-    for line in data.splitlines():
-        left, _, right = line.partition(b" - ")
-        fields = left.split(b" ")
-        if len(fields) > 4 and right:
-            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
-            table[point] = right.split(b" ")[0].decode("ascii", "replace")
-    return table
-
-
-def _fs_type(path: bytes, mounts: dict[bytes, str]) -> str:
-    """Type of the file system `path` is on: that of the longest mount point above it."""
-    best = b""
-    for point in mounts:
-        if (path == point or path.startswith(point.rstrip(b"/") + b"/")) and len(point) > len(best):
-            best = point
-    return mounts.get(best, "")
-
-
 def is_network_fs(fs_type: str) -> bool:
     return fs_type in NETWORK_FS or fs_type.startswith("fuse.")
 
@@ -225,8 +201,8 @@ def _probe(path: bytes) -> _Probe | None:
     if not stat.S_ISDIR(st.st_mode):
         return None
     real = os.path.realpath(path)
-    mounts = _mounts()
-    return _Probe((st.st_dev, st.st_ino), real in mounts, _fs_type(real, mounts))
+    mounts = mount_table()
+    return _Probe((st.st_dev, st.st_ino), real in mounts, fs_type(real, mounts))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -234,129 +210,40 @@ def _probe(path: bytes) -> _Probe | None:
 
 
 class _Filter:
-    """The scan's rules: exclude patterns against each path component, hidden names unless asked for."""
+    """The scan's own rules (ScanRules), for absolute paths of one root's events."""
 
-    def __init__(self, root: bytes, exclude: tuple[str, ...], hidden: bool) -> None:
-        self.prefix = root.rstrip(b"/") + b"/"
-        self.hidden = hidden
-        self.excluded = re.compile("|".join(fnmatch.translate(p) for p in exclude) or r"(?!)")
+    def __init__(self, root: bytes, rules: ScanRules) -> None:
+        self.root = root
+        self.rules = rules
 
     def wanted(self, path: bytes) -> bool:
-        if not path.startswith(self.prefix):
-            return False  # the root itself, or outside it
-        for part in path[len(self.prefix) :].split(b"/"):
-            if (not self.hidden and part.startswith(b".")) or self.excluded.match(os.fsdecode(part)):
-                return False
-        return True
+        inside = relative(path, self.root)
+        return inside is not None and inside != b"" and self.rules.keeps(inside)  # not the root itself, nor outside
 
 
-_KINDS = {
-    "created": "created",
-    "modified": "modified",
-    "attrib": "attrib",
-    "closed": "closed",
-    "deleted": "deleted",
-    "moved": "moved",
-}
+_KINDS = {kind.value: kind for kind in EventKind}  # watchdog's event_type names are ours
 
 
 def to_raw(event: FileSystemEvent, keep: _Filter, now: float) -> list[RawEvent]:
     kind = _KINDS.get(event.event_type)
-    if kind is None or (event.is_directory and kind in ("modified", "attrib", "closed")):
+    if kind is None or (event.is_directory and kind in (EventKind.MODIFIED, EventKind.ATTRIB, EventKind.CLOSED)):
         return []
     src = os.fsencode(event.src_path)
     is_dir = event.is_directory
-    if kind != "moved":
+    if kind != EventKind.MOVED:
         return [RawEvent(kind, src, is_dir=is_dir, time=now)] if keep.wanted(src) else []
     dest = os.fsencode(event.dest_path)
     src_ok, dest_ok = keep.wanted(src), keep.wanted(dest)
     if src_ok and dest_ok:
-        return [RawEvent("moved", src, dest, is_dir, now)]
+        return [RawEvent(EventKind.MOVED, src, dest, is_dir, now)]
     if dest_ok:
         # e.g. a download renamed from "x.jpg.part" to "x.jpg": new to us, and complete (its writer
         # closed it under the excluded name), so a close goes with it.
-        created = RawEvent("created", dest, is_dir=is_dir, time=now)
-        return [created] if is_dir else [created, RawEvent("closed", dest, time=now)]
+        created = RawEvent(EventKind.CREATED, dest, is_dir=is_dir, time=now)
+        return [created] if is_dir else [created, RawEvent(EventKind.CLOSED, dest, time=now)]
     if src_ok:
-        return [RawEvent("deleted", src, is_dir=is_dir, time=now)]
+        return [RawEvent(EventKind.DELETED, src, is_dir=is_dir, time=now)]
     return []
-
-
-def _under(path: bytes, top: bytes) -> bool:
-    return path.startswith(top.rstrip(b"/") + b"/")
-
-
-def split_ready(
-    events: list[RawEvent], now: float, settle: float, open_limit: float | None = None
-) -> tuple[list[RawEvent], list[RawEvent]]:
-    """Split a buffer into events that can go now and events to hold (files still being written).
-
-    With `open_limit` (inotify, which reports closes) a file written and not yet closed is held until
-    its close, or `open_limit` seconds of quiet; without it (polling) `settle` seconds of quiet do.
-
-    An event is held when it touches a file that is not complete, or a path above or below one, or
-    any path an earlier held event touched: so nothing released depends on something held back.
-    """
-    pending: dict[bytes, float] = {}
-    closed: set[bytes] = set()
-    written: set[bytes] = set()  # content written, close not seen yet
-    names: dict[bytes, set[bytes]] = {}  # every name a pending file had in this buffer
-    for ev in events:
-        if ev.kind in ("created", "modified") and not ev.is_dir:
-            pending[ev.path] = ev.time
-            names.setdefault(ev.path, {ev.path})
-            closed.discard(ev.path)
-            if ev.kind == "modified":  # bytes written: wait for the close. A bare "created" may be a
-                written.add(ev.path)  # file moved in from outside, complete, whose close never comes
-        elif ev.kind == "attrib" and not ev.is_dir:  # touch, chmod, or cp -p setting times after close
-            pending[ev.path] = ev.time
-            names.setdefault(ev.path, {ev.path})
-        elif ev.kind == "closed":
-            written.discard(ev.path)
-            pending.setdefault(ev.path, ev.time)
-            names.setdefault(ev.path, {ev.path})
-            closed.add(ev.path)
-        elif ev.kind in ("deleted", "moved"):
-            gone = [p for p in pending if p == ev.path or (ev.is_dir and _under(p, ev.path))]
-            for p in gone:
-                when, old_names = pending.pop(p), names.pop(p)
-                if ev.kind == "moved" and ev.dest is not None:  # the writer may go on under the new name
-                    new = ev.dest + p[len(ev.path) :]
-                    pending[new] = when
-                    names[new] = old_names | {new}
-                    if p in closed:
-                        closed.add(new)
-                    if p in written:
-                        written.add(new)
-                closed.discard(p)
-                written.discard(p)
-    if open_limit is None:
-        written.clear()
-    unready = set(pending) - ready(pending, closed, now, settle, written, open_limit or settle)
-    if not unready:
-        return events, []
-    held_paths = set().union(*(names[p] for p in unready))
-    above = {a for p in held_paths for a in _parents(p)}
-    go: list[RawEvent] = []
-    held: list[RawEvent] = []
-    for ev in events:
-        paths = [ev.path] if ev.dest is None else [ev.path, ev.dest]
-        if any(p in held_paths or p in above or any(a in held_paths for a in _parents(p)) for p in paths):
-            held.append(ev)
-            for p in paths:
-                held_paths.add(p)
-                above.update(_parents(p))
-        else:
-            go.append(ev)
-    return go, held
-
-
-def _parents(path: bytes) -> list[bytes]:
-    out = []
-    while path not in (b"/", b""):
-        path = os.path.dirname(path)
-        out.append(path)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -385,6 +272,7 @@ class _Root:
     next_restart_at: float = 0.0
     last_error: str | None = None
     batches: int = 0
+    probes: int = 0
     prober: threading.Thread | None = None  # the last stat of the root folder, maybe stuck on a dead server
     probe_box: list = field(default_factory=list)
 
@@ -407,10 +295,9 @@ class Watcher:
         self._quiet = self._settle / 2  # a burst is over when nothing happened for this long
         self._max_delay = max(5.0, 5 * self._settle)  # ... or when it has gone on for this long
         self._tick = min(0.25, max(0.02, self._settle / 4))
-        exclude, hidden = tuple(settings.index_exclude), bool(settings.index_hidden)
+        rules = ScanRules(tuple(settings.index_exclude), bool(settings.index_hidden))
         self._roots = {
-            name: _Root(name, os.fsencode(path), _Filter(os.fsencode(path), exclude, hidden))
-            for name, path in roots.items()
+            name: _Root(name, os.fsencode(path), _Filter(os.fsencode(path), rules)) for name, path in roots.items()
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -456,6 +343,7 @@ class Watcher:
                     "last_error": root.last_error,
                     "polling_reason": root.polling_reason,
                     "batches": root.batches,
+                    "probes": root.probes,  # how often the supervisor has looked at the root folder
                 }
         return out
 
@@ -505,6 +393,7 @@ class Watcher:
     def _follow_root(self, root: _Root) -> bool:
         """Notice the root going away, coming back or being replaced. True if it is online."""
         answered, probe = self._timed_probe(root)
+        root.probes += 1
         if not answered:
             if root.mode != "offline":
                 self._take_down(root, f"not answering within {PROBE_TIMEOUT:g}s")
@@ -686,7 +575,7 @@ class Watcher:
                 root.last_error = f"sink: {type(exc).__name__}: {exc}"
 
 
-class _Handler:
+class _Handler(FileSystemEventHandler):
     """watchdog handler: converts and buffers, on watchdog's dispatch thread. Must never raise."""
 
     def __init__(self, watcher: Watcher, root: _Root) -> None:

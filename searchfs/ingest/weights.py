@@ -21,8 +21,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..errors import ModelUnavailable
-from .reasons import one_line
+from ..errors import ModelUnavailable, one_line
 
 MIB = 1 << 20
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")

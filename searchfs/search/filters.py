@@ -15,6 +15,7 @@ import calendar
 import re
 from fractions import Fraction
 
+from ..config import parse_bool
 from ..errors import QueryError
 from ..records import FACET_BY_KEY, Bound, Filter
 
@@ -77,7 +78,8 @@ def _date_span(text: str, word: str) -> tuple[str, str]:
     match = _DATE.match(text)
     if not match:
         raise QueryError(f"filter {word!r}: {text!r} is not a date (YYYY, YYYY-MM or YYYY-MM-DD)")
-    year, month, day = (int(g) if g else None for g in match.groups())
+    year = int(match.group(1))
+    month, day = (int(g) if g else None for g in match.groups()[1:])
     if month is not None and not 1 <= month <= 12:
         raise QueryError(f"filter {word!r}: month {month} is not 1-12")
     if month is None:
@@ -91,9 +93,7 @@ def _date_span(text: str, word: str) -> tuple[str, str]:
 
 
 def _yes(text: str, word: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("yes", "true", "1", "y"):
-        return True
-    if lowered in ("no", "false", "0", "n"):
-        return False
-    raise QueryError(f"filter {word!r}: expected yes or no")
+    try:
+        return parse_bool(text)
+    except ValueError:
+        raise QueryError(f"filter {word!r}: expected yes or no") from None

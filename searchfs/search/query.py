@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ..errors import QueryError
@@ -11,7 +12,8 @@ from .filters import Filter, parse_filter
 @dataclass(frozen=True)
 class Query:
     """One search. At most one of `text`, `image` and `similar_to` ranks the results; with none of them
-    the results are the files matching `filters`, in path order, without scores.
+    the results are the files matching `filters`, oldest photo first (undated last, then by root and path),
+    without scores.
 
     text:       words to embed with the CLIP text encoder
     image:      path (bytes) of any image file, inside the roots or not
@@ -60,6 +62,6 @@ class Query:
         )
 
     @classmethod
-    def build(cls, where: tuple[str, ...] | list[str] = (), **fields) -> Query:
+    def build(cls, where: Sequence[str] = (), **fields) -> Query:
         """Query from filter words, as the CLI and the Python API take them."""
         return cls(filters=tuple(parse_filter(w) for w in where), **fields)

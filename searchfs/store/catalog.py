@@ -510,7 +510,8 @@ class Catalog(WorkQueries):
             for raw, count in rows:
                 text = F.shown(one_key, raw)
                 found[text] = found.get(text, 0) + count
-                order[text] = (0, float(raw), "") if isinstance(raw, (int, float)) else (1, 0.0, text.casefold())
+                number = isinstance(raw, (int, float))
+                order[text] = (0, float(raw), "", "") if number else (1, 0.0, text.casefold(), text)
         return sorted(found.items(), key=lambda item: order[item[0]])
 
     def tree_children(self, root_id: int, relpath: bytes) -> list[tuple[bytes, bool]] | None:

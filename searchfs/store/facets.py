@@ -70,8 +70,8 @@ def condition(flt: Filter) -> Condition:
         return _date_condition(Filter("year", "range", lo=flt.value, hi=flt.value))
     if key == "date" or (key == "year" and flt.op == "range" and _whole(flt)):
         return _date_condition(flt)
-    number = _DERIVED[key][1] if key in _DERIVED else f"c.{key}"
-    return _number_condition(number, flt)
+    number = _DERIVED[key][1] if key in _DERIVED else None
+    return _number_condition(number or f"c.{key}", flt)
 
 
 def _name_condition(column: str, flt: Filter) -> Condition:
@@ -95,15 +95,15 @@ def _text_condition(flt: Filter) -> Condition:
 
 
 def _whole(flt: Filter) -> bool:
-    return all(b is None or float(b).is_integer() for b in (flt.lo, flt.hi))  # type: ignore[arg-type]
+    return all(b is None or float(b).is_integer() for b in (flt.lo, flt.hi))
 
 
 def _date_condition(flt: Filter) -> Condition:
     """Dates compare as text ('YYYY-MM-DD'); a year range becomes the days it covers (index on date)."""
     lo, hi = flt.lo, flt.hi
     if flt.key == "year":
-        lo = f"{int(lo):04d}-01-01" if lo is not None else None  # type: ignore[arg-type]
-        hi = f"{int(hi):04d}-12-31" if hi is not None else None  # type: ignore[arg-type]
+        lo = f"{int(float(lo)):04d}-01-01" if lo is not None else None
+        hi = f"{int(float(hi)):04d}-12-31" if hi is not None else None
     parts, params = ["c.date IS NOT NULL"], []
     if lo is not None:
         parts.append("c.date >= ?")

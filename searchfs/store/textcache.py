@@ -6,7 +6,6 @@ shared by every process of a library; any trouble with it turns the cache off ra
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import os
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ensure_private_dir
+from ..lru import LRU
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +30,16 @@ class TextVectors:
 
     def __init__(self, path: Path | None, size: int = LRU_SIZE):
         self.store = TextCache(path)
-        self._lru: collections.OrderedDict[tuple[str, str], np.ndarray] = collections.OrderedDict()
-        self._size = size
+        self._lru: LRU[tuple[str, str], np.ndarray] = LRU(size)
         self._lock = threading.Lock()
 
     def get(self, model: str, text: str, dim: int | None = None) -> np.ndarray | None:
         """The cached vector, or None; `dim`, when known, rejects a stored vector of another length."""
         key = (model, text)
         with self._lock:
-            if key in self._lru:
-                self._lru.move_to_end(key)
-                return self._lru[key]
+            found = self._lru.get(key)
+        if found is not None:
+            return found
         vector = self.store.get(model, text)
         if vector is None or (dim is not None and vector.shape[0] != dim):
             return None
@@ -53,10 +52,7 @@ class TextVectors:
 
     def _remember(self, key: tuple[str, str], vector: np.ndarray) -> None:
         with self._lock:
-            self._lru[key] = vector
-            self._lru.move_to_end(key)
-            while len(self._lru) > self._size:
-                self._lru.popitem(last=False)
+            self._lru.put(key, vector)
 
     def close(self) -> None:
         self.store.close()

@@ -42,7 +42,8 @@ def save_index(index: VectorIndex, folder: Path, generation: int) -> dict:
         index._generation = generation  # nothing to write: the saved files are what the index holds
         return {"written_bytes": 0, "segments_written": 0}
     tag = files.new_tag(generation)
-    keep, rewrite = [], []
+    keep: list[_Segment] = []
+    rewrite: list[_Segment] = []
     for segment in state.segments:
         reusable = at_home and segment.name is not None and segment.files is not None
         dead = len(segment.ids) - segment.live
@@ -121,7 +122,7 @@ def _stamp(index: VectorIndex, folder: Path, tag: str, segments, lists: Lists | 
     if lists is not None:
         old = index._stamp if index._folder == folder else None
         lists_name = old.get("lists") if old and old.get("lists_trained_on") == lists.trained_on else None
-        if lists_name and lists_name in old.get("files", {}):
+        if old and lists_name and lists_name in old.get("files", {}):
             named[lists_name] = old["files"][lists_name]
         else:
             lists_name = f"lists-{tag}.npy"
@@ -188,7 +189,7 @@ def open_index(cls, folder: Path, model_id: str, exact_below: int):
     segments = []
     for entry in stamp["segments"]:
         ids, vectors, offsets = files.open_segment(folder, entry["name"], int(entry["rows"]), dim, lists is not None)
-        if offsets is not None and len(offsets) != lists.count + 1:
+        if offsets is not None and lists is not None and len(offsets) != lists.count + 1:
             raise ValueError(f"segment {entry['name']} has {len(offsets) - 1} lists, the index {lists.count}")
         segments.append(_Segment(ids, vectors, offsets, None, entry["name"], _files_of(stamp, entry["name"])))
     if stamp.get("dead"):
