@@ -24,7 +24,8 @@ import numpy as np
 
 from . import vector_files as files
 from .vector_lists import Lists
-from .vectors import COMPACT_DEAD_FRACTION, MAX_SEGMENTS, RETRAIN_GROWTH, _published, _Segment
+from .vector_state import Segment, published
+from .vectors import COMPACT_DEAD_FRACTION, MAX_SEGMENTS, RETRAIN_GROWTH
 
 if TYPE_CHECKING:
     from .vectors import VectorIndex
@@ -42,8 +43,8 @@ def save_index(index: VectorIndex, folder: Path, generation: int) -> dict:
         index._generation = generation  # nothing to write: the saved files are what the index holds
         return {"written_bytes": 0, "segments_written": 0}
     tag = files.new_tag(generation)
-    keep: list[_Segment] = []
-    rewrite: list[_Segment] = []
+    keep: list[Segment] = []
+    rewrite: list[Segment] = []
     for segment in state.segments:
         reusable = at_home and segment.name is not None and segment.files is not None
         dead = len(segment.ids) - segment.live
@@ -79,7 +80,7 @@ def _changed(index: VectorIndex, state) -> bool:
     return dead != int(stamp.get("dead_rows", 0)) or (state.lists is not None) != bool(stamp.get("lists"))
 
 
-def _row_lists(segment: _Segment, lists: Lists | None) -> np.ndarray:
+def _row_lists(segment: Segment, lists: Lists | None) -> np.ndarray:
     """The list of each row of a segment (zeros without lists)."""
     if lists is None:
         return np.zeros(len(segment.ids), np.int32)
@@ -89,7 +90,7 @@ def _row_lists(segment: _Segment, lists: Lists | None) -> np.ndarray:
     return np.asarray(segment.lists)
 
 
-def _write_rows(folder: Path, name: str, sources: list[_Segment], lists: Lists | None, dim: int) -> _Segment:
+def _write_rows(folder: Path, name: str, sources: list[Segment], lists: Lists | None, dim: int) -> Segment:
     """The live rows of `sources` as one new segment, in list order, streamed in chunks."""
     rows = [s.live_rows() for s in sources]
     keys = np.concatenate([_row_lists(s, lists)[r] for s, r in zip(sources, rows)])
@@ -111,7 +112,7 @@ def _write_rows(folder: Path, name: str, sources: list[_Segment], lists: Lists |
     if lists is not None:
         offsets = np.concatenate([[0], np.cumsum(np.bincount(keys, minlength=lists.count))]).astype(np.int64)
     written = files.write_segment(folder, name, ids, chunks(), dim, offsets)
-    return _Segment(ids, np.empty((0, dim), np.float32), offsets, None, name, written)  # mapped by _adopt
+    return Segment(ids, np.empty((0, dim), np.float32), offsets, None, name, written)  # mapped by _adopt
 
 
 def _stamp(index: VectorIndex, folder: Path, tag: str, segments, lists: Lists | None, generation: int) -> dict:
@@ -150,7 +151,7 @@ def _stamp(index: VectorIndex, folder: Path, tag: str, segments, lists: Lists | 
     }
 
 
-def _dead_rows(segment: _Segment) -> np.ndarray:
+def _dead_rows(segment: Segment) -> np.ndarray:
     return np.empty(0, np.int64) if segment.alive is None else np.flatnonzero(~segment.alive)
 
 
@@ -162,11 +163,11 @@ def _adopt(index: VectorIndex, folder: Path, stamp: dict, segments, lists: Lists
             mapped.append(segment)
             continue
         ids, vectors, offsets = files.open_segment(folder, segment.name, len(segment.ids), index.dim, lists is not None)
-        mapped.append(_Segment(ids, vectors, offsets, None, segment.name, segment.files))
+        mapped.append(Segment(ids, vectors, offsets, None, segment.name, segment.files))
     index._used = 0
     index._tail_vectors = np.empty((0, index.dim), np.float32)
     index._tail_ids, index._tail_lists = np.empty(0, np.int64), np.empty(0, np.int32)
-    index._state = _published(tuple(mapped), index._tail_view(None), lists)
+    index._state = published(tuple(mapped), index._tail_view(None), lists)
     index._folder, index._stamp = folder, stamp
 
 
@@ -191,7 +192,7 @@ def open_index(cls, folder: Path, model_id: str, exact_below: int):
         ids, vectors, offsets = files.open_segment(folder, entry["name"], int(entry["rows"]), dim, lists is not None)
         if offsets is not None and lists is not None and len(offsets) != lists.count + 1:
             raise ValueError(f"segment {entry['name']} has {len(offsets) - 1} lists, the index {lists.count}")
-        segments.append(_Segment(ids, vectors, offsets, None, entry["name"], _files_of(stamp, entry["name"])))
+        segments.append(Segment(ids, vectors, offsets, None, entry["name"], _files_of(stamp, entry["name"])))
     if stamp.get("dead"):
         dead = np.load(folder / stamp["dead"], allow_pickle=False)
         if dead.dtype != np.int64 or dead.ndim != 2 or dead.shape[1] != 2:
@@ -199,7 +200,7 @@ def open_index(cls, folder: Path, model_id: str, exact_below: int):
         for s in np.unique(dead[:, 0]):
             segments[int(s)] = segments[int(s)].killed(dead[dead[:, 0] == s, 1])
     index = cls(dim, model_id, exact_below)
-    index._state = _published(tuple(segments), index._tail_view(None), lists)
+    index._state = published(tuple(segments), index._tail_view(None), lists)
     if index._state.count != stamp["count"]:
         raise ValueError(f"the files hold {index._state.count} vectors, the stamp says {stamp['count']}")
     index._folder, index._stamp, index._generation = folder, stamp, int(stamp["generation"])

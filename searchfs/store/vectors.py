@@ -31,13 +31,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from . import vector_files as files
 from .vector_lists import Lists, nlist_for, sample_rows
+from .vector_scoring import gather_rows, merge, runs, score_all, score_rows, score_runs, skipped, sorted_by_list
+from .vector_state import IdMap, Segment, State, published, readonly
 
 log = logging.getLogger(__name__)
 
@@ -57,89 +59,6 @@ MAX_SEGMENTS = 8  # a save merges the smaller segments into one past this many
 RETRAIN_GROWTH = 4  # lists are trained again (everything rewritten) once the index grows 4x past them
 MIN_TAIL = 1024
 NORM_TOLERANCE = 1e-3
-
-
-@dataclass(frozen=True)
-class _Segment:
-    """Rows readers see. Immutable: writers publish a new one."""
-
-    ids: np.ndarray  # (n,) content id of each row
-    vectors: np.ndarray  # (n, dim) float32, read-only (a memory map, or RAM)
-    offsets: np.ndarray | None  # (nlist + 1,) where each list starts; None: rows in no order
-    alive: np.ndarray | None  # (n,) bool; None: every row alive
-    name: str | None = None  # its files' name once saved; None: in RAM only
-    files: dict | None = None  # {file name: {size, crc32}} once saved
-    lists: np.ndarray | None = None  # (n,) each row's list, for the tail (sorted by it when saved)
-
-    @property
-    def live(self) -> int:
-        return len(self.ids) if self.alive is None else int(np.count_nonzero(self.alive))
-
-    def live_rows(self) -> np.ndarray:
-        return np.arange(len(self.ids)) if self.alive is None else np.flatnonzero(self.alive)
-
-    def killed(self, rows: np.ndarray) -> _Segment:
-        alive = np.ones(len(self.ids), bool) if self.alive is None else self.alive.copy()
-        alive[rows] = False
-        return replace(self, alive=_readonly(alive))
-
-
-@dataclass(frozen=True)
-class _Map:
-    """Content id -> (segment, row) of its live row. Saved segments share one sorted map built at load
-    and save; the tail has a small one of its own, consulted first."""
-
-    base_ids: np.ndarray  # sorted ids of the rows of the saved segments that were alive when it was built
-    base_seg: np.ndarray
-    base_row: np.ndarray
-    tail_ids: np.ndarray  # sorted ids in the tail
-    tail_row: np.ndarray
-
-
-@dataclass(frozen=True)
-class _State:
-    segments: tuple[_Segment, ...]
-    tail: _Segment
-    lists: Lists | None
-    rows_per_list: np.ndarray | None  # rows of each list over the segments (what a probe reads)
-    where: _Map
-    count: int  # live rows
-
-    def find(self, content_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(present ids, sorted and unique; their segments, where len(segments) is the tail; their rows)."""
-        wanted = np.unique(np.asarray(content_ids, dtype=np.int64).ravel())
-        seg = np.full(len(wanted), -1, np.int64)
-        row = np.zeros(len(wanted), np.int64)
-        _lookup(self.where.tail_ids, self.where.tail_row, wanted, seg, row, len(self.segments), self.tail)
-        for s, segment in enumerate(self.segments):
-            mine = self.where.base_seg == s
-            _lookup(self.where.base_ids[mine], self.where.base_row[mine], wanted, seg, row, s, segment)
-        hit = seg >= 0
-        return wanted[hit], seg[hit], row[hit]
-
-    def segment(self, s: int) -> _Segment:
-        return self.tail if s == len(self.segments) else self.segments[s]
-
-    def all_segments(self) -> tuple[_Segment, ...]:
-        return (*self.segments, self.tail)
-
-
-def _lookup(ids, rows, wanted, seg, row, s, segment) -> None:
-    """Fill seg/row for the wanted ids found alive in one sorted (ids, rows) map, where not found yet."""
-    if not len(ids):
-        return
-    pos = np.searchsorted(ids, wanted)
-    pos[pos == len(ids)] = 0
-    hit = (ids[pos] == wanted) & (seg < 0)
-    if segment.alive is not None:
-        hit &= segment.alive[rows[pos]]
-    seg[hit], row[hit] = s, rows[pos[hit]]
-
-
-def _readonly(array: np.ndarray) -> np.ndarray:
-    view = array.view()
-    view.flags.writeable = False
-    return view
 
 
 def _normalized(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -169,32 +88,6 @@ def _checked_ids(ids: np.ndarray, count: int) -> np.ndarray:
     return array
 
 
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the k highest scores, best first."""
-    if k < len(scores):
-        part = np.argpartition(-scores, k - 1)[:k]
-    else:
-        part = np.arange(len(scores))
-    return part[np.argsort(-scores[part], kind="stable")]
-
-
-def _runs(offsets: np.ndarray, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, ends) of the row slices holding the chosen lists (sorted), adjacent ones joined."""
-    starts, ends = offsets[chosen], offsets[chosen + 1]
-    keep = ends > starts
-    starts, ends = starts[keep], ends[keep]
-    if not len(starts):
-        return starts, ends
-    joined = np.flatnonzero(starts[1:] != ends[:-1]) + 1
-    return starts[np.r_[0, joined]], ends[np.r_[joined - 1, len(starts) - 1]]
-
-
-def _rows_of_runs(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    lengths = ends - starts
-    shift = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    return np.arange(int(lengths.sum())) + shift
-
-
 class VectorIndex:
     """Cosine search over (content id, vector) pairs. Any number of threads may search while one at a time
     adds, removes or saves."""
@@ -212,8 +105,8 @@ class VectorIndex:
         self._tail_ids = np.empty(0, np.int64)
         self._tail_lists = np.empty(0, np.int32)
         self._used = 0
-        empty = _Map(*(np.empty(0, np.int64) for _ in range(5)))
-        self._state = _State((), self._tail_view(None), None, None, empty, 0)
+        empty = IdMap(*(np.empty(0, np.int64) for _ in range(5)))
+        self._state = State((), self._tail_view(None), None, None, empty, 0)
 
     # ---------------------------------------------------------------- construction
 
@@ -243,7 +136,7 @@ class VectorIndex:
     def ids(self) -> np.ndarray:
         """Sorted live content ids (a read-only array)."""
         state = self._state
-        return _readonly(np.sort(np.concatenate([s.ids[s.live_rows()] for s in state.all_segments()])))
+        return readonly(np.sort(np.concatenate([s.ids[s.live_rows()] for s in state.all_segments()])))
 
     def vector(self, content_id: int) -> np.ndarray | None:
         state = self._state
@@ -269,18 +162,18 @@ class VectorIndex:
         if allowed is not None:
             hits = self._search_allowed(state, q[0], k, allowed, skip)
         elif self._reads_everything(state, k):
-            hits = _merge([_score_all(s, q[0], k, _skipped(skip, i)) for i, s in enumerate(state.all_segments())], k)
+            hits = merge([score_all(s, q[0], k, skipped(skip, i)) for i, s in enumerate(state.all_segments())], k)
         else:
             hits = self._search_lists(state, q[0], k, skip)
         return [(int(i), float(v)) for i, v in hits if min_score is None or v >= min_score]
 
-    def _reads_everything(self, state: _State, k: int) -> bool:
+    def _reads_everything(self, state: State, k: int) -> bool:
         return state.lists is None or state.count < self.exact_below or self._min_rows(state, k) >= state.count // 2
 
-    def _min_rows(self, state: _State, k: int, share: float = 1.0) -> int:
+    def _min_rows(self, state: State, k: int, share: float = 1.0) -> int:
         return int(max(PROBE_SHARE * state.count, PROBE_ROWS_PER_HIT * k) / share)
 
-    def _search_lists(self, state: _State, q: np.ndarray, k: int, skip, allowed=None, share: float = 1.0) -> list:
+    def _search_lists(self, state: State, q: np.ndarray, k: int, skip, allowed=None, share: float = 1.0) -> list:
         assert state.lists is not None and state.rows_per_list is not None
         most = max(int(PROBE_MAX_SHARE * state.count / share), self._min_rows(state, k, share))
         chosen = state.lists.probe(q, state.rows_per_list, self._min_rows(state, k, share), most)
@@ -288,12 +181,12 @@ class VectorIndex:
         for i, segment in enumerate(state.all_segments()):
             mask = None if allowed is None else allowed[i]
             if segment.offsets is None:  # the tail: all of it
-                parts.append(_score_all(segment, q, k, _skipped(skip, i), mask))
+                parts.append(score_all(segment, q, k, skipped(skip, i), mask))
             else:
-                parts.append(_score_runs(segment, q, k, _runs(segment.offsets, chosen), _skipped(skip, i), mask))
-        return _merge(parts, k)
+                parts.append(score_runs(segment, q, k, runs(segment.offsets, chosen), skipped(skip, i), mask))
+        return merge(parts, k)
 
-    def _search_allowed(self, state: _State, q: np.ndarray, k: int, allowed: np.ndarray, skip) -> list:
+    def _search_allowed(self, state: State, q: np.ndarray, k: int, allowed: np.ndarray, skip) -> list:
         found, seg, row = state.find(allowed)
         if skip is not None:
             keep = np.ones(len(found), bool)
@@ -304,7 +197,7 @@ class VectorIndex:
             return []
         groups = [row[seg == s] for s in range(len(state.segments) + 1)]
         if len(row) <= FILTER_EXACT_ROWS or self._reads_everything(state, k):
-            return _merge([_score_rows(s, q, k, rows) for s, rows in zip(state.all_segments(), groups)], k)
+            return merge([score_rows(s, q, k, rows) for s, rows in zip(state.all_segments(), groups)], k)
         masks = []
         for s, rows in zip(state.all_segments(), groups):
             mask = np.zeros(len(s.ids), bool)
@@ -334,7 +227,7 @@ class VectorIndex:
             state = self._kill(self._state, np.asarray(ids, dtype=np.int64))
             self._state = state
 
-    def _kill(self, state: _State, ids: np.ndarray) -> _State:
+    def _kill(self, state: State, ids: np.ndarray) -> State:
         """`state` with the live rows of these ids dead."""
         found, seg, row = state.find(ids)
         if not len(found):
@@ -365,27 +258,27 @@ class VectorIndex:
         self._tail_lists[self._used : end] = lists
         self._used = end
 
-    def _tail_view(self, alive: np.ndarray | None) -> _Segment:
+    def _tail_view(self, alive: np.ndarray | None) -> Segment:
         used = self._used
-        return _Segment(
-            _readonly(self._tail_ids[:used]),
-            _readonly(self._tail_vectors[:used]),
+        return Segment(
+            readonly(self._tail_ids[:used]),
+            readonly(self._tail_vectors[:used]),
             None,
             alive,
-            lists=_readonly(self._tail_lists[:used]),
+            lists=readonly(self._tail_lists[:used]),
         )
 
-    def _with_tail(self, state: _State, added: int) -> _State:
+    def _with_tail(self, state: State, added: int) -> State:
         """Publish the tail with its `added` new rows (alive), and a tail map that finds them."""
         old = state.tail
         alive = None
         if old.alive is not None:
             alive = np.ones(self._used, bool)
             alive[: len(old.alive)] = old.alive
-        tail = self._tail_view(None if alive is None else _readonly(alive))
+        tail = self._tail_view(None if alive is None else readonly(alive))
         live = tail.live_rows()  # an id has one live row; its dead ones must not shadow it in the map
         order = np.argsort(tail.ids[live], kind="stable")
-        where = replace(state.where, tail_ids=_readonly(tail.ids[live][order]), tail_row=_readonly(live[order]))
+        where = replace(state.where, tail_ids=readonly(tail.ids[live][order]), tail_row=readonly(live[order]))
         return replace(state, tail=tail, where=where, count=state.count + added)
 
     def _organize(self) -> None:
@@ -397,14 +290,14 @@ class VectorIndex:
         count = state.count
         nlist = nlist_for(count)
         picks = sample_rows(count, nlist)
-        sample = _gather_rows(parts, picks, self.dim)
+        sample = gather_rows(parts, picks, self.dim)
         lists = Lists.train(sample, nlist, trained_on=count)
-        ids, vectors, offsets = _sorted_by_list(parts, lists, self.dim)
-        segment = _Segment(_readonly(ids), _readonly(vectors), offsets, None)
+        ids, vectors, offsets = sorted_by_list(parts, lists, self.dim)
+        segment = Segment(readonly(ids), readonly(vectors), offsets, None)
         self._used = 0
         self._tail_vectors, self._tail_ids, self._tail_lists = (
             np.empty((0, self.dim), np.float32), np.empty(0, np.int64), np.empty(0, np.int32))  # fmt: skip
-        self._state = _published((segment,), self._tail_view(None), lists)
+        self._state = published((segment,), self._tail_view(None), lists)
         log.info("vector index: %d vectors in %d lists", count, nlist)
 
     # ---------------------------------------------------------------- files
@@ -475,102 +368,3 @@ class VectorIndex:
             "tail_bytes": int(self._tail_vectors.nbytes + self._tail_ids.nbytes),
             "table_mapped": bool(state.segments) and mapped,
         }
-
-
-def _skipped(skip, i: int) -> np.ndarray | None:
-    if skip is None:
-        return None
-    rows = skip[1][skip[0] == i]
-    return rows if len(rows) else None
-
-
-def _finish(segment: _Segment, scores: np.ndarray, rows: np.ndarray, k: int, skip, mask) -> tuple:
-    if segment.alive is not None:
-        scores[~segment.alive[rows]] = -np.inf
-    if mask is not None:
-        scores[~mask[rows]] = -np.inf
-    if skip is not None:
-        scores[np.isin(rows, skip)] = -np.inf
-    best = _top(scores, min(k, len(scores)))
-    best = best[np.isfinite(scores[best])]
-    return segment.ids[rows[best]], scores[best]
-
-
-def _score_all(segment: _Segment, q: np.ndarray, k: int, skip=None, mask=None) -> tuple:
-    if not len(segment.ids):
-        return np.empty(0, np.int64), np.empty(0, np.float32)
-    return _finish(segment, segment.vectors @ q, np.arange(len(segment.ids)), k, skip, mask)
-
-
-def _score_runs(segment: _Segment, q: np.ndarray, k: int, runs, skip=None, mask=None) -> tuple:
-    starts, ends = runs
-    if not len(starts):
-        return np.empty(0, np.int64), np.empty(0, np.float32)
-    scores = np.concatenate([segment.vectors[a:b] @ q for a, b in zip(starts.tolist(), ends.tolist())])
-    return _finish(segment, scores, _rows_of_runs(starts, ends), k, skip, mask)
-
-
-def _score_rows(segment: _Segment, q: np.ndarray, k: int, rows: np.ndarray) -> tuple:
-    if not len(rows):
-        return np.empty(0, np.int64), np.empty(0, np.float32)
-    rows = np.sort(rows)
-    return _finish(segment, segment.vectors[rows] @ q, rows, k, None, None)
-
-
-def _merge(parts: list[tuple], k: int) -> list[tuple[int, float]]:
-    """The best k of the segments' best k, best first (ties broken by content id for a stable order)."""
-    ids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
-    scores = np.concatenate([p[1] for p in parts]).astype(np.float64) if parts else np.empty(0)
-    order = np.lexsort((ids, -scores))[:k]
-    return list(zip(ids[order].tolist(), scores[order].tolist()))
-
-
-def _published(segments: tuple[_Segment, ...], tail: _Segment, lists: Lists | None) -> _State:
-    """A state with a fresh id map over its segments' live rows."""
-    ids, seg, rows = [], [], []
-    for s, segment in enumerate(segments):
-        live = segment.live_rows()
-        ids.append(segment.ids[live])
-        seg.append(np.full(len(live), s, np.int64))
-        rows.append(live)
-    all_ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
-    order = np.argsort(all_ids, kind="stable")
-    cat = (lambda parts: np.concatenate(parts)[order]) if ids else (lambda parts: np.empty(0, np.int64))
-    tail_order = np.argsort(tail.ids[tail.live_rows()], kind="stable")
-    where = _Map(
-        _readonly(all_ids[order]), _readonly(cat(seg)), _readonly(cat(rows)),
-        _readonly(tail.ids[tail.live_rows()][tail_order]), _readonly(tail.live_rows()[tail_order]),
-    )  # fmt: skip
-    per_list = None
-    if lists is not None:
-        per_list = np.zeros(lists.count, np.int64)
-        for segment in segments:
-            if segment.offsets is not None:
-                per_list += np.diff(segment.offsets)
-    count = len(all_ids) + tail.live
-    return _State(segments, tail, lists, per_list, where, count)
-
-
-def _gather_rows(parts: list[tuple], picks: np.ndarray, dim: int) -> np.ndarray:
-    """Rows `picks` (positions in the concatenation of the parts' live rows) as one array."""
-    out = np.empty((len(picks), dim), np.float32)
-    start = done = 0
-    for _, vectors, rows in parts:
-        mine = picks[(picks >= start) & (picks < start + len(rows))] - start
-        out[done : done + len(mine)] = vectors[rows[mine]]
-        done += len(mine)
-        start += len(rows)
-    return out
-
-
-def _sorted_by_list(parts: list[tuple], lists: Lists, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every live row of the parts, in list order: (ids, vectors in RAM, offsets)."""
-    assigned = np.concatenate([lists.assign(vectors[rows]) for _, vectors, rows in parts])
-    ids = np.concatenate([part_ids for part_ids, _, _ in parts])
-    order = np.argsort(assigned, kind="stable")
-    vectors = np.empty((len(ids), dim), np.float32)
-    for start in range(0, len(order), files.CHUNK_ROWS):
-        chunk = order[start : start + files.CHUNK_ROWS]
-        vectors[start : start + len(chunk)] = _gather_rows(parts, np.sort(chunk), dim)[np.argsort(np.argsort(chunk))]
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(assigned, minlength=lists.count))]).astype(np.int64)
-    return ids[order], vectors, offsets
