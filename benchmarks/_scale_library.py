@@ -6,8 +6,11 @@ On disk: folders of FOLDER_SIZE files, each a hard link to that folder's own cop
 real writer): a content per photo with varied metadata (cameras of very different popularity, dates
 over twenty years, some undated, GPS on a third) and a CLIP-like vector (_synthetic.py), stored under
 the model id of ViT-B-32 with random weights, so the mount's real text tower answers query folders and
-its real image tower embeds the photos the live test copies in. The saved vector index is built by
-`Library.save_vectors`, as `searchfs index` leaves it.
+its real image tower embeds the photos the live test copies in. The weights are a random-weights
+checkpoint file made with the library (_weights.py), not `pretrained = ""`: open_clip's random init
+differs in every process, so its text tower is never exported for numpy and every daemon would load
+torch for its first query; a checkpoint's tower is exported once, as a user's real weights are. The
+saved vector index is built by `Library.save_vectors`, as `searchfs index` leaves it.
 
 The cache is `<cache>/<recipe key>/`; `recipe.json`, written last, marks a complete build. A build that
 stopped half way is started again from nothing.
@@ -34,8 +37,8 @@ from _synthetic import World  # noqa: E402
 FOLDER_SIZE = 1000
 CHUNK = 50_000  # photos per catalog transaction
 CAMERAS = 20  # camera c takes a share proportional to 1/(c+1): "BenchCam 0" holds ~28% of the photos
-RECIPE_VERSION = 3  # bump when what is built changes (it then builds anew)
-CONFIG = '[model]\nname = "ViT-B-32"\npretrained = ""\ndevice = "cpu"\n'
+RECIPE_VERSION = 4  # bump when what is built changes (it then builds anew)
+CONFIG = '[model]\nname = "ViT-B-32"\npretrained = "{checkpoint}"\ndevice = "cpu"\n'
 
 
 def recipe(photos: int, seed: int) -> dict:
@@ -86,11 +89,18 @@ def ensure(cache: Path, photos: int, seed: int = 0, rebuild: bool = False) -> Sc
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     library = ScaleLibrary(folder, spec)
-    library.config.write_text(CONFIG)
+    library.config.write_text(CONFIG.format(checkpoint=_checkpoint(folder)))
     built = {"links_s": _link_photos(library)}
     built.update(_fill_catalog(library, World(seed)))
     done.write_text(json.dumps({**spec, "built": built}, indent=1))
     return library
+
+
+def _checkpoint(folder: Path) -> Path:
+    import _weights
+
+    _weights.CACHE = folder  # kept with the library: the catalog's model id is this file's fingerprint
+    return _weights.random_checkpoint("ViT-B-32")
 
 
 def _link_photos(library: ScaleLibrary) -> float:
