@@ -187,6 +187,40 @@ def compare_hnsw(vectors: np.ndarray, queries: dict, exact: dict, k: int) -> dic
     return out
 
 
+def _rss_mb() -> dict[str, int]:
+    with open("/proc/self/status") as fh:
+        parts = [line.split() for line in fh]
+    return {p[0].rstrip(":"): round(int(p[1]) / 1024) for p in parts if p[0] in ("VmRSS:", "RssAnon:", "RssFile:")}
+
+
+def add_and_save(lib, scratch: Path, adds: int = 2000) -> dict:
+    """The saved index in a scratch folder (its immutable files hard-linked): open it, add one vector, then
+    `adds`, and save there (incremental: it writes what changed). RSS of this process around each step."""
+    from searchfs.store.vectors import VectorIndex
+
+    home = lib.vectors._folder()
+    folder = scratch / "vectors-copy"
+    folder.mkdir(mode=0o700)
+    for path in home.iterdir():
+        (shutil.copy2 if path.name.startswith("stamp") else os.link)(path, folder / path.name)
+    out: dict = {"before": _rss_mb()}
+    index, generation = VectorIndex.open(folder, lib.model_id, lib.settings.search_exact_below)
+    out["opened"] = _rss_mb()
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((adds + 1, index.dim)).astype(np.float32)
+    top = int(index.ids()[-1]) + 1
+    started = time.perf_counter()
+    index.add(np.array([top]), vectors[:1])
+    out["add_one_ms"], out["added_one"] = ms(time.perf_counter() - started), _rss_mb()
+    index.add(np.arange(top + 1, top + 1 + adds), vectors[1:])
+    out["added_many"] = _rss_mb()
+    started = time.perf_counter()
+    written = index.save(folder, generation + adds + 1)
+    out["save_s"], out["saved"] = round(time.perf_counter() - started, 2), _rss_mb()
+    out["written_bytes"], out["adds"] = written.get("written_bytes"), adds + 1
+    return out
+
+
 def in_process(library, args, result: dict) -> None:
     from searchfs.library import Library
 
@@ -197,6 +231,7 @@ def in_process(library, args, result: dict) -> None:
         index = lib.vector_index()
         result["index_open_s"] = round(time.perf_counter() - started, 2)
         result["index"] = {k: v for k, v in index.stats.items() if k != "model_id"}
+        result["add_and_save"] = add_and_save(lib, args.scratch)
         ids, vectors = all_rows(index)
         queries = query_sets(World(library.spec["seed"]), library.n, args.queries)
         exact = {kind: exact_kth(vectors, qs, max(KS)) for kind, qs in queries.items()}
@@ -334,7 +369,7 @@ def mounted(library, args, result: dict) -> None:
         first = time.perf_counter() - started - answered
         result["mount"] = {"returned_s": round(returned, 2), "mount_s": round(answered, 2),
                            "first_query_s": round(first, 3)}  # fmt: skip
-        result["mount"]["reconcile_s"] = round(wait_reconciled(library.home / "libraries" / "default", 1800), 1)
+        result["mount"]["reconcile_s"] = round(wait_reconciled(library.home / "libraries" / "default", 900), 1)
         say(f"mounted: {result['mount']}")
         sampler.phase = "queries"
         roots = sorted(n for n in os.listdir(mnt / "similar") if not n.startswith("."))
