@@ -403,7 +403,8 @@ def doctor(ctx, fetch, repair):
     """Check what searchfs needs (exiftool, libfuse, model weights) and say how to fix what is missing.
 
     Exits 0 when everything is in place, 1 otherwise. Without weights searchfs still indexes and
-    serves metadata (exif/); text and image search wait for the model.
+    serves metadata (exif/); text and image search wait for the model. A root you can write to is a
+    warning (writes through result links reach the originals), not a failure.
 
     \b
     Example:
@@ -421,7 +422,7 @@ def doctor(ctx, fetch, repair):
         return
     checks = run_checks(settings, fetch=fetch)
     for check in checks:
-        mark = "ok  " if check.ok else "MISSING"
+        mark = "MISSING" if not check.ok else "warn" if check.warning else "ok  "
         click.echo(f"{mark:8s}{check.name}: {check.detail}")
     if any(not c.ok and c.name.startswith("model") for c in checks):
         click.echo(

@@ -17,6 +17,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    warning: bool = False  # ok, but worth knowing: printed as "warn", does not fail the exit code
 
 
 def run_checks(settings: Settings, fetch: bool = False) -> list[Check]:
@@ -27,6 +28,7 @@ def run_checks(settings: Settings, fetch: bool = False) -> list[Check]:
         _weights(settings, fetch),
         _home(settings),
         _catalog(settings),
+        *_writable_roots(settings),
     ]
 
 
@@ -40,6 +42,34 @@ def _catalog(settings: Settings) -> Check:
     if problem is None:
         return Check("catalog", True, f"{path} passes its integrity check")
     return Check("catalog", False, f"{path} is damaged ({problem}): run searchfs doctor --repair")
+
+
+def _writable_roots(settings: Settings) -> list[Check]:
+    """Result entries are symlinks: a write through one (`>>`, `: >`) reaches the original photo. A root the
+    user can write to is worth a warning, unless the mount serves read-only files (entries = "files")."""
+    if settings.mount_entries == "files" or not settings.catalog_path.exists():
+        return []
+    from .store.catalog import Catalog
+
+    try:
+        catalog = Catalog(settings.catalog_path)
+        try:
+            roots = [root for root in catalog.roots() if root.online]
+        finally:
+            catalog.close()
+    except SearchfsError:
+        return []  # a damaged catalog: the catalog check says so
+    return [
+        Check(
+            f"root {root.name}",
+            True,
+            f"{root.display} is writable by you: a write through a result link changes the original "
+            '(mount the folder read-only, or set [mount] entries = "files")',
+            warning=True,
+        )
+        for root in roots
+        if os.access(root.path, os.W_OK)
+    ]
 
 
 def _exiftool(settings: Settings) -> Check:

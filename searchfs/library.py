@@ -27,6 +27,7 @@ from .records import FACET_BY_KEY, Hit, IndexReport, LibraryStatus, Root, RootSt
 from .search.engine import Engine, image_query_vector
 from .search.query import Query
 from .store.catalog import Catalog
+from .store.protocol import CatalogStore
 from .store.vector_store import VectorStore
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class Library:
             raise NotFound(missing_library_message(settings))
         ensure_private_dir(settings.home)
         ensure_private_dir(settings.library_dir)
-        self.catalog = Catalog(settings.catalog_path)
+        self.catalog: CatalogStore = Catalog(settings.catalog_path)  # the one place that picks the implementation
         self._embedder: Embedder | None = None
         self._embedder_lock = threading.Lock()
         self.vectors = VectorStore(
@@ -276,7 +277,7 @@ class Library:
         files = sum(counts.per_root.values())
         return LibraryStatus(
             library=self.settings.library,
-            catalog=str(self.catalog.path),
+            catalog=str(self.settings.catalog_path),
             roots=roots,
             files=files,
             indexed=counts.indexed,

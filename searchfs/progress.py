@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
@@ -22,10 +24,15 @@ class IndexProgress:
             transient=False,
         )
         self._tasks: dict[str, TaskID] = {}
+        self._lock = threading.Lock()  # the embedding runs on its own thread beside the scan
 
     def update(self, phase: str, done: int, total: int | None) -> None:
         if not self.enabled:
             return
+        with self._lock:
+            self._update(phase, done, total)
+
+    def _update(self, phase: str, done: int, total: int | None) -> None:
         task = self._tasks.get(phase)
         if task is None:
             task = self._tasks[phase] = self._progress.add_task(PHASES.get(phase, phase), total=total, rate="")

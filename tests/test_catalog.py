@@ -208,3 +208,24 @@ def test_reader_connections_stay_bounded_for_foreign_threads(tmp_path):
     assert answers == [1] * 300
     assert len(catalog._readers) <= 3
     catalog.close()
+
+
+def test_the_sqlite_catalog_is_one_implementation_of_the_protocols():
+    """store/protocol.py is what a second catalog must provide: the SQLite one has every method with the
+    same parameters, and nothing in the protocols names SQLite."""
+    import inspect
+
+    from searchfs.store import protocol
+    from searchfs.store.catalog import Catalog
+    from searchfs.store.writes import Transaction
+
+    for proto, implementation in ((protocol.CatalogStore, Catalog), (protocol.CatalogWrites, Transaction)):
+        names = [name for name in vars(proto) if not name.startswith("_")]
+        assert len(names) > 15, names
+        for name in names:
+            wanted = inspect.signature(getattr(proto, name))
+            have = inspect.signature(getattr(implementation, name))
+            assert list(wanted.parameters) == list(have.parameters), (implementation.__name__, name)
+            defaults = [p.default for p in wanted.parameters.values()]
+            assert defaults == [p.default for p in have.parameters.values()], (implementation.__name__, name)
+    assert "sqlite" not in inspect.getsource(protocol).split('"""', 2)[2].lower()

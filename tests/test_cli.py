@@ -115,3 +115,25 @@ def test_forget_a_root(env_model, tmp_path):
     assert result.exit_code == 3 and "roots: keep" in result.output
     report = json.loads(run("index", str(gone), "--json").output)  # back within the grace period
     assert report["new"] == 3 and report["embedded"] == 0
+
+
+def test_doctor_warns_about_roots_the_user_can_write_to(env_model, tmp_path):
+    """Writes through a result link reach the original: a writable root is a warning (exit code unchanged),
+    a read-only one is not, and files mode (writes refused) needs no warning."""
+    writable, readonly = tmp_path / "writable", tmp_path / "readonly"
+    make_library(writable, 1)
+    make_library(readonly, 1)
+    run("index", str(writable), str(readonly), "--no-progress")
+    readonly.chmod(0o555)
+    try:
+        lines = CliRunner().invoke(cli, ["doctor"]).output.splitlines()
+        warned = [line for line in lines if line.startswith("warn")]
+        if os.geteuid() == 0:  # root may write anywhere: both are writable to it
+            assert len(warned) == 2, lines
+        else:
+            assert len(warned) == 1 and "root writable:" in warned[0], lines
+        assert all("a write through a result link changes the original" in line for line in warned)
+        files_mode = CliRunner().invoke(cli, ["doctor"], env={"SEARCHFS_MOUNT_ENTRIES": "files"}).output
+        assert not [line for line in files_mode.splitlines() if line.startswith("warn")], files_mode
+    finally:
+        readonly.chmod(0o755)

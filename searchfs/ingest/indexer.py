@@ -11,13 +11,19 @@ Three stages, each restartable because every step is committed as it goes:
 3. embeddings: contents without a vector for the current model go through CLIP in batches, committed
    per model batch so results grow while a round runs; a file that cannot be decoded is quarantined
    with the reason.
-Only one thread of one process writes (the library's writer lock sees to that).
+A whole index (`index`) runs the embeddings on a thread of their own, alongside stages 1 and 2: the model
+takes each batch of files as soon as its hashes commit, so the hashing and exiftool cost no wall time
+beside the model (on two cores, 12 MP photos: stages 1 and 2 were a fifth of a run). The daemon's rounds
+(`process`) run the stages one after another on its writer thread.
+Only one process writes (the library's writer lock sees to that); inside it, the catalog's own lock
+serializes the two threads' transactions, and one lock keeps exiftool to one caller at a time.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -25,7 +31,7 @@ from typing import Protocol
 from ..errors import ImageError, ModelUnavailable
 from ..paths import is_under
 from ..records import Facet, FileStat, IndexReport, Root
-from ..store.catalog import Catalog
+from ..store.protocol import CatalogStore
 from ..store.rows import ContentPath
 from .embed import ImageResult
 from .extract import EXTRACTOR_VERSION
@@ -68,7 +74,7 @@ class ImageEmbedder(Protocol):
 class Indexer:
     def __init__(
         self,
-        catalog: Catalog,
+        catalog: CatalogStore,
         rules: ScanRules,
         extractor: Extractor,
         embedder: ImageEmbedder | None,
@@ -87,16 +93,33 @@ class Indexer:
         # Called after each committed batch of embeddings: the daemon publishes them to ranked folders.
         self.after_embedding = after_embedding
         self._read = 0
+        self._exiftool = threading.Lock()  # extract() and preview() share one exiftool process
+        self._linked: _Work | None = None  # set during `index`: told when hashed files commit
 
     # -- whole roots -------------------------------------------------------------------------------
 
     def index(self, roots: Sequence[Root], report: IndexReport | None = None) -> IndexReport:
-        """Scan the roots, then bring metadata and embeddings up to date."""
+        """Scan the roots and bring metadata and embeddings up to date, embedding while the scan and
+        exiftool run (see the module's docstring)."""
         report = report or IndexReport()
         started = time.monotonic()
-        for root in roots:
-            self.scan_root(root, report)
-        self.process(report, stale_limit=None)
+        work = self._linked = _Work()
+        embedding = threading.Thread(target=work.run, args=(self._embed_all, report), name="searchfs-embed")
+        embedding.start()
+        try:
+            for root in roots:
+                self.scan_root(root, report)
+            self._extract(report, new_only=True)
+        except BaseException:
+            work.cancel()
+            raise
+        finally:
+            work.finish()
+            embedding.join()
+            self._linked = None
+        work.raise_failure()
+        self._extract(report, new_only=False)
+        self._count_leftovers(report)
         report.seconds = round(time.monotonic() - started, 3)
         return report
 
@@ -202,6 +225,8 @@ class Indexer:
         self._read += len(linked)
         self.progress("read", self._read, None)
         pending.clear()
+        if self._linked is not None:
+            self._linked.more()
 
     def _identify(self, root: Root, st: FileStat) -> tuple[str | None, int, str | None]:
         """(hash, size, error). A file moved within the root (same inode, size, mtime) is not read again."""
@@ -263,7 +288,8 @@ class Indexer:
         done, total = 0, self.catalog.count_needing_meta(version)
         while (limit is None or done < limit) and (batch := self.catalog.contents_needing_meta(version, WORK_BATCH)):
             inside = [item.path for item in batch if self._inside_a_root(item.path)]
-            results = self.extractor.extract(inside) if inside else {}
+            with self._exiftool:
+                results = self.extractor.extract(inside) if inside else {}
             with self.catalog.transaction() as tx:
                 for item in batch:
                     result = results.get(item.path, "exiftool returned nothing for this file")
@@ -276,29 +302,40 @@ class Indexer:
             done += len(batch)
             self.progress("metadata", done, total)
 
-    def _embed_all(self, report: IndexReport) -> None:
+    def _embed_all(self, report: IndexReport, work: _Work | None = None) -> None:
+        """Embed every content still without a vector, in the order of their ids: each batch starts after
+        the last id of the one before, so a content that failed this round (moved, now outside the roots)
+        is tried again only in the next. With `work`, more contents may come while this runs: it waits for
+        them until `work` says the scan is over."""
         if self.embedder is None:
             return
-        model = self.embedder.model_id
+        model, after, done = self.embedder.model_id, 0, 0
         with self.catalog.transaction() as tx:
             tx.track_model(model)  # the queue of what is left to embed follows this model (store/work.py)
-        failed: set[ContentPath] = set()
-        done, total = 0, self.catalog.count_needing_embedding(model)
+        total = self.catalog.count_needing_embedding(model) if work is None else None
 
         def store(positions, results) -> None:  # after each model batch: searchable at once
             nonlocal done
+            if work is not None and work.cancelled:
+                raise _Cancelled  # the scan failed (or ^C): stop at this batch, not at the end of the round
             rows = [batch[i] for i in positions]
             found = [self._rescue_raw(item, results[i]) for i, item in zip(positions, rows)]
-            self._store_embeddings(model, rows, found, report, failed)
+            self._store_embeddings(model, rows, found, report)
             done += len(rows)
             self.progress("embed", done, total)
 
-        while batch := [row for row in self.catalog.contents_needing_embedding(model, WORK_BATCH) if row not in failed]:
-            outside = [row for row in batch if not self._inside_a_root(row.path)]
-            failed.update(outside)  # not this round: the watcher or the next scan drops the link
-            batch = [row for row in batch if row not in outside]
+        while work is None or not work.cancelled:
+            last_call = work is None or work.finished  # read before the query: then it saw all the work
+            batch = self.catalog.contents_needing_embedding(model, WORK_BATCH, after=after)
             if not batch:
+                if last_call or work is None:
+                    return
+                work.wait()
                 continue
+            if total is None and work is not None and work.finished:
+                total = done + self.catalog.count_needing_embedding(model)
+            after = batch[-1].content_id
+            batch = [row for row in batch if self._inside_a_root(row.path)]  # else: the watcher or a scan drops it
             try:
                 self.embedder.embed_images([item.path for item in batch], on_batch=store)
             except ModelUnavailable as exc:
@@ -315,15 +352,29 @@ class Indexer:
         upright by the RAW's own orientation (the preview carries none)."""
         if result.ok or not is_raw_name(item.path) or not os.path.exists(item.path):
             return result
-        data = self.extractor.preview(item.path)
+        with self._exiftool:
+            data = self.extractor.preview(item.path)
         assert self.embedder is not None
-        rescued = self.embedder.embed_bytes(data, self.catalog.orientation(item.content_id)) if data else None
+        rescued = self.embedder.embed_bytes(data, self._orientation(item)) if data else None
         if rescued is not None and rescued.ok:
             return rescued
         why = f": {rescued.error}" if rescued is not None else ""
         return ImageResult(error=ImageError(f"{result.error}; and no usable embedded preview (camera RAW){why}"))
 
-    def _store_embeddings(self, model: str, batch, results, report: IndexReport, failed: set) -> None:
+    def _orientation(self, item: ContentPath) -> int | None:
+        """The EXIF orientation of a content: from the catalog, or from exiftool when its metadata is not
+        read yet (a whole index embeds while exiftool still works through the files)."""
+        known = self.catalog.orientation(item.content_id)
+        if known is not None:
+            return known
+        with self._exiftool:
+            facets = self.extractor.extract([item.path]).get(item.path)
+        if not isinstance(facets, list):
+            return None
+        found = [facet.num for facet in facets if facet.key == "orientation" and facet.num]
+        return int(found[0]) if found else None
+
+    def _store_embeddings(self, model: str, batch, results, report: IndexReport) -> None:
         """Vectors go to the catalog; the vector index catches up from its change feed."""
         embedded = 0
         with self.catalog.transaction() as tx:
@@ -332,17 +383,63 @@ class Indexer:
                     tx.store_embedding(model, item.content_id, result.vector)
                     embedded += 1
                 elif not os.path.exists(item.path):
-                    # Moved or deleted since it was listed: not the file's fault. Its new path (if any) is
-                    # tried in the next round; this one is not tried again.
-                    failed.add(item)
+                    pass  # moved or deleted since it was listed: not the file's fault; a new path is tried next round
                 else:
                     reason = str(result.error) or type(result.error).__name__
                     log.info("quarantined %s: %s", os.fsdecode(item.path), reason)
                     report.quarantined += tx.quarantine(item.content_id, reason)  # files, as status counts
-        report.embedded += embedded
+            report.embedded += embedded  # under the catalog's lock, as the scan's own counts
         if self.after_embedding is not None:
             self.after_embedding()
 
     def _count_leftovers(self, report: IndexReport) -> None:
         if self.embedder is not None:
             report.pending = self.catalog.count_needing_embedding(self.embedder.model_id)
+
+
+class _Cancelled(Exception):
+    """Raised inside a model round to end it when the scan beside it failed."""
+
+
+class _Work:
+    """Between a whole index's scan (the producer) and its embedding thread: "more files committed", "no
+    more will come", "stop" (the scan failed), and what the embedding thread raised, for the caller."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._more = False
+        self.finished = False
+        self.cancelled = False
+        self._failure: BaseException | None = None
+
+    def more(self) -> None:
+        with self._changed:
+            self._more = True
+            self._changed.notify_all()
+
+    def finish(self) -> None:
+        with self._changed:
+            self.finished = True
+            self._changed.notify_all()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.finish()
+
+    def wait(self, timeout: float = 1.0) -> None:
+        with self._changed:
+            if not self._more and not self.finished:
+                self._changed.wait(timeout)
+            self._more = False
+
+    def run(self, embed_all: Callable[[IndexReport, _Work], None], report: IndexReport) -> None:
+        try:
+            embed_all(report, self)
+        except _Cancelled:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by raise_failure
+            self._failure = exc
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import NotFound, QueryError
 from ..ingest.scan import hash_file
 from ..records import Hit
-from ..store.catalog import Catalog
+from ..store.protocol import CatalogStore
 from ..store.rows import FileHit
 from .query import Query
 
@@ -24,7 +24,7 @@ from .query import Query
 class Engine:
     def __init__(
         self,
-        catalog: Catalog,
+        catalog: CatalogStore,
         vectors: Callable[[], object | None],  # -> VectorIndex or None when nothing is embedded
         embed_text: Callable[[str], np.ndarray],
         embed_image: Callable[[bytes], np.ndarray],
@@ -125,7 +125,7 @@ def _hit(rank: int, score: float | None, row: FileHit) -> Hit:
     return Hit(rank, score, row.root_name, row.relpath, abspath, row.file_id, row.content_id)
 
 
-def image_query_vector(catalog: Catalog, model: str, path: bytes, embed: Callable) -> np.ndarray:
+def image_query_vector(catalog: CatalogStore, model: str, path: bytes, embed: Callable) -> np.ndarray:
     """An image file as a query: its stored vector when its content is indexed, else embed it now."""
     try:
         digest, _ = hash_file(path)

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .catalog import Catalog
+from .protocol import CatalogStore
 from .vectors import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ FIRST_LOAD_WAIT = 600.0  # seconds a reader waits for the writer's first load of
 
 
 class VectorStore:
-    def __init__(self, catalog: Catalog, folder: Callable[[], Path], model: Callable[[], str], exact_below: int):
+    def __init__(self, catalog: CatalogStore, folder: Callable[[], Path], model: Callable[[], str], exact_below: int):
         self.catalog = catalog
         self._folder = folder
         self._model = model

@@ -89,9 +89,10 @@ class WorkQueries:
             return _QUEUE
         return "contents c"
 
-    def contents_needing_embedding(self, model: str, limit: int) -> list[ContentPath]:
-        where = f"c.error IS NULL AND {_NO_VECTOR}"
-        return self._content_paths(self._to_embed(model), where, (self._model(model),), limit)
+    def contents_needing_embedding(self, model: str, limit: int, after: int = 0) -> list[ContentPath]:
+        """The first `limit` contents with an id above `after` that have no vector of `model` yet."""
+        where = f"c.id > ? AND c.error IS NULL AND {_NO_VECTOR}"
+        return self._content_paths(self._to_embed(model), where, (after, self._model(model)), limit)
 
     def count_needing_embedding(self, model: str) -> int:
         where = f"c.error IS NULL AND {_NO_VECTOR} AND {_ON_AN_ONLINE_ROOT}"

@@ -1,0 +1,133 @@
+"""Run every benchmark, one after another, and write what they measured to a results folder.
+
+    python benchmarks/run_all.py                  # every benchmark, full size (about an hour on 2 cores,
+                                                  # more with bench_scale's first 1M-photo build)
+    python benchmarks/run_all.py --quick          # short runs (about 15 minutes)
+    python benchmarks/run_all.py --only index,query
+
+Each benchmark runs in its own process (never two at once: they measure against bounds taken in the same
+run, and a second benchmark beside one would be noise in both). Its JSON goes to
+`<out>/<name>.json`, its progress lines to `<out>/<name>.log`; then `<out>/RESULTS.md` gets one table
+of every target each benchmark checks (its value, its bound where it gives one, met or not), read from
+the JSON: keys `targets` ({name: {value, bound, ok}}), `meets_*` and `within_*`. Exit status 1 when a
+benchmark failed to run (a missed target is a result, not a failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# name -> (full arguments, quick arguments); in the order they run (the cheap, quiet ones first).
+BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
+    "model": ([], ["--models", "ViT-B-32", "--batches", "3", "--queries", "10"]),
+    "index": ([], ["--quick"]),
+    "query": ([], ["--quick"]),
+    "memory": ([], ["--quick"]),
+    "vectors": ([], ["--sizes", "10000", "50000", "--sweep-at"]),
+    "mount": ([], ["--quick"]),
+    "files": ([], ["--quick"]),
+    "live": ([], ["--quick"]),
+    "scale": ([], ["--quick"]),
+}
+
+
+def checks(result: object, prefix: str = "") -> list[tuple[str, object, object, bool]]:
+    """(check, value, bound, ok) for every target a benchmark's JSON reports, wherever it is nested."""
+    found: list[tuple[str, object, object, bool]] = []
+    if not isinstance(result, dict):
+        return found
+    for key, value in result.items():
+        name = f"{prefix}{key}"
+        if key == "targets" and isinstance(value, dict):
+            for target, entry in value.items():
+                if isinstance(entry, dict) and "ok" in entry:
+                    found.append((f"{prefix}{target}", entry.get("value"), entry.get("bound"), bool(entry["ok"])))
+                elif isinstance(entry, bool):
+                    found.append((f"{prefix}{target}", entry, None, entry))
+        elif key.startswith(("meets", "within")) and isinstance(value, bool):
+            found.append((name, value, None, value))
+        elif key.startswith(("meets", "within")) and isinstance(value, dict):
+            found += [(f"{name}.{k}", v, None, bool(v)) for k, v in value.items() if isinstance(v, bool)]
+        elif isinstance(value, dict):
+            found += checks(value, f"{name}.")
+    return found
+
+
+def run(name: str, arguments: list[str], out: Path, timeout: float) -> tuple[dict | None, float, str]:
+    script = HERE / f"bench_{name}.py"
+    started = time.monotonic()
+    with open(out / f"{name}.log", "wb") as log:
+        try:
+            done = subprocess.run(
+                [sys.executable, str(script), *arguments], stdout=subprocess.PIPE, stderr=log, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            return None, time.monotonic() - started, f"ran past {timeout:.0f} s"
+    seconds = time.monotonic() - started
+    if done.returncode != 0:
+        return None, seconds, f"exit {done.returncode} (see {name}.log)"
+    try:
+        result = json.loads(done.stdout)
+    except ValueError:
+        return None, seconds, "did not print one JSON object"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result, seconds, ""
+
+
+def markdown(rows: list[tuple[str, float, str, list]], quick: bool) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {'quick' if quick else 'full'} runs, "
+        "`python benchmarks/run_all.py` (each JSON beside this file).",
+        "",
+        "| benchmark | target | value | bound | met |",
+        "|---|---|---|---|---|",
+    ]
+    for name, seconds, failure, found in rows:
+        if failure:
+            lines.append(f"| {name} | (did not run: {failure}) | | | no |")
+            continue
+        if not found:
+            lines.append(f"| {name} | (no targets; figures in {name}.json, {seconds:.0f} s) | | | |")
+        for check, value, bound, ok in found:
+            shown = "" if isinstance(value, bool) else value
+            lines.append(f"| {name} | {check} | {shown} | {'' if bound is None else bound} | {'yes' if ok else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the short run of each benchmark")
+    parser.add_argument("--only", help="comma-separated names, e.g. index,query (default: all)")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="results folder")
+    parser.add_argument("--timeout", type=float, default=7200, help="seconds per benchmark")
+    args = parser.parse_args()
+    names = [n for n in (args.only.split(",") if args.only else BENCHMARKS) if n]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in names:
+        if not (HERE / f"bench_{name}.py").exists():
+            continue
+        full, quick = BENCHMARKS[name]
+        print(f"running bench_{name}.py ...", file=sys.stderr, flush=True)
+        result, seconds, failure = run(name, quick if args.quick else full, args.out, args.timeout)
+        rows.append((name, seconds, failure, checks(result) if result else []))
+        print(f"  {failure or 'done'} in {seconds:.0f} s", file=sys.stderr, flush=True)
+    (args.out / "RESULTS.md").write_text(markdown(rows, args.quick))
+    print(f"wrote {args.out / 'RESULTS.md'}", file=sys.stderr)
+    return 1 if any(failure for _, _, failure, _ in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
