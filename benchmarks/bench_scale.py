@@ -8,7 +8,7 @@ The library (benchmarks/_scale_library.py) is built once per recipe and cached i
 repository, default ~/.cache/searchfs-bench): hard-linked files, a real catalog written by the real
 writer, CLIP-like vectors (_synthetic.py), the vector index saved as `searchfs index` leaves it.
 
-Measured, each against its bound in the same run (the `targets` object: figure, bound, ok):
+Measured, each against its bound in the same run (the `targets` object: value, bound, ok):
 
   catalog_per_photo_b  catalog bytes per photo, less the 4 x dim bytes of its vector   <= 1500
   rescan_per_100k_s    `searchfs index ROOT` of the unchanged library, warm, per 100k files   <= 1.0
@@ -414,7 +414,7 @@ def targets(result: dict) -> dict:
             if figure is None
             else (figure <= bound if op == "<=" else figure >= bound if op == ">=" else figure < bound)
         )
-        out[name] = {"figure": figure, "bound": f"{op} {bound}", "ok": ok}
+        out[name] = {"value": figure, "bound": f"{op} {bound}", "ok": ok}
     return out
 
 

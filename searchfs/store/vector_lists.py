@@ -13,10 +13,11 @@ leave its list unread. Which lists are read (`probe`):
   all of that topic's lists, whose centroids score alike, and reading only the first few of them
   misses most of its top k.
 
-Why lists and not a graph (hnswlib, usearch): measured at a million CLIP-like vectors
-(benchmarks/bench_scale.py --compare), graph searches lose text-like queries altogether (recall 0 for
-some at M=16, however wide the search), and a graph keeps a second copy of every vector (another
-2 GB) that must be loaded whole before the first query and rewritten whole by every save.
+Why lists and not a graph (hnswlib, usearch): a graph keeps a second copy of every vector (another 2 GB
+at a million) that must be loaded whole before the first query and rewritten whole by every save, and
+its misses are unbounded: at a million CLIP-like vectors, HNSW at M=16 and ef = max(3k, 128) left 3 of
+200 text-like queries at recall 0 (the issue's measurement; wider searches, ef 300-1000, recovered them
+at 1.2-1.9 ms). `benchmarks/bench_scale.py --compare` measures both on the same vectors.
 """
 
 from __future__ import annotations
