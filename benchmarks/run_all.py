@@ -30,7 +30,6 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "index": ([], ["--quick"]),
     "query": ([], ["--quick"]),
     "memory": ([], ["--quick"]),
-    "vectors": ([], ["--sizes", "10000", "50000", "--sweep-at"]),
     "mount": ([], ["--quick"]),
     "files": ([], ["--quick"]),
     "live": ([], ["--quick"]),

@@ -68,7 +68,7 @@ class Settings:
     # [search]
     search_limit: int = 50
     search_min_score: float | None = None
-    search_exact_below: int = 50_000  # exact cosine scan below this many vectors, HNSW above
+    search_exact_below: int = 50_000  # exact cosine scan below this many vectors, inverted lists above
 
     # [mount]
     mount_allow_other: bool = False

@@ -104,6 +104,33 @@ def test_searches_answer_the_same_after_the_migration(v1, settings):
             assert sorted(os.path.basename(h.path) for h in lib.search(where=[word])) == names, word
 
 
+def test_a_v2_catalog_climbs_to_v3_with_its_counts_and_queue(v1, monkeypatch):
+    """Step 2 -> 3 adds the indexes, the embedding queue and the file counts to a catalog of schema 2 (here the
+    v1 fixture after the step before), filled from what it holds: they then answer as reading everything does."""
+    monkeypatch.setattr(migrations, "LATEST", 2)
+    Catalog(v1).close()
+    with sqlite3.connect(v1) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert "files" not in [r[1] for r in conn.execute("PRAGMA table_info(roots)")]
+        files = conn.execute("SELECT count(*) FROM files").fetchone()[0]
+        (model,) = conn.execute("SELECT name FROM models").fetchone()
+    monkeypatch.undo()
+    catalog = Catalog(v1)
+    try:
+        assert catalog.read().execute("PRAGMA user_version").fetchone()[0] == 3
+        names = {r[0] for r in catalog.read().execute("SELECT name FROM sqlite_master")}
+        assert migrations._ADDED_IN_V3 <= names
+        assert sum(catalog.counts(model).per_root.values()) == files > 0
+        assert not catalog.tracks(model)  # the queue is filled by the first track_model
+        reading_everything = catalog.census(model, online_only=False)
+        with catalog.transaction() as tx:
+            tx.track_model(model)
+        assert catalog.tracks(model) and catalog.census(model, online_only=False) == reading_everything
+        assert reading_everything.quarantined > 0 and reading_everything.searchable > 0
+    finally:
+        catalog.close()
+
+
 def test_a_failed_step_leaves_the_catalog_as_it_was(v1, monkeypatch):
     def broken(conn):
         conn.execute("DROP TABLE facets")  # half way through...

@@ -52,9 +52,14 @@ def damage(catalog: Path, pages: list[int]) -> None:
 def indexed_library(env, tmp_path, count: int) -> tuple[Path, Path]:
     photos = tmp_path / "photos"
     make_library(photos, count)
+    catalog = Path(env["SEARCHFS_HOME"]) / "libraries" / "default" / "catalog.sqlite"
+    catalog.parent.mkdir(parents=True, mode=0o700)
+    with sqlite3.connect(catalog) as conn:  # 4 KiB pages (a new catalog has 16): a few photos span several
+        conn.execute("PRAGMA page_size = 4096")
+        conn.execute("VACUUM")
+    os.chmod(catalog, 0o600)
     assert searchfs("index", str(photos), "--no-progress", env=env).returncode == 0
     assert searchfs("search", "red flower", env=env).returncode == 0
-    catalog = Path(env["SEARCHFS_HOME"]) / "libraries" / "default" / "catalog.sqlite"
     with sqlite3.connect(catalog) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every row in the main file, where the damage goes
     return photos, catalog

@@ -1,4 +1,5 @@
-"""The vector index: exact and HNSW search, updates, files and stamps, concurrency."""
+"""The vector index: exact and list (IVF) search, updates, files and stamps, saves that write what changed,
+concurrency."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 
+from searchfs.store import vector_files
 from searchfs.store import vectors as vectors_module
 from searchfs.store.vectors import VectorIndex
 
@@ -67,12 +69,12 @@ def small(rng):
 
 @pytest.fixture(scope="module")
 def big():
-    """20k clustered 64-d vectors indexed with HNSW (exact_below lowered), and the same data as arrays."""
+    """20k clustered 64-d vectors indexed with lists (exact_below lowered), and the same data as arrays."""
     rng = np.random.default_rng(11)
     ids = np.arange(20_000, dtype=np.int64) * 3 + 1
     vecs = clustered(rng, 20_000, dim=64)
     index = VectorIndex.build(ids, vecs, MODEL, exact_below=1000)
-    assert index.stats["kind"] == "hnsw"
+    assert index.stats["kind"] == "ivf"
     return ids, vecs, index
 
 
@@ -146,7 +148,7 @@ def test_add_replace_remove(small, rng):
     live_ids, live_vecs = ids[500:], vecs[500:]
     q = unit(rng, 1)[0]
     assert_same_hits(index.search(q, 30), brute_force(live_ids, live_vecs, q, 30))
-    assert index.stats["dead_rows"] < 0.25 * 2010  # compacted after the large removal
+    assert index.stats["dead_rows"] == 510  # replaced and removed rows die in place; a save drops them
 
 
 def test_replace_then_remove_everything(small):
@@ -159,34 +161,25 @@ def test_replace_then_remove_everything(small):
     assert index.search(vecs[1], 1)[0][0] == ids[1]
 
 
-def test_grows_from_exact_to_hnsw_and_back(rng):
+def test_grows_from_exact_to_lists_and_back(rng):
     vecs = unit(rng, 1500)
     ids = np.arange(1500, dtype=np.int64)
     index = VectorIndex.build(ids[:900], vecs[:900], MODEL, exact_below=1000)
-    assert index.stats["kind"] == "exact"
+    assert index.stats["kind"] == "exact" and index.stats["lists"] is None
     index.add(ids[900:], vecs[900:])
-    assert index.stats["kind"] == "hnsw" and index.stats["M"] == vectors_module.HNSW_M
+    assert index.stats["kind"] == "ivf" and index.stats["lists"] > 1 and index.stats["tail_rows"] == 0
     index.remove(ids[:200])
-    assert index.stats["deleted"] == 200 and 5 not in index
+    assert index.stats["dead_rows"] == 200 and 5 not in index
     assert all(i >= 200 for i, _ in index.search(vecs[5], 50))
-    index.add(ids[:50], vecs[:50])  # re-adding deleted ids reuses their graph nodes
-    assert index.stats["deleted"] == 150 and index.search(vecs[5], 1)[0][0] == 5
-    index.remove(ids[:800])  # more than REBUILD_DELETED_FRACTION deleted, and under exact_below
+    index.add(ids[:50], vecs[:50])  # re-added: new rows in the tail, found before their dead old ones
+    assert index.stats["tail_rows"] == 50 and index.search(vecs[5], 1)[0][0] == 5
+    index.remove(ids[:800])  # under exact_below again: every row is scored
     assert index.stats["kind"] == "exact" and len(index) == 700
     q = unit(rng, 1)[0]
     assert_same_hits(index.search(q, 10), brute_force(ids[800:], vecs[800:], q, 10))
 
 
-def test_hnsw_rebuilds_when_many_deleted(rng):
-    vecs = unit(rng, 3000)
-    ids = np.arange(3000, dtype=np.int64)
-    index = VectorIndex.build(ids, vecs, MODEL, exact_below=1000)
-    index.remove(ids[:700])  # 700 / 3000 > 0.2: rebuilt without the deleted nodes
-    assert index.stats["kind"] == "hnsw" and index.stats["deleted"] == 0 and len(index) == 2300
-    assert index.search(vecs[2500], 1)[0][0] == 2500
-
-
-# ------------------------------------------------------------------ HNSW quality
+# ------------------------------------------------------------------ list (IVF) quality
 
 
 def recall(got, want):
@@ -195,14 +188,14 @@ def recall(got, want):
 
 @pytest.mark.parametrize("spread", [0.5, 2.0], ids=["image-like", "text-like"])
 @pytest.mark.parametrize("k", [10, 50, 200])
-def test_hnsw_recall_against_exact(big, k, spread):
+def test_lists_recall_against_exact(big, k, spread):
     ids, vecs, index = big
     queries = like_queries(np.random.default_rng(k), vecs, 30, spread)
     r = np.mean([recall(index.search(q, k), brute_force(ids, vecs, q, k)) for q in queries])
     assert r >= 0.98
 
 
-def test_hnsw_scores_are_cosine(big):
+def test_lists_scores_are_cosine(big):
     ids, vecs, index = big
     q = vecs[123]
     hits = index.search(q, 5)
@@ -212,8 +205,8 @@ def test_hnsw_scores_are_cosine(big):
 
 
 @pytest.mark.parametrize("share", [0.001, 0.03, 0.6])
-def test_hnsw_allowed_is_correct_top_k(big, share):
-    """Small allowed sets are scanned exactly, large ones go through hnswlib's filter."""
+def test_lists_allowed_is_correct_top_k(big, share):
+    """Small allowed sets are gathered and scored, large ones read more lists, scoring only their rows."""
     ids, vecs, index = big
     rng = np.random.default_rng(3)
     allowed = rng.choice(ids, int(len(ids) * share), replace=False)
@@ -227,7 +220,7 @@ def test_hnsw_allowed_is_correct_top_k(big, share):
     assert np.mean(rs) >= 0.98
 
 
-def test_hnsw_exclude_and_min_score(big):
+def test_lists_exclude_and_min_score(big):
     ids, vecs, index = big
     q = vecs[500]
     top = [i for i, _ in index.search(q, 10)]
@@ -239,7 +232,7 @@ def test_hnsw_exclude_and_min_score(big):
 # ------------------------------------------------------------------ files
 
 
-@pytest.fixture(params=["exact", "hnsw"])
+@pytest.fixture(params=["exact", "ivf"])
 def saved(request, tmp_path, rng):
     exact_below = 10**6 if request.param == "exact" else 500
     ids = np.arange(1, 2001, dtype=np.int64) * 5
@@ -268,10 +261,10 @@ def test_save_load_round_trip(saved, rng):
     np.testing.assert_array_equal(loaded.vector(100), index.vector(100))
     for q in unit(rng, 3):
         assert [i for i, _ in loaded.search(q, 10)] == [i for i, _ in index.search(q, 10)]
-    # a loaded (memory-mapped) index takes updates and saves again
-    assert loaded.stats["table_mapped"]
+    # a loaded (memory-mapped) index takes updates, in its tail, without copying the mapped table
+    assert loaded.stats["table_mapped"] and loaded.stats["tail_rows"] == 0
     loaded.add(np.array([5, 99_999]), unit(rng, 2))
-    assert not loaded.stats["table_mapped"]
+    assert loaded.stats["table_mapped"] and loaded.stats["tail_rows"] == 2
     loaded.remove(np.array([100]))
     loaded.save(folder, generation=8)
     again = load(saved, generation=8)
@@ -281,14 +274,13 @@ def test_save_load_round_trip(saved, rng):
 def test_file_modes(saved):
     folder, index, _ = saved
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    names = {p.name for p in folder.iterdir()}
-    expected = {"ids.npy", "vectors.npy", "stamp.json"} | ({"hnsw.bin"} if index.stats["kind"] == "hnsw" else set())
-    assert names == expected
+    stamp = json.loads((folder / "stamp.json").read_text())
+    assert {p.name for p in folder.iterdir()} == set(stamp["files"]) | {"stamp.json"}
     for path in folder.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
-    stamp = json.loads((folder / "stamp.json").read_text())
     assert stamp["model_id"] == MODEL and stamp["count"] == 1990 and stamp["dim"] == DIM
     assert stamp["generation"] == 7 and stamp["kind"] == index.stats["kind"]
+    assert bool(stamp["lists"]) == (index.stats["kind"] == "ivf") and stamp["dead_rows"] == 0  # written live only
 
 
 def test_open_refuses_another_model_and_reports_the_generation(saved):
@@ -306,8 +298,11 @@ def test_a_stamp_that_contradicts_its_files_is_refused(saved):
     assert any("count" in problem for problem in VectorIndex.read_stamp(folder, MODEL)[1])
 
 
-def test_load_refuses_damaged_files(saved):
+def test_damaged_files_are_refused_at_load_or_found_by_verify(saved):
+    """Sizes are checked at load (cheap); the checksums of every byte by `verify`, which the vector store
+    runs in the background after a load (and rebuilds when it fails)."""
     folder, index, _ = saved
+    assert load(saved).verify() == []
     for name in [p.name for p in folder.iterdir() if p.suffix != ".json"]:
         path = folder / name
         good = path.read_bytes()
@@ -316,11 +311,12 @@ def test_load_refuses_damaged_files(saved):
         flipped = bytearray(good)
         flipped[len(good) - 17] ^= 0x01  # one bit, same size
         path.write_bytes(bytes(flipped))
-        assert load(saved) is None, name
+        loaded = load(saved)
+        assert loaded is None or any(name in problem for problem in loaded.verify()), name
         path.unlink()  # missing
         assert load(saved) is None, name
         path.write_bytes(good)
-        assert load(saved) is not None, name
+        assert load(saved) is not None and load(saved).verify() == [], name
 
 
 def test_load_refuses_missing_or_garbled_stamp(saved, tmp_path):
@@ -337,10 +333,10 @@ def test_load_refuses_missing_or_garbled_stamp(saved, tmp_path):
 def test_crash_mid_save_keeps_old_index(saved, rng, monkeypatch):
     folder, index, _ = saved
     # a crash left a temp file behind: the old set still loads
-    (folder / ".vectors.npy.tmp-123-abcd").write_bytes(b"half written")
+    (folder / ".seg.vectors.npy.tmp-123-abcd").write_bytes(b"half written")
     assert load(saved) is not None
 
-    # a crash after the new data files were renamed in, before the stamp: checksums fail => rebuild
+    # a crash after the new segment was written, before the stamp: the old stamp names the old, whole set
     index.add(np.array([424242]), unit(rng, 1))
 
     def crash(folder, name, *args, **kwargs):
@@ -348,23 +344,64 @@ def test_crash_mid_save_keeps_old_index(saved, rng, monkeypatch):
             raise OSError("power cut")
         return real_write(folder, name, *args, **kwargs)
 
-    real_write = vectors_module._write_file
-    monkeypatch.setattr(vectors_module, "_write_file", crash)
+    real_write = vector_files.write_file
+    monkeypatch.setattr(vector_files, "write_file", crash)
     with pytest.raises(OSError):
         index.save(folder, generation=8)
     monkeypatch.undo()
-    assert load(saved) is None and load(saved, generation=8) is None
+    old = load(saved)
+    assert old is not None and 424242 not in old and old.verify() == [] and load(saved, generation=8) is None
     index.save(folder, generation=8)  # the next save cleans up and succeeds
-    assert load(saved, generation=8) is not None
-    assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
+    assert 424242 in load(saved, generation=8)
+    stamp = json.loads((folder / "stamp.json").read_text())
+    assert {p.name for p in folder.iterdir()} == set(stamp["files"]) | {"stamp.json"}  # nothing left over
 
 
-def test_load_builds_graph_when_exact_below_dropped(saved):
+def test_load_trains_lists_when_exact_below_dropped(saved):
     folder, index, _ = saved
     loaded = load(saved, exact_below=100)
-    assert loaded is not None and loaded.stats["kind"] == "hnsw"
+    assert loaded is not None and loaded.stats["kind"] == "ivf"
     loaded = load(saved, exact_below=10**6)
     assert loaded is not None and loaded.stats["kind"] == "exact"
+
+
+# ------------------------------------------------------------------ saves write what changed
+
+
+def _files(folder):
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_a_save_writes_what_changed_and_nothing_when_nothing_did(saved, rng):
+    folder, index, _ = saved
+    loaded = load(saved)
+    before = _files(folder)
+    assert loaded.save(folder, generation=7)["written_bytes"] == 0 and _files(folder) == before
+    loaded.add(np.array([7_000_001, 7_000_002]), unit(rng, 2))
+    written = loaded.save(folder, generation=8)
+    table = sum(p.stat().st_size for p in folder.iterdir() if p.name.endswith(".vectors.npy"))
+    assert 0 < written["written_bytes"] < table / 50  # two rows and a stamp, not the table again
+    after = _files(folder)
+    assert all(after.get(name) == seen for name, seen in before.items() if "vectors" in name or "ids" in name)
+    assert loaded.stats["tail_rows"] == 0 and loaded.stats["segments"] == 2  # the tail is a mapped segment now
+    again = load(saved, generation=8)
+    assert 7_000_001 in again and len(again) == 1992
+
+
+def test_saves_merge_small_segments_and_compact_dead_rows(saved, rng):
+    folder, index, _ = saved
+    loaded = load(saved)
+    for step in range(12):
+        loaded.add(np.array([8_000_000 + step]), unit(rng, 1))
+        loaded.save(folder, generation=8 + step)
+        assert loaded.stats["segments"] <= vectors_module.MAX_SEGMENTS
+    loaded.remove(np.arange(1, 1500) * 5)  # most of the first segment dies
+    loaded.save(folder, generation=30)
+    assert loaded.stats["dead_rows"] < 0.2 * (len(loaded) + loaded.stats["dead_rows"])
+    again = load(saved, generation=30)
+    assert len(again) == len(loaded) == 2000 - 10 + 12 - (1499 - 10)
+    q = unit(rng, 1)[0]
+    assert again.search(q, 5) == loaded.search(q, 5)
 
 
 # ------------------------------------------------------------------ concurrency

@@ -310,6 +310,8 @@ class Indexer:
         if self.embedder is None:
             return
         model, after, done = self.embedder.model_id, 0, 0
+        with self.catalog.transaction() as tx:
+            tx.track_model(model)  # the queue of what is left to embed follows this model (store/work.py)
         total = self.catalog.count_needing_embedding(model) if work is None else None
 
         def store(positions, results) -> None:  # after each model batch: searchable at once

@@ -8,6 +8,12 @@ Steps:
   1 -> 2  facets as columns of `contents` and texts stored once (`names`, `content_texts`), files by
           folder (`dirs`), models by id, content hashes as 20-byte blobs, and the `vector_log` change
           feed that replaces the `vectors_generation` counter. About 5 KB a photo -> about 300 bytes.
+  2 -> 3  what keeps the daemon's per-change work proportional to the change at a million photos: an
+          index on `meta_version` (metadata still to read), partial indexes on quarantined contents and
+          unreadable files, `embed_todo` (contents still to embed) and `roots.files` (file counts), both
+          kept by triggers. The counts are filled here; `embed_todo` is filled by the first
+          Catalog.track_model. The page size of an existing catalog stays as it is (changing it takes a
+          VACUUM, a rewrite of the whole file); new catalogs get 16 KiB pages.
 """
 
 from __future__ import annotations
@@ -21,7 +27,25 @@ from ..errors import SearchfsError
 
 log = logging.getLogger(__name__)
 
-LATEST = 2
+LATEST = 3
+# Objects schema 3 added (schema.sql marks them "(v3)"): the 1 -> 2 step leaves them to the 2 -> 3 step.
+_ADDED_IN_V3 = frozenset(
+    (
+        "contents_meta",
+        "contents_errors",
+        "files_unreadable",
+        "embed_todo",
+        "contents_todo",
+        "contents_todo_gone",
+        "contents_todo_error",
+        "embeddings_todo_done",
+        "embeddings_todo_again",
+        "files_counted",
+        "files_uncounted",
+        "files_recounted",
+        "dirs_uncounted",
+    )
+)
 
 
 class SchemaError(SearchfsError):
@@ -45,6 +69,11 @@ def statements(script: str) -> Iterator[str]:
 
 def latest_schema() -> str:
     return resources.files("searchfs.store").joinpath("schema.sql").read_text(encoding="utf-8")
+
+
+def object_name(statement: str) -> str:
+    """The name a CREATE TABLE / INDEX / TRIGGER statement creates."""
+    return statement.split("(", 1)[0].split()[2]
 
 
 def migrate(conn: sqlite3.Connection, where: str) -> None:
@@ -130,7 +159,7 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
 
 
 def _split_schema() -> tuple[list[str], list[str]]:
-    parts = list(statements(latest_schema()))
+    parts = [s for s in statements(latest_schema()) if object_name(s) not in _ADDED_IN_V3]
     return [s for s in parts if not s.startswith("CREATE TRIGGER")], [
         s for s in parts if s.startswith("CREATE TRIGGER")
     ]
@@ -189,4 +218,26 @@ def _carry_counters(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('generation', '0')")
 
 
-STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _v1_to_v2}
+# ------------------------------------------------------------------------------------------ 2 -> 3
+
+
+def _v2_to_v3(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE roots ADD COLUMN files INTEGER NOT NULL DEFAULT 0")
+    for statement in statements(latest_schema()):
+        if object_name(statement) in _ADDED_IN_V3:
+            conn.execute(statement)
+    recount(conn)
+
+
+def recount(conn: sqlite3.Connection) -> None:
+    """Fill what the v3 triggers keep from what the catalog holds (after this step, or a repair that copied
+    rows with its triggers off): the file counts now, the embedding queue at the next track_model."""
+    conn.execute(
+        "UPDATE roots SET files ="
+        " (SELECT count(*) FROM files f JOIN dirs d ON d.id = f.dir_id WHERE d.root_id = roots.id)"
+    )
+    conn.execute("DELETE FROM embed_todo")
+    conn.execute("DELETE FROM meta WHERE key = 'todo_model'")
+
+
+STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _v1_to_v2, 3: _v2_to_v3}

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..config import ensure_private_dir
 from .catalog import Catalog
+from .migrations import recount
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ def _rebuild(salvaged: Path, fresh: Path, recovery: Recovery) -> None:
         recovery.dropped_embeddings = _drop_unusable_embeddings(conn)
         recovery.metadata_again = _metadata_again(conn)
         _move_generations_past(conn, "sqlite_sequence" in present)
+        recount(conn)  # what the triggers keep, for the rows just copied with them off
         for _, sql in triggers:
             conn.execute(sql)
         conn.execute("COMMIT")

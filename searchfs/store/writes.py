@@ -18,6 +18,7 @@ import numpy as np
 from ..records import Facet, FileStat
 from . import facets as F
 from .rows import KnownContent, NewPhoto
+from .work import seed_todo
 
 _CHUNK = 500  # ids per IN (...), well under SQLite's variable limit
 
@@ -214,9 +215,19 @@ class Transaction:
             self._model_ids[model] = self.conn.execute("SELECT id FROM models WHERE name = ?", (model,)).fetchone()[0]
         return self._model_ids[model]
 
+    def track_model(self, model: str) -> None:
+        """Let the embedding queue (`embed_todo`) follow `model`. Costs a read of every content only when it
+        followed another model (or none yet: a new or migrated catalog); a no-op otherwise."""
+        model_id = self.model_id(model)
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'todo_model'").fetchone()
+        if row is None or int(row[0]) != model_id:
+            seed_todo(self.conn, model_id)
+
     def add_photos(self, root_id: int, photos: Iterable[NewPhoto], model: str | None, version: int) -> int:
         """Record photos already read (hashed, their metadata extracted, maybe embedded): files, contents,
         metadata and vectors in bulk. Used to import and to build large synthetic libraries quickly."""
+        if model:
+            self.track_model(model)  # first: the vectors below then leave the queue as they arrive
         model_id = self.model_id(model) if model else None
         next_id = (self.conn.execute("SELECT max(id) FROM contents").fetchone()[0] or 0) + 1
         dirs: dict[bytes, int] = {}
