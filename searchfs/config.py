@@ -79,6 +79,7 @@ class Settings:
     watch_settle_seconds: float = 1.0
     watch_reconcile_minutes: float = 60.0
     watch_poll_seconds: float = 30.0
+    watch_preload_model: bool = True  # load the image model once the start-up reconcile is done
 
     @property
     def library_dir(self) -> Path:

@@ -204,9 +204,20 @@ class SyncDaemon:
                 log.exception("sync job %s for root %s failed", job.kind if job else None, job.root if job else None)
             finally:
                 self._working_on = None
+                if self._jobs.qsize() == 0:
+                    self._preload_model()  # before task_done: whoever waits for idle finds it started
                 self._jobs.task_done()
                 if self._jobs.qsize() == 0:
                     self._write_status()  # a finished burst shows at once, not at the next refresh
+
+    def _preload_model(self) -> None:
+        """Once the start-up work is done, a watching daemon loads the image model in the background, so the
+        first photo copied in later is searchable within seconds instead of waiting for torch (about 10 s
+        at a million photos, where the mount itself never needs the image model). Not before: the load would
+        compete with the mount's first queries and the reconcile. `[watch] preload_model = false` saves the
+        memory (about 0.6 GB for ViT-B-32) until a photo needs it."""
+        if self.watch and self.library.settings.watch_preload_model:
+            self.library.embedder.start_loading()  # a no-op once loaded, loading or failed
 
     def _do(self, job: _Job) -> None:
         root = self._root(job.root)

@@ -418,3 +418,26 @@ def test_links_out_of_the_root_are_never_followed_while_watching(start_daemon, p
     assert leica(lib) == [] and lib.search(where=["has_gps=yes"]) == []
     if reads_seen:
         assert os.stat(private).st_atime == 0 and os.stat(outside / "sub" / "deep.jpg").st_atime == 0
+
+
+def test_a_watching_daemon_loads_the_image_model_once_its_start_up_work_is_done(settings, photos):
+    """Nothing to embed at start (the library is indexed already), yet the model loads in the background,
+    so the first photo copied in later does not wait for torch; `preload_model = false` leaves it unloaded
+    until a photo needs it."""
+    first = Library(settings, create=True)
+    first.index([photos])
+    first.close()
+    for preload in (True, False):
+        lib = Library(settings.replace(watch_settle_seconds=SETTLE, watch_preload_model=preload))
+        daemon = SyncDaemon(lib, watch=True)
+        try:
+            daemon.start()
+            assert daemon.wait_idle(T), "the start-up reconcile did not finish"
+            assert since(daemon)["embedded"] == 0
+            if preload:
+                wait_for(lambda: lib.embedder.loaded, "the image model to load in the background", T)
+            else:
+                assert lib.embedder._loader is None and not lib.embedder.loaded  # never even started
+        finally:
+            daemon.stop()
+            lib.close()
