@@ -435,7 +435,7 @@ def test_a_watching_daemon_loads_the_image_model_once_its_start_up_work_is_done(
             assert daemon.wait_idle(T), "the start-up reconcile did not finish"
             assert since(daemon)["embedded"] == 0
             if preload:
-                wait_for(lambda: lib.embedder.loaded, "the image model to load in the background", T)
+                wait_for(lambda lib=lib: lib.embedder.loaded, "the image model to load in the background", T)
             else:
                 assert lib.embedder._loader is None and not lib.embedder.loaded  # never even started
         finally:

@@ -155,8 +155,10 @@ def test_lower_precision_passes_its_self_check(settings, photos, precision):
     assert low.precision == precision and low.runtime.verdict.ok
     assert np.min(np.sum(expected * got, axis=1)) >= 0.99
     assert {p.dtype for p in low.runtime.model.visual.parameters()} == {runtime.torch_dtype(precision)}
-    # the text tower stays fp32 whatever the image tower runs in
-    assert {p.dtype for p in low.runtime.model.transformer.parameters()} == {runtime.torch_dtype("fp32")}
+    # the text tower stays fp32 whatever the image tower runs in (open_clip's route; the second load
+    # builds the image tower alone, vit_tower.py, and torch answers texts from a full model in fp32)
+    assert low.runtime.encode_texts(["a dog"]).dtype == np.float32
+    assert {p.dtype for p in low.runtime._text_model.transformer.parameters()} == {runtime.torch_dtype("fp32")}
     for embedder in (fp32, low):
         embedder.close()
 
@@ -222,6 +224,7 @@ def test_pictures_decoded_before_the_load_give_the_same_vectors(settings, photos
     """Decoding that starts while the model loads must not change a single number."""
     from searchfs.ingest.embed import _Decoded
 
+    Embedder(settings).load()  # the first load ever (open_clip's route, the exports): both below load alike
     early = Embedder(settings)
     decoded = [early._decode(os.fsencode(p), 32) for p in photos]  # the model is not loaded yet
     assert all(isinstance(d, _Decoded) for d in decoded) and not early.loaded

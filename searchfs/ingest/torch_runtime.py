@@ -12,7 +12,9 @@ CUDA and MPS take the same path (fp16 instead of bf16); only the device and the 
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import selfcheck, text_tower, torch_load
+from . import selfcheck, text_tower, torch_load, vit_tower
 from .runtime import choose_precision, resolve_device, torch_dtype
 from .weights import model_id, model_source, resolve_weights
 
@@ -52,25 +54,32 @@ class TorchRuntime:
         self._precision_lock = threading.Lock()
         self._dtype: Any = None  # the image tower's dtype; None until its precision is set
         self._mapped: Any = None
+        self._text_model: Any = None  # who answers encode_texts (the model, or open_clip's beside a ViT tower)
 
     # ---------------------------------------------------------------- loading
 
     def load(self, images: bool = True) -> None:
         """Load the model; `images=False` (a text query torch must answer) leaves the image tower's
-        precision step to its first use."""
+        precision step to its first use. For images alone, a model whose plain-torch image tower was
+        verified at an earlier load (vit_tower.py) loads without open_clip."""
         import torch
 
         s, started = self.settings, time.monotonic()
-        checkpoint, overrides = resolve_weights(s)
         self.device = resolve_device(s.model_device)
         if s.model_threads > 0:
             torch.set_num_threads(s.model_threads)
-        log.debug("resolved weights after %.2fs", time.monotonic() - started)
-        model, mapped = torch_load.build(model_source(s), checkpoint, overrides)
+        built = self._build_image_tower() if images else None
+        if built is None:
+            checkpoint, overrides = resolve_weights(s)
+            log.debug("resolved weights after %.2fs", time.monotonic() - started)
+            model, mapped = torch_load.build(model_source(s), checkpoint, overrides)
+            self._transform = _image_transform(model)
+            self._export_text(model, mapped)
+            self._export_image_tower(model, checkpoint)
+        else:
+            model, mapped = built
         log.debug("built after %.2fs", time.monotonic() - started)
-        self._transform = _image_transform(model)
         self.input_size = _input_size(model)
-        self._export_text(model, mapped)
         if self.device != "cpu":
             model = model.to(self.device)
         self._model, self._mapped = model, mapped
@@ -130,6 +139,59 @@ class TorchRuntime:
         (self.models_dir / text_tower.STAMP).unlink(missing_ok=True)
         return False
 
+    # ---------------------------------------------------------------- the plain-torch image tower
+
+    def _build_image_tower(self):
+        """(ImageModel, mapped file) from a verified stamp and the checkpoint file it names, or None
+        (open_clip's route). The model id covers the weights (a checkpoint file's own fingerprint, a tag's
+        name), so a stamp of this id names these weights. Only when the numpy text tower needs no export
+        either: that takes open_clip."""
+        found = vit_tower.read(self.models_dir, self.model_id)
+        if found is None or self.models_dir is None:
+            return None
+        config, checkpoint = found
+        if not os.path.isfile(checkpoint):
+            return None
+        if self.settings.model_text_tower != "numpy" or not text_tower.is_current(self.models_dir, self.model_id):
+            return None  # (models_dir is set: vit_tower.read found a stamp in it)
+        weights = vit_tower.load_weights(config, checkpoint)
+        if weights is None:
+            return None
+        self._transform = functools.partial(vit_tower.prepare, config)
+        log.debug("image tower of %s built without open_clip", self.model_id)
+        return vit_tower.build(config, weights), torch_load.MappedFile(checkpoint)
+
+    def _export_image_tower(self, model, checkpoint: str | None) -> None:
+        """After an open_clip load: stamp the plain-torch tower when it and its preprocessing agree with
+        open_clip's on the probe pictures (fp32), so that the next load can skip open_clip."""
+        if self.models_dir is None or not checkpoint or vit_tower.read(self.models_dir, self.model_id) is not None:
+            return
+        config = describe_image_tower(model)
+        weights = vit_tower.load_weights(config, checkpoint) if config is not None else None
+        if config is None or weights is None or not _same_tensors(model, weights):
+            return  # another architecture, or weights open_clip converted at load: it keeps loading them
+        import torch
+
+        ours = vit_tower.build(config, weights)  # exactly what a later load builds
+        pictures = selfcheck.probe_pictures(config.image_size, 4)
+        odd = [p.resize((p.width * 3 // 2, p.height)) for p in pictures[:2]]  # both orientations, odd sizes
+        odd += [p.resize((p.width, p.height * 2 + 1)) for p in pictures[2:]]
+        theirs_in = torch.stack([self._transform(p) for p in odd])
+        ours_in = torch.stack([vit_tower.prepare(config, p) for p in odd])
+        pixel_error = float((theirs_in - ours_in).abs().max())
+        with torch.inference_mode():
+            expected = _normalized(model.encode_image(theirs_in.float()))
+            got = _normalized(ours.encode_image(theirs_in.float()))
+        cosine = float(np.min(np.sum(expected * got, axis=1)))
+        if pixel_error > vit_tower.MAX_PIXEL_ERROR or cosine < vit_tower.MIN_COSINE:
+            why = f"pixels {pixel_error:.2g}, cosine {cosine:.6f}"
+            log.info("plain-torch image tower disagrees with open_clip's (%s): open_clip loads it", why)
+            return
+        try:
+            vit_tower.write(self.models_dir, self.model_id, config, checkpoint)
+        except OSError as exc:
+            log.warning("could not write %s: %s", self.models_dir / vit_tower.STAMP, exc)
+
     # ---------------------------------------------------------------- precision
 
     def _set_precision(self, model, mapped, wanted: str) -> str:
@@ -178,7 +240,16 @@ class TorchRuntime:
         return vectors
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode_texts_torch(self._model, list(texts))
+        with self._tokenizer_lock:  # an image-only model (vit_tower.py) has no text tower: open_clip's, once
+            if self._text_model is None:
+                is_full = not isinstance(self._model, vit_tower.ImageModel)
+                self._text_model = self._model if is_full else self._full_model()
+        return self._encode_texts_torch(self._text_model, list(texts))
+
+    def _full_model(self):
+        checkpoint, overrides = resolve_weights(self.settings)
+        model, _mapped = torch_load.build(model_source(self.settings), checkpoint, overrides)
+        return model.to(self.device) if self.device != "cpu" else model
 
     def _encode_texts_torch(self, model, texts: list[str]) -> np.ndarray:
         import torch
@@ -314,4 +385,62 @@ def _plain_block(block, block_type, quick_gelu_type) -> bool:
         and attn.batch_first
         and plain_act
         and all(isinstance(n, torch.nn.LayerNorm) and n.elementwise_affine for n in (block.ln_1, block.ln_2))
+    )
+
+
+# ---------------------------------------------------------------------------------------------- image export
+
+
+def describe_image_tower(model) -> vit_tower.VitConfig | None:
+    """The tower's shape and preprocessing when `model.visual` is the plain ViT vit_tower.py implements."""
+    import torch
+    from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTransformer
+
+    v: Any = getattr(model, "visual", None)
+    if type(v) is not VisionTransformer or getattr(v, "attn_pool", None) is not None or v.pool_type != "tok":
+        return None
+    if v.final_ln_after_pool or v.output_tokens or not isinstance(v.patch_dropout, torch.nn.Identity):
+        return None
+    if not isinstance(v.ln_pre, torch.nn.LayerNorm) or v.proj is None or v.conv1.bias is not None:
+        return None
+    size, patch = tuple(v.image_size), tuple(v.patch_size)
+    if size[0] != size[1] or patch[0] != patch[1] or tuple(v.conv1.stride) != patch:
+        return None
+    blocks = list(v.transformer.resblocks)
+    if not blocks or not all(_plain_block(b, ResidualAttentionBlock, QuickGELU) for b in blocks):
+        return None
+    norms = [v.ln_pre, v.ln_post] + [n for b in blocks for n in (b.ln_1, b.ln_2)]
+    quick = [isinstance(b.mlp.gelu, QuickGELU) for b in blocks]
+    if len({n.eps for n in norms}) != 1 or len(set(quick)) != 1:
+        return None
+    cfg = dict(v.preprocess_cfg)
+    if cfg.get("resize_mode", "shortest") != "shortest" or cfg.get("mode", "RGB") != "RGB":
+        return None
+    if cfg.get("interpolation", "bicubic") not in ("bicubic", "bilinear"):
+        return None
+    return vit_tower.VitConfig(
+        image_size=int(size[0]),
+        patch_size=int(patch[0]),
+        width=int(v.transformer.width),
+        layers=len(blocks),
+        heads=int(blocks[0].attn.num_heads),
+        output_dim=int(v.proj.shape[1]),
+        eps=float(norms[0].eps),
+        quick_gelu=quick[0],
+        mean=tuple(float(x) for x in cfg["mean"]),
+        std=tuple(float(x) for x in cfg["std"]),
+        bicubic=cfg.get("interpolation", "bicubic") == "bicubic",
+    )
+
+
+def _same_tensors(model, weights: dict[str, Any]) -> bool:
+    """Whether the file's tensors are the loaded model's own, name for name (open_clip converts some
+    checkpoints at load: those keep taking its route)."""
+    import torch
+
+    found = dict(model.visual.named_parameters())
+    found.update(dict(model.visual.named_buffers()))
+    return all(
+        name in found and found[name].shape == tensor.shape and torch.equal(found[name].detach().float(), tensor)
+        for name, tensor in weights.items()
     )

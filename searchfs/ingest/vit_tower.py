@@ -1,0 +1,212 @@
+"""CLIP's ViT image tower in plain torch, so that indexing loads without open_clip or torchvision.
+
+Why: importing open_clip costs about 1.5 s of one core (torchvision, and torch._dynamo which torchvision
+imports eagerly) on top of torch's own 1.1 s, and that is most of what a fresh `searchfs index` spends
+before its first batch. The tower itself is small: patch embedding, class token, positional embedding,
+pre-norm, residual attention blocks, post-norm of the class token, projection.
+
+How: the first load of a model goes through open_clip (torch_runtime.py). When its image tower is the
+plain ViT this module implements (`describe`), the tower built here from the same tensors is run on the
+fixed probe pictures beside open_clip's, and this module's preprocessing beside open_clip's transform;
+only when both agree is a small stamp written (`image_tower.json`, beside the numpy text tower): the
+tower's shape, the preprocessing, and which checkpoint keys hold each weight. Later loads of that model id
+read the weights straight from the checkpoint file (mapped, torch only) into this tower. Anything else
+(another architecture, a stamp of another model id or format, a key missing from the file) takes the
+open_clip route, which stays the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import ensure_private_dir
+
+log = logging.getLogger(__name__)
+
+STAMP = "image_tower.json"
+FORMAT = 1
+MIN_COSINE = 0.9999  # this tower vs open_clip's, on the probe pictures, in fp32
+MAX_PIXEL_ERROR = 1e-5  # this preprocessing vs open_clip's transform, per value after normalization
+BLOCK = (
+    *("ln_1.weight", "ln_1.bias", "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight"),
+    *("attn.out_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias"),
+    *("mlp.c_proj.weight", "mlp.c_proj.bias"),
+)
+TOP = (
+    *("conv1.weight", "class_embedding", "positional_embedding", "ln_pre.weight", "ln_pre.bias"),
+    *("ln_post.weight", "ln_post.bias", "proj"),
+)
+
+
+@dataclass(frozen=True)
+class VitConfig:
+    image_size: int
+    patch_size: int
+    width: int
+    layers: int
+    heads: int
+    output_dim: int
+    eps: float
+    quick_gelu: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    bicubic: bool  # else bilinear
+
+    def keys(self, prefix: str = "visual.") -> list[str]:
+        blocks = [f"transformer.resblocks.{i}.{name}" for i in range(self.layers) for name in BLOCK]
+        return [prefix + key for key in (*TOP, *blocks)]
+
+
+# ---------------------------------------------------------------------------------------------- the tower
+
+
+def _tower_class():
+    import torch
+    import torch.nn.functional as F
+
+    class VitTower(torch.nn.Module):
+        """forward(batch of prepared pictures) -> image features (not normalized), as open_clip's
+        VisionTransformer with pool_type "tok", no attentional pool, no patch dropout."""
+
+        def __init__(self, config: VitConfig, weights: dict[str, Any]):
+            super().__init__()
+            self.config = config
+            self.image_size, self.output_dim = config.image_size, config.output_dim
+            for name, tensor in weights.items():  # the file's tensors themselves: nothing copied
+                self.register_parameter(name.replace(".", "__"), torch.nn.Parameter(tensor, requires_grad=False))
+
+        def _w(self, name: str):
+            return getattr(self, name.replace(".", "__"))
+
+        def forward(self, x):
+            c, w = self.config, self._w
+            x = F.conv2d(x, w("conv1.weight"), stride=c.patch_size)  # (B, width, grid, grid)
+            x = x.flatten(2).transpose(1, 2)
+            cls = w("class_embedding").to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1) + w("positional_embedding").to(x.dtype)
+            x = F.layer_norm(x, (c.width,), w("ln_pre.weight"), w("ln_pre.bias"), c.eps)
+            for i in range(c.layers):
+                x = self._block(x, f"transformer.resblocks.{i}.")
+            x = F.layer_norm(x[:, 0], (c.width,), w("ln_post.weight"), w("ln_post.bias"), c.eps)
+            return x @ w("proj")
+
+        def _block(self, x, p: str):
+            c, w = self.config, self._w
+            h = F.layer_norm(x, (c.width,), w(p + "ln_1.weight"), w(p + "ln_1.bias"), c.eps)
+            q, k, v = F.linear(h, w(p + "attn.in_proj_weight"), w(p + "attn.in_proj_bias")).chunk(3, dim=-1)
+            heads = [t.unflatten(-1, (c.heads, -1)).transpose(1, 2) for t in (q, k, v)]  # (B, heads, n, d)
+            h = F.scaled_dot_product_attention(*heads).transpose(1, 2).flatten(2)
+            x = x + F.linear(h, w(p + "attn.out_proj.weight"), w(p + "attn.out_proj.bias"))
+            h = F.layer_norm(x, (c.width,), w(p + "ln_2.weight"), w(p + "ln_2.bias"), c.eps)
+            h = F.linear(h, w(p + "mlp.c_fc.weight"), w(p + "mlp.c_fc.bias"))
+            h = h * torch.sigmoid(1.702 * h) if c.quick_gelu else F.gelu(h)
+            return x + F.linear(h, w(p + "mlp.c_proj.weight"), w(p + "mlp.c_proj.bias"))
+
+    return VitTower
+
+
+class ImageModel:
+    """What the runtime needs of a model when only images are embedded: `.visual`, `encode_image`, `to`."""
+
+    def __init__(self, visual):
+        self.visual = visual
+
+    def encode_image(self, batch):
+        return self.visual(batch)
+
+    def to(self, device) -> ImageModel:
+        self.visual = self.visual.to(device)
+        return self
+
+    def eval(self) -> ImageModel:
+        self.visual.eval()
+        return self
+
+
+def build(config: VitConfig, weights: dict[str, Any]) -> ImageModel:
+    """The tower over `weights` (checkpoint keys without the "visual." prefix -> tensors, fp32)."""
+    return ImageModel(_tower_class()(config, weights).eval())
+
+
+# ---------------------------------------------------------------------------------------------- preprocessing
+
+
+def prepare(config: VitConfig, picture) -> Any:
+    """open_clip's inference transform for resize_mode "shortest": the shorter side resized to the input
+    size, a centre crop, RGB, scaled to 0..1 and normalized; as a (3, size, size) float32 tensor."""
+    import torch
+    from PIL import Image
+
+    size = config.image_size
+    width, height = picture.size
+    if width <= height:
+        new = (size, int(size * height / width))
+    else:
+        new = (int(size * width / height), size)
+    if new != (width, height):
+        picture = picture.resize(new, Image.Resampling.BICUBIC if config.bicubic else Image.Resampling.BILINEAR)
+    top, left = int(round((new[1] - size) / 2.0)), int(round((new[0] - size) / 2.0))
+    picture = picture.crop((left, top, left + size, top + size))
+    if picture.mode != "RGB":
+        picture = picture.convert("RGB")
+    pixels = np.asarray(picture, dtype=np.float32) / np.float32(255.0)
+    mean, std = np.asarray(config.mean, dtype=np.float32), np.asarray(config.std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1)))
+
+
+# ---------------------------------------------------------------------------------------------- the stamp
+
+
+def read(folder: Path | None, model_id: str) -> tuple[VitConfig, str] | None:
+    """This model id's verified tower and the checkpoint file it was verified on, or None (no stamp,
+    another model's, another format)."""
+    if folder is None:
+        return None
+    try:
+        info = json.loads((folder / STAMP).read_text())
+        if info.get("format") != FORMAT or info.get("model_id") != model_id:
+            return None
+        raw = dict(info["config"])
+        raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
+        return VitConfig(**raw), str(info["checkpoint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write(folder: Path, model_id: str, config: VitConfig, checkpoint: str) -> None:
+    ensure_private_dir(folder)
+    tmp = folder / f"{STAMP}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    info = {"format": FORMAT, "model_id": model_id, "checkpoint": checkpoint, "config": asdict(config)}
+    with os.fdopen(fd, "w") as handle:
+        json.dump(info, handle)
+    os.replace(tmp, folder / STAMP)
+
+
+def load_weights(config: VitConfig, checkpoint: str) -> dict[str, Any] | None:
+    """The tower's tensors from the checkpoint file, mapped (torch_load.read_state_dict), as fp32; None
+    when the file lacks one or its shape is off (a stamp from another file under the same id)."""
+    import torch
+
+    from .torch_load import read_state_dict
+
+    try:
+        state = read_state_dict(checkpoint)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file: the open_clip route says what is wrong
+        log.debug("image tower: cannot map %s (%s)", checkpoint, exc)
+        return None
+    weights = {}
+    for key in config.keys():
+        tensor = state.get(key)
+        if tensor is None or not tensor.is_floating_point():
+            log.debug("image tower: %s is not in %s", key, checkpoint)
+            return None
+        weights[key[len("visual.") :]] = tensor if tensor.dtype == torch.float32 else tensor.float()
+    return weights

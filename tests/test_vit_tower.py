@@ -1,0 +1,103 @@
+"""The plain-torch image tower (ingest/vit_tower.py): verified against open_clip at the first load, then
+loaded without open_clip or torchvision, giving the same vectors. Real open_clip, the tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from photos import make_photo
+from PIL import Image
+
+from searchfs.ingest import vit_tower
+from searchfs.ingest.embed import Embedder
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def photos(tmp_path):
+    return [make_photo(tmp_path / "photos" / f"p{i}.jpg", seed=i) for i in range(4)]
+
+
+def vectors(embedder: Embedder, paths) -> np.ndarray:
+    results = embedder.embed_images([os.fsencode(p) for p in paths])
+    assert all(r.ok for r in results), [r.error for r in results]
+    return np.stack([r.vector for r in results])
+
+
+def fresh_process_vectors(settings, photos) -> dict:
+    """Embed `photos` in a new interpreter with these settings; what it imported, and the vectors."""
+    env = dict(os.environ, SEARCHFS_HOME=str(settings.home), PYTHONPATH=str(REPO))
+    env.update(
+        SEARCHFS_MODEL_NAME=settings.model_name,
+        SEARCHFS_MODEL_PRETRAINED=settings.model_pretrained,
+        SEARCHFS_MODEL_CONFIG_FILE=settings.model_config_file,
+        SEARCHFS_MODEL_PRECISION="fp32",
+    )
+    code = """
+import json, os, sys
+from searchfs.config import load_settings
+from searchfs.ingest.embed import Embedder
+embedder = Embedder(load_settings())
+results = embedder.embed_images([os.fsencode(p) for p in sys.argv[1:]])
+print(json.dumps({"vectors": [r.vector.tolist() for r in results],
+                  "imported": sorted(m for m in ("open_clip", "torchvision", "torch") if m in sys.modules)}))
+"""
+    done = subprocess.run([sys.executable, "-c", code, *map(str, photos)], env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    return json.loads(done.stdout)
+
+
+def test_after_the_first_load_images_embed_without_open_clip_and_alike(settings, photos):
+    first = Embedder(settings.replace(model_precision="fp32"))
+    expected = vectors(first, photos)
+    folder = first.runtime.models_dir
+    first.close()
+    stamp = folder / vit_tower.STAMP
+    assert stamp.is_file() and stat.S_IMODE(stamp.stat().st_mode) == 0o600
+    info = json.loads(stamp.read_text())
+    assert info["model_id"] == first.model_id and info["config"]["layers"] == 1
+
+    later = fresh_process_vectors(settings, photos)
+    assert later["imported"] == ["torch"]  # neither open_clip nor torchvision
+    np.testing.assert_allclose(np.array(later["vectors"]), expected, rtol=0, atol=2e-5)
+
+
+def test_a_stamp_of_other_weights_is_not_used(settings, photos, tmp_path):
+    first = Embedder(settings.replace(model_precision="fp32"))
+    expected = vectors(first, photos)
+    folder = first.runtime.models_dir
+    first.close()
+    info = json.loads((folder / vit_tower.STAMP).read_text())
+    info["model_id"] = "searchfs-tiny/file:other"
+    (folder / vit_tower.STAMP).write_text(json.dumps(info))
+    assert vit_tower.read(folder, first.model_id) is None
+    later = fresh_process_vectors(settings, photos)
+    assert "open_clip" in later["imported"]  # open_clip's route, and the stamp written anew for this id
+    np.testing.assert_allclose(np.array(later["vectors"]), expected, rtol=0, atol=2e-5)
+    assert vit_tower.read(folder, first.model_id) is not None
+
+
+def test_the_preprocessing_is_open_clips_on_odd_sizes(settings):
+    """prepare() against open_clip's own transform, both orientations, sizes that round either way."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    embedder = Embedder(settings.replace(model_precision="fp32"))
+    embedder.load()
+    model = embedder.runtime.model
+    theirs = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+    found = vit_tower.read(embedder.runtime.models_dir, embedder.model_id)
+    assert found is not None
+    config = found[0]
+    rng = np.random.default_rng(0)
+    for size in [(33, 47), (47, 33), (101, 64), (64, 64), (31, 90), (1000, 750)]:
+        picture = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        np.testing.assert_allclose(vit_tower.prepare(config, picture).numpy(), theirs(picture).numpy(), atol=1e-5)
+    embedder.close()
