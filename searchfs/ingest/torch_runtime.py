@@ -29,6 +29,13 @@ from .weights import model_id, model_source, resolve_weights
 
 log = logging.getLogger(__name__)
 
+# torch's OpenMP threads spin after each parallel region by default, waiting for the next one. Beside the
+# decoding threads, hashing and exiftool that an index runs at the same time, that spinning takes the
+# cores they need: on two cores a 12 MP index ran 18% faster with waiting threads that sleep
+# (benchmarks/bench_index.py). Read by OpenMP when torch loads it, so set before any import of torch;
+# a value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 VERIFY_TEXTS = ("a photo of a dog", "red flower", "AC/DC poster, 1979!", "straße café 東京 2019")
 MIN_TEXT_COSINE = 0.9999
 
