@@ -101,3 +101,29 @@ def test_the_preprocessing_is_open_clips_on_odd_sizes(settings):
         picture = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
         np.testing.assert_allclose(vit_tower.prepare(config, picture).numpy(), theirs(picture).numpy(), atol=1e-5)
     embedder.close()
+
+
+@pytest.mark.parametrize(
+    "vision_cfg", [{"attentional_pool": True}, {"ls_init_value": 0.5}, {"pool_type": "avg"}], ids=str
+)
+def test_towers_outside_the_plain_vit_keep_open_clips_route(home, tmp_path, photos, vision_cfg):
+    import open_clip
+    import torch
+    from models import tiny_variant
+
+    from searchfs.config import load_settings
+    from searchfs.ingest import text_tower
+    from searchfs.ingest.weights import model_id
+
+    name, config = tiny_variant(tmp_path, "searchfs-tiny-" + "-".join(vision_cfg), vision_cfg=vision_cfg)
+    torch.manual_seed(0)
+    open_clip.add_model_config(str(config))
+    checkpoint = tmp_path / "variant.pt"
+    torch.save(open_clip.create_model(name).state_dict(), checkpoint)
+    settings = load_settings(model_name=name, model_config_file=str(config), model_pretrained=str(checkpoint))
+    for _ in range(2):  # a second load too: no stamp was written, open_clip's tower again
+        embedder = Embedder(settings.replace(model_precision="fp32"))
+        assert vectors(embedder, photos).shape == (4, 32)
+        assert not isinstance(embedder.runtime.model, vit_tower.ImageModel)
+        embedder.close()
+    assert not (text_tower.folder_for(settings, model_id(settings)) / vit_tower.STAMP).exists()

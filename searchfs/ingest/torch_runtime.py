@@ -174,12 +174,12 @@ class TorchRuntime:
         if self.models_dir is None or not checkpoint or vit_tower.read(self.models_dir, self.model_id) is not None:
             return
         config = describe_image_tower(model)
-        weights = vit_tower.load_weights(config, checkpoint) if config is not None else None
-        if config is None or weights is None or not _same_tensors(model, weights):
+        own = _own_tensors(model, config) if config is not None else None
+        if config is None or own is None or not _file_holds(checkpoint, config, own):
             return  # another architecture, or weights open_clip converted at load: it keeps loading them
         import torch
 
-        ours = vit_tower.build(config, weights)  # exactly what a later load builds
+        ours = vit_tower.build(config, own)  # over the model's own tensors: no second copy in memory
         pictures = selfcheck.probe_pictures(config.image_size, 4)
         odd = [p.resize((p.width * 3 // 2, p.height)) for p in pictures[:2]]  # both orientations, odd sizes
         odd += [p.resize((p.width, p.height * 2 + 1)) for p in pictures[2:]]
@@ -440,14 +440,30 @@ def describe_image_tower(model) -> vit_tower.VitConfig | None:
     )
 
 
-def _same_tensors(model, weights: dict[str, Any]) -> bool:
-    """Whether the file's tensors are the loaded model's own, name for name (open_clip converts some
-    checkpoints at load: those keep taking its route)."""
-    import torch
-
+def _own_tensors(model, config: vit_tower.VitConfig) -> dict[str, Any] | None:
+    """The loaded model's tensors under vit_tower's names (fp32), or None when one is missing."""
     found = dict(model.visual.named_parameters())
     found.update(dict(model.visual.named_buffers()))
-    return all(
-        name in found and found[name].shape == tensor.shape and torch.equal(found[name].detach().float(), tensor)
-        for name, tensor in weights.items()
-    )
+    names = [key[len("visual.") :] for key in config.keys()]
+    if not all(name in found for name in names):
+        return None
+    return {name: found[name].detach().float() for name in names}
+
+
+def _file_holds(checkpoint: str, config: vit_tower.VitConfig, own: dict[str, Any]) -> bool:
+    """Whether the file holds these tensors under open_clip's names, as a later load will read them:
+    same shapes, and the same values at samples spread over each (reading every value would page in a
+    second copy of the tower; open_clip's conversions at load transpose, split or rescale whole tensors)."""
+    import torch
+
+    weights = vit_tower.load_weights(config, checkpoint, convert=False)
+    if weights is None:
+        return False
+    for name, tensor in own.items():
+        stored = weights[name]
+        if stored.shape != tensor.shape:
+            return False
+        step = max(1, stored.numel() // 64)
+        if not torch.equal(stored.flatten()[::step].float(), tensor.flatten()[::step]):
+            return False
+    return True

@@ -190,9 +190,9 @@ def write(folder: Path, model_id: str, config: VitConfig, checkpoint: str) -> No
     os.replace(tmp, folder / STAMP)
 
 
-def load_weights(config: VitConfig, checkpoint: str) -> dict[str, Any] | None:
-    """The tower's tensors from the checkpoint file, mapped (torch_load.read_state_dict), as fp32; None
-    when the file lacks one or its shape is off (a stamp from another file under the same id)."""
+def load_weights(config: VitConfig, checkpoint: str, convert: bool = True) -> dict[str, Any] | None:
+    """The tower's tensors from the checkpoint file, mapped (torch_load.read_state_dict), as fp32 (as
+    stored with `convert=False`); None when the file lacks one."""
     import torch
 
     from .torch_load import read_state_dict
@@ -208,5 +208,5 @@ def load_weights(config: VitConfig, checkpoint: str) -> dict[str, Any] | None:
         if tensor is None or not tensor.is_floating_point():
             log.debug("image tower: %s is not in %s", key, checkpoint)
             return None
-        weights[key[len("visual.") :]] = tensor if tensor.dtype == torch.float32 else tensor.float()
+        weights[key[len("visual.") :]] = tensor if tensor.dtype == torch.float32 or not convert else tensor.float()
     return weights
