@@ -148,7 +148,7 @@ def facets_of(i: int, rng: np.random.Generator):
 
 
 def _fill_catalog(library: ScaleLibrary, world: World) -> dict:
-    from searchfs.ingest.extract import EXTRACTOR_VERSION
+    from searchfs.ingest.tags import EXTRACTOR_VERSION
     from searchfs.library import Library
     from searchfs.store.rows import NewPhoto
 

@@ -46,7 +46,7 @@ TARGET_MB_S = 100
 def build(settings, photos: Path, count: int, mb: float) -> None:
     import numpy as np
 
-    from searchfs.ingest.extract import EXTRACTOR_VERSION
+    from searchfs.ingest.tags import EXTRACTOR_VERSION
     from searchfs.library import Library
     from searchfs.records import Facet
     from searchfs.store.rows import NewPhoto

@@ -99,7 +99,7 @@ def build_library(settings, photos: Path, n: int, cameras: int, dim: int, seed: 
     import numpy as np
     from photos import make_photo
 
-    from searchfs.ingest.extract import EXTRACTOR_VERSION
+    from searchfs.ingest.tags import EXTRACTOR_VERSION
     from searchfs.library import Library
     from searchfs.records import Facet
     from searchfs.store.rows import NewPhoto

@@ -2,7 +2,7 @@
 Library: the view's tests may rely on the fake only where these pass for both.
 
 The same photos go into both: the fake gets them as facet dicts, the real catalog through
-`Transaction.add_photos` (metadata as extract.normalize would store it, random unit vectors). Deterministic
+`Transaction.add_photos` (metadata as tags.normalize would store it, random unit vectors). Deterministic
 answers (metadata searches, counts, trees, values) must be equal; ranked answers, whose scores differ by
 nature (a hash in the fake, cosine in the real), must keep the same rules (ranks, order, limits, offsets).
 """
@@ -53,7 +53,7 @@ def fake_backend(settings) -> FakeBackend:
 
 
 def real_backend(settings):
-    from searchfs.ingest.extract import EXTRACTOR_VERSION
+    from searchfs.ingest.tags import EXTRACTOR_VERSION
     from searchfs.library import Library
     from searchfs.store.rows import NewPhoto
 

@@ -16,7 +16,8 @@ import pytest
 from photos import make_photo
 
 from searchfs.errors import ExiftoolError
-from searchfs.ingest.extract import ExifExtractor, exiftool_version, normalize
+from searchfs.ingest.extract import ExifExtractor, exiftool_version
+from searchfs.ingest.tags import normalize
 from searchfs.records import FACET_BY_KEY, Facet
 
 EXIFTOOL = shutil.which("exiftool")

@@ -908,7 +908,7 @@ def real_library(settings, photos: list[tuple[bytes, dict]], embedded: int | Non
     first `embedded` of them with random vectors for the configured model."""
     import numpy as np
 
-    from searchfs.ingest.extract import EXTRACTOR_VERSION
+    from searchfs.ingest.tags import EXTRACTOR_VERSION
     from searchfs.library import Library
     from searchfs.store.rows import NewPhoto
 

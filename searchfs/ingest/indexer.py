@@ -34,7 +34,6 @@ from ..records import Facet, FileStat, IndexReport, Root
 from ..store.protocol import CatalogStore
 from ..store.rows import ContentPath
 from .embed import ImageResult
-from .extract import EXTRACTOR_VERSION
 from .scan import (
     Folder,
     ScanProblem,
@@ -46,6 +45,7 @@ from .scan import (
     stat_photo,
     walk,
 )
+from .tags import EXTRACTOR_VERSION
 
 log = logging.getLogger(__name__)
 

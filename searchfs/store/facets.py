@@ -161,7 +161,7 @@ def shown(key: str, value: object) -> str:
 
 
 def columns_of(conn: sqlite3.Connection, facets: Sequence[Facet]) -> tuple[dict[str, object], list[tuple[int, int]]]:
-    """One content's facets (what extract.normalize produced) as its column values, and its text rows
+    """One content's facets (what tags.normalize produced) as its column values, and its text rows
     (kind, name id). Derived keys (year, month, timeofday, has_gps) need no storage."""
     columns: dict[str, object] = dict.fromkeys(FACET_COLUMNS)
     texts: list[tuple[int, int]] = []
