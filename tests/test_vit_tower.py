@@ -127,3 +127,23 @@ def test_towers_outside_the_plain_vit_keep_open_clips_route(home, tmp_path, phot
         assert not isinstance(embedder.runtime.model, vit_tower.ImageModel)
         embedder.close()
     assert not (text_tower.folder_for(settings, model_id(settings)) / vit_tower.STAMP).exists()
+
+
+@pytest.mark.parametrize(
+    "name, plain", [("ViT-B-32", True), ("ViT-L-14-336", True), ("MobileCLIP2-S0", False), ("ViT-B-16-SigLIP", False)]
+)
+def test_which_real_architectures_are_plain_vits(name, plain):
+    """The default model and its big siblings take the plain-torch route; FastViT and SigLIP towers do not.
+    Built on the meta device: no weights, no memory."""
+    import open_clip
+    import torch
+
+    from searchfs.ingest.torch_runtime import describe_image_tower
+
+    with torch.device("meta"):
+        model = open_clip.create_model(name, pretrained=None, device="meta")
+    config = describe_image_tower(model)
+    assert (config is not None) == plain
+    if config is not None:
+        assert config.keys()[0] == "visual.conv1.weight" and len(config.keys()) == 8 + 12 * config.layers
+        assert config.image_size == (336 if name.endswith("336") else 224) and config.bicubic
