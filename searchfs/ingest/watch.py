@@ -1,6 +1,6 @@
 """Watch the photo roots and hand the indexer coalesced batches of changes.
 
-The only module that imports watchdog. Per root: one watchdog observer (inotify, or polling on network
+With inotify.py (its hooks into watchdog), the only module that imports watchdog. Per root: one watchdog observer (inotify, or polling on network
 file systems), whose events are filtered like the scan, held until the files they touch are complete,
 coalesced and passed to `ChangeSink.apply` in large batches.
 
@@ -52,12 +52,12 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
 from watchdog.observers.polling import PollingObserver
 
 from ..paths import relative
 from ..system import fs_type, mount_table
 from .coalesce import Change, EventKind, RawEvent, coalesce, split_ready
+from .inotify import LossReportingObserver, threads_alive
 from .scan import ScanRules
 
 log = logging.getLogger(__name__)
@@ -109,72 +109,6 @@ class ChangeSink(Protocol):
     def reconcile(self, root: str, reason: str) -> None: ...
 
     def set_online(self, root: str, online: bool) -> None: ...
-
-
-# ---------------------------------------------------------------------------------------------------------
-# watchdog hooks: hear about overflows and watch-limit failures
-
-
-class _WatchGroup(InotifyWatchGroup):
-    """watchdog's watch group, reporting what it otherwise only logs or ignores."""
-
-    def __init__(self, *args, on_lost: Callable[[str, BaseException | None], None], **kwargs) -> None:
-        self.on_lost = on_lost  # set before the dataclass __init__, which already adds the watches
-        super().__init__(*args, **kwargs)
-
-    def on_queue_overflow(self) -> None:
-        super().on_queue_overflow()
-        self.on_lost("overflow", None)
-
-    def _add_callback(self, path: bytes) -> None:
-        # Same as watchdog's, but a sub-folder that cannot be watched is reported, not skipped.
-        try:
-            wd = self._inotify_fd.add_callback(path, self.event_mask, self._callback, self._id)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EMFILE):
-                self.on_lost("watch-limit", exc)
-            if path == self.path:
-                raise
-            return
-        self._active_callbacks_by_path[path] = wd
-        self._active_callbacks_by_watch[wd] = path
-
-
-class _Emitter(InotifyEmitter):
-    def __init__(self, *args, on_lost: Callable[[str, BaseException | None], None], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_lost = on_lost
-
-    def on_thread_start(self) -> None:  # InotifyEmitter.on_thread_start with our watch group
-        self._inotify = _WatchGroup(
-            self._inotify_fd,
-            os.fsencode(self.watch.path),
-            is_recursive=self.watch.is_recursive,
-            event_mask=self.get_event_mask_from_filter(),
-            follow_symlink=self.watch.follow_symlink,
-            on_lost=self._on_lost,
-        )
-
-
-class _InotifyObserver(InotifyObserver):
-    """An inotify observer with its own inotify instance whose losses reach `on_lost`."""
-
-    def __init__(self, on_lost: Callable[[str, BaseException | None], None]) -> None:
-        super().__init__()
-        self._emitter_class = _Emitter
-        self._emitter_kwargs["on_lost"] = on_lost
-
-    def threads_alive(self) -> bool:
-        fd_thread = getattr(self, "_inotify_fd", None)
-        return (
-            self.is_alive() and all(e.is_alive() for e in self.emitters) and (fd_thread is None or fd_thread.is_alive())
-        )
-
-
-def _threads_alive(observer: BaseObserver) -> bool:
-    if isinstance(observer, _InotifyObserver):
-        return observer.threads_alive()
-    return observer.is_alive() and all(e.is_alive() for e in observer.emitters)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -448,7 +382,7 @@ class Watcher:
             else:
                 self._drop_buffer(root)
                 self._reconcile(root, lost)
-        elif root.observer is None or not _threads_alive(root.observer):
+        elif root.observer is None or not threads_alive(root.observer):
             if self._clock() >= root.next_restart_at:  # back off, or a broken start would spin
                 log.warning("watcher: root %s: its watchdog observer is not running; restarting", root.name)
                 root.next_restart_at = self._clock() + RESTART_BACKOFF
@@ -482,7 +416,7 @@ class Watcher:
             polling = True
         if not polling:
             try:
-                self._launch(root, _InotifyObserver(self._loss_reporter(root)), "inotify")
+                self._launch(root, LossReportingObserver(self._loss_reporter(root)), "inotify")
                 return
             except OSError as exc:
                 reason = "watch-limit" if exc.errno == errno.ENOSPC else "inotify-unavailable"
