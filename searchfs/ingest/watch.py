@@ -1,8 +1,9 @@
 """Watch the photo roots and hand the indexer coalesced batches of changes.
 
 With inotify.py (its hooks into watchdog), the only module that imports watchdog. Per root: one
-watchdog observer (inotify, or polling on network file systems), whose events are filtered like the scan, held until the files they touch are complete,
-coalesced and passed to `ChangeSink.apply` in large batches.
+watchdog observer (inotify, or polling on network file systems), whose events are filtered like the
+scan, held until the files they touch are complete, coalesced and passed to `ChangeSink.apply` in large
+batches.
 
 One supervisor thread owns every decision: it flushes batches, notices lost events and dead observers,
 follows roots going offline and coming back, and asks for periodic full rescans. Watchdog threads only
