@@ -15,6 +15,18 @@ def say(*parts) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
 
+def start_mount(arguments: list[str], env: dict) -> int:
+    """`searchfs mount ARGUMENTS` (it returns once the mount answers); the daemon's pid, from its output."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-m", "searchfs", "mount", *arguments], env=env, capture_output=True, text=True, timeout=300
+    )
+    if out.returncode:
+        raise RuntimeError(f"searchfs mount failed: {out.stderr.strip()}")
+    return int(out.stdout.split("daemon pid ")[1].split(")")[0])
+
+
 def wait_reconciled(library_dir: Path, timeout: float = 600) -> float:
     """Wait until the mount's daemon says its start-up reconcile is done; return the seconds waited."""
     status = library_dir / "daemon.json"

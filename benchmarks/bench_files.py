@@ -38,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _mounting import say, stop_mount, wait_reconciled  # noqa: E402
+from _mounting import say, start_mount, stop_mount, wait_reconciled  # noqa: E402
 
 TARGET_MB_S = 100
 
@@ -113,16 +113,7 @@ def main() -> None:
         settings = load_settings(config, env=env)
         say(f"writing {args.photos} files of {args.mb} MB ...")
         build(settings, photos, args.photos, args.mb)
-        out = subprocess.run(
-            [sys.executable, "-m", "searchfs", "mount", "--no-watch", str(mnt)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if out.returncode:
-            raise RuntimeError(f"searchfs mount failed: {out.stderr.strip()}")
-        pid = int(out.stdout.split("daemon pid ")[1].split(")")[0])
+        pid = start_mount(["--no-watch", str(mnt)], env)
         wait_reconciled(settings.library_dir)
         folder = mnt / "exif" / "camera=BenchCam"
         entries = sorted(str(folder / n) for n in os.listdir(folder) if not n.startswith("."))

@@ -37,7 +37,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _mounting import say, stop_mount, wait_reconciled  # noqa: E402
+from _mounting import say, start_mount, stop_mount, wait_reconciled  # noqa: E402
 
 MAKE = "BenchCam"
 TINY_MODEL = {  # the same tiny CLIP as tests/conftest.py
@@ -163,16 +162,7 @@ def run(args) -> dict:
             env["SEARCHFS_WATCH_SETTLE_SECONDS"] = str(args.settle)
         settings = load_settings(config, env=env)
 
-        out = subprocess.run(
-            [sys.executable, "-m", "searchfs", "mount", str(root), str(mnt)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if out.returncode:
-            raise RuntimeError(f"searchfs mount failed: {out.stderr.strip()}")
-        pid = int(out.stdout.split("daemon pid ")[1].split(")")[0])
+        pid = start_mount([str(root), str(mnt)], env)
         wait_reconciled(settings.library_dir)
         # limit=100000: the mount caps metadata folders at search.limit (50) too, whatever the README says
         exif = mnt / "exif" / f"make={MAKE}" / "limit=100000"

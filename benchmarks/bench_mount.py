@@ -64,7 +64,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _mounting import say, stop_mount, wait_reconciled  # noqa: E402
+from _mounting import say, start_mount, stop_mount, wait_reconciled  # noqa: E402
 
 FOLDER_SIZE = 1000  # photos per source folder
 
@@ -270,16 +270,7 @@ def bench_size(n: int, args) -> dict:
         say(f"[{n}] built: {setup}")
 
         t = time.perf_counter()
-        out = subprocess.run(
-            [sys.executable, "-m", "searchfs", "mount", "--no-watch", str(mnt)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if out.returncode:
-            raise RuntimeError(f"searchfs mount failed: {out.stderr.strip()}")
-        pid = int(out.stdout.split("daemon pid ")[1].split(")")[0])
+        pid = start_mount(["--no-watch", str(mnt)], env)
         setup["mount_s"] = round(time.perf_counter() - t, 2)
         setup["reconcile_s"] = round(wait_reconciled(settings.library_dir), 2)
         t = time.perf_counter()
