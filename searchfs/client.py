@@ -15,7 +15,7 @@ import stat
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError, SearchfsError
-from .service import MAX_RESPONSE, MAX_SUN_PATH, VERSION, _encode, _TooLong, fingerprint, peer_uid, socket_path
+from .service import MAX_RESPONSE, MAX_SUN_PATH, VERSION, TooLong, encode_line, fingerprint, peer_uid, socket_path
 
 if TYPE_CHECKING:
     from .records import Hit
@@ -102,9 +102,9 @@ def ask(settings, request: dict, timeout: float = ANSWER_TIMEOUT) -> dict | None
             log.debug("not using %s: it is served by uid %s", path, owner)
             return None
         sock.settimeout(timeout)
-        sock.sendall(_encode(request))
+        sock.sendall(encode_line(request))
         response = json.loads(_read_line(sock, MAX_RESPONSE))
-    except (OSError, ValueError, _TooLong) as exc:  # refused (a stale socket), timed out, cut off, garbled
+    except (OSError, ValueError, TooLong) as exc:  # refused (a stale socket), timed out, cut off, garbled
         log.debug("no answer from the daemon at %s: %s", path, exc)
         return None
     finally:
@@ -129,4 +129,4 @@ def _read_line(sock: socket.socket, limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
         if size > limit:
-            raise _TooLong(f"answer longer than {limit} bytes")
+            raise TooLong(f"answer longer than {limit} bytes")

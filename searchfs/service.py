@@ -110,7 +110,7 @@ def peer_uid(sock: socket.socket) -> int | None:
     return None
 
 
-class _TooLong(Exception):
+class TooLong(Exception):
     pass
 
 
@@ -309,7 +309,7 @@ class SearchService:
     def _answer_now(self, selector, conn: _Conn, response: dict, registered: bool = True) -> None:
         if registered:
             selector.unregister(conn.sock)
-        self._start_writing(selector, conn, _encode(response))
+        self._start_writing(selector, conn, encode_line(response))
 
     def _start_writing(self, selector: selectors.BaseSelector, conn: _Conn, data: bytes) -> None:
         conn.state, conn.outbox, conn.deadline = "writing", data, time.monotonic() + WRITE_TIMEOUT
@@ -359,13 +359,13 @@ class SearchService:
                 return  # what is still queued gets no answer: its client searches itself
             conn, line = item
             try:
-                data = _encode(self._answer(line))
+                data = encode_line(self._answer(line))
             except Exception:  # noqa: BLE001 - a bug answering one request must not end a worker
                 log.exception("could not answer a search request")
-                data = _encode({"decline": "the daemon failed to answer; searching here"})
+                data = encode_line({"decline": "the daemon failed to answer; searching here"})
             if len(data) > MAX_RESPONSE:
                 self._count("declined")
-                data = _encode({"decline": "answer too large"})
+                data = encode_line({"decline": "answer too large"})
             with self._done_lock:
                 self._done.append((conn, data))
             self._wake()
@@ -451,7 +451,8 @@ def _error(message: str) -> dict:
     return {"error": f"bad request to the search service: {message}", "exit_code": 2}
 
 
-def _encode(response: dict) -> bytes:
+def encode_line(response: dict) -> bytes:
+    """One message of the protocol: compact JSON, ASCII, one line."""
     return json.dumps(response, separators=(",", ":")).encode("ascii") + b"\n"
 
 

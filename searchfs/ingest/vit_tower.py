@@ -125,10 +125,6 @@ class ImageModel:
         self.visual = self.visual.to(device)
         return self
 
-    def eval(self) -> ImageModel:
-        self.visual.eval()
-        return self
-
 
 def build(config: VitConfig, weights: dict[str, Any]) -> ImageModel:
     """The tower over `weights` (checkpoint keys without the "visual." prefix -> tensors, fp32)."""
