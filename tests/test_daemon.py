@@ -15,8 +15,8 @@ import pytest
 from photos import make_library, make_photo
 from waiting import wait_for
 
+from searchfs.content_hash import hash_file
 from searchfs.daemon import SyncDaemon
-from searchfs.ingest.scan import hash_file
 from searchfs.library import Library
 
 SETTLE = 0.3  # watch_settle_seconds for these tests

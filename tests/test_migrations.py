@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from photos import make_library
 
+from searchfs import content_hash
 from searchfs.errors import SearchfsError
 from searchfs.library import Library
 from searchfs.records import display_number
@@ -117,7 +118,7 @@ def test_a_v2_catalog_climbs_to_v3_with_its_counts_and_queue(v1, monkeypatch):
     monkeypatch.undo()
     catalog = Catalog(v1)
     try:
-        assert catalog.read().execute("PRAGMA user_version").fetchone()[0] == 3
+        assert catalog.read().execute("PRAGMA user_version").fetchone()[0] == migrations.LATEST
         names = {r[0] for r in catalog.read().execute("SELECT name FROM sqlite_master")}
         assert migrations._ADDED_IN_V3 <= names
         assert sum(catalog.counts(model).per_root.values()) == files > 0
@@ -169,6 +170,39 @@ def test_a_new_facet_reaches_an_existing_library_without_re_embedding(settings, 
         assert report.embedded == 0 and report.new == 0
         assert [v for v, _ in lib.facet_values("lens")] == ["EF 50mm f/1.8"]
         assert lib.catalog.count_needing_meta(2) == 0
+
+
+def test_a_v3_library_keeps_its_blake2b_hashes_and_reads_nothing_again(settings, tmp_path, monkeypatch):
+    """Schema 4 hashes new catalogs with SHA-256. A v3 catalog (BLAKE2b, and no 'content_hash' row: here a
+    library indexed with BLAKE2b, then put back to v3) is stamped BLAKE2b by the step: its unchanged files
+    are not read, and a new copy of one of its photos is recognised as that photo (same hash)."""
+    photos = tmp_path / "photos"
+    first = make_library(photos, 3)[0]
+    monkeypatch.setattr(content_hash, "NEW", content_hash.LEGACY)  # what new catalogs were made with before
+    with Library(settings, create=True) as lib:
+        assert lib.index([photos]).embedded == 3
+    monkeypatch.undo()
+    with sqlite3.connect(settings.catalog_path) as conn:
+        conn.execute("DELETE FROM meta WHERE key = 'content_hash'")
+        conn.execute("PRAGMA user_version = 3")
+    (photos / "copy.jpg").write_bytes(first.read_bytes())
+    with Library(settings) as lib:
+        assert lib.catalog.content_hash() == content_hash.LEGACY
+        report = lib.index()
+        assert (report.new, report.reused, report.embedded, report.unchanged) == (1, 1, 0, 3)
+    with Library(settings.replace(library=settings.library + "-new"), create=True) as fresh:
+        assert fresh.catalog.content_hash() == content_hash.NEW
+        fresh.index([photos])
+        assert fresh.catalog.content_by_hash(content_hash.hash_file(os.fsencode(first))[0]) is not None
+
+
+def test_a_catalog_hashed_with_an_unknown_hash_is_refused(settings, tmp_path):
+    with Library(settings, create=True):
+        pass
+    with sqlite3.connect(settings.catalog_path) as conn:
+        conn.execute("UPDATE meta SET value = 'md7-999' WHERE key = 'content_hash'")
+    with pytest.raises(SearchfsError, match="with md7-999, unknown to this searchfs"):
+        Catalog(settings.catalog_path)
 
 
 def test_the_v1_fixture_vectors_are_unit_length():

@@ -7,6 +7,7 @@ import threading
 import pytest
 from photos import make_library
 
+from searchfs.ingest.indexer import Indexer
 from searchfs.library import Library
 
 
@@ -79,3 +80,19 @@ def test_a_failed_scan_stops_the_embedding_thread_and_says_why(lib, tmp_path, mo
     monkeypatch.undo()
     again = lib.index()  # nothing half-done is lost: the next index finishes the job
     assert again.pending == 0 and lib.status().indexed == 6
+
+
+def test_the_first_files_commit_after_16_hashes_so_the_model_starts_early(lib, tmp_path, monkeypatch):
+    """A scan commits what it hashed in batches that start small (16, 32, ... 256): the embedding thread,
+    woken by the first commit, has work while the rest is still being hashed."""
+    make_library(tmp_path / "photos", 40)  # two folders of 20
+    sizes: list[int] = []
+    real = Indexer._hash_and_link
+
+    def hash_and_link(self, root, pending, report):
+        sizes.append(len(pending))
+        return real(self, root, pending, report)
+
+    monkeypatch.setattr(Indexer, "_hash_and_link", hash_and_link)
+    report = lib.index([tmp_path / "photos"])
+    assert sizes == [16, 24] and report.embedded == 40

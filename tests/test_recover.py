@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from photos import make_library
 
+from searchfs import content_hash
+
 
 def searchfs(*args, env) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "searchfs", *args]
@@ -109,3 +111,32 @@ def test_a_table_whose_last_page_is_lost_is_still_walked(env, tmp_path):
     assert repaired.returncode == 0, repaired.stderr
     assert "0 embedded again" in repaired.stdout, repaired.stdout
     assert json.loads(searchfs("status", "--json", env=env).stdout)["indexed"] == 20
+
+
+def made_before_schema_4(catalog: Path, photos: Path) -> None:
+    """Turn a catalog into what a library indexed before schema 4 holds: BLAKE2b hashes of its photos, no
+    'content_hash' row, user_version 3 (the objects are the same)."""
+    with sqlite3.connect(catalog) as conn:
+        for path in photos.rglob("*.jpg"):
+            new, legacy = (content_hash.hash_file(os.fsencode(path), h)[0] for h in content_hash.NAMES)
+            conn.execute("UPDATE contents SET hash = ? WHERE hash = ?", (bytes.fromhex(legacy), bytes.fromhex(new)))
+        conn.execute("DELETE FROM meta WHERE key = 'content_hash'")
+        conn.execute("PRAGMA user_version = 3")
+    with sqlite3.connect(catalog) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # where the damage goes
+
+
+def test_a_damaged_catalog_from_before_schema_4_keeps_its_hash(env, tmp_path):
+    """The rebuilt catalog is born with the newest hash; one salvaged from a v3 file is told its hashes are
+    BLAKE2b, so a copy of a photo added after the repair is still that photo (nothing embedded)."""
+    photos, catalog = indexed_library(env, tmp_path, 12)
+    made_before_schema_4(catalog, photos)
+    damage(catalog, pages_of(catalog, "contents_camera"))
+    repaired = searchfs("doctor", "--repair", env=env)
+    assert repaired.returncode == 0 and "0 embedded again" in repaired.stdout, repaired.stdout + repaired.stderr
+    with sqlite3.connect(catalog) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'content_hash'").fetchone()[0] == content_hash.LEGACY
+    first = sorted(photos.rglob("*.jpg"))[0]
+    (photos / "copy.jpg").write_bytes(first.read_bytes())
+    report = json.loads(searchfs("index", "--json", env=env).stdout)
+    assert (report["new"], report["reused"], report["embedded"]) == (1, 1, 0), report

@@ -1,8 +1,12 @@
+import hashlib
 import os
+import subprocess
 
 from photos import make_photo
 
-from searchfs.ingest.scan import ScanRules, hash_file, is_candidate, root_state, stat_photo, walk
+from searchfs import content_hash
+from searchfs.content_hash import hash_file
+from searchfs.ingest.scan import ScanRules, is_candidate, root_state, stat_photo, walk
 
 
 def _all_files(root, rules=None, start=b""):
@@ -87,3 +91,12 @@ def test_hash_is_of_content(tmp_path):
     b.write_bytes(a.read_bytes())
     assert hash_file(os.fsencode(a)) == hash_file(os.fsencode(b))
     assert hash_file(os.fsencode(a))[1] == a.stat().st_size
+    assert hash_file(os.fsencode(a), content_hash.LEGACY) != hash_file(os.fsencode(a))
+
+
+def test_new_hash_is_sha256sum_cut_to_160_bits(tmp_path):
+    a = make_photo(tmp_path / "a.jpg", seed=2)
+    shown = subprocess.run(["sha256sum", str(a)], capture_output=True, text=True, check=True).stdout.split()[0]
+    assert hash_file(os.fsencode(a)) == (shown[:40], a.stat().st_size)
+    legacy = hashlib.blake2b(a.read_bytes(), digest_size=20).hexdigest()
+    assert hash_file(os.fsencode(a), content_hash.LEGACY)[0] == legacy

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from ..content_hash import hash_file
 from ..errors import ImageError, ModelUnavailable
 from ..paths import is_under
 from ..records import Facet, FileStat, IndexReport, Root
@@ -38,7 +39,6 @@ from .scan import (
     Folder,
     ScanProblem,
     ScanRules,
-    hash_file,
     is_raw_name,
     resolves_inside,
     root_state,
@@ -50,6 +50,7 @@ from .tags import EXTRACTOR_VERSION
 log = logging.getLogger(__name__)
 
 HASH_BATCH = 256  # files hashed per write transaction
+FIRST_HASH_BATCH = 16  # ... but a scan commits its first files sooner, so embedding starts early
 WORK_BATCH = 256  # contents per metadata / embedding round
 STALE_BATCH = 1024  # contents read again (older extractor) per `process` call: the daemon stays responsive
 
@@ -136,11 +137,14 @@ class Indexer:
         problems: list[ScanProblem] = []
         seen: set[bytes] = set()
         pending: list[FileStat] = []
+        batch = FIRST_HASH_BATCH
         for folder in walk(root.path, self.rules, problems, start):
             seen.add(folder.relpath)
             self._sort_folder(root, folder, problems, pending, report)
-            if len(pending) >= HASH_BATCH:
-                self._hash_and_link(root, pending, report)
+            while len(pending) >= batch:
+                self._hash_and_link(root, pending[:batch], report)
+                del pending[:batch]
+                batch = min(HASH_BATCH, 2 * batch)  # 16, 32, ...: the embedding thread starts on the first
         self._hash_and_link(root, pending, report)
         self._finish_scan(root, start, seen, problems, report)
 
@@ -224,7 +228,6 @@ class Indexer:
                 tx.upsert_file(root.id, st, content_id, error)
         self._read += len(linked)
         self.progress("read", self._read, None)
-        pending.clear()
         if self._linked is not None:
             self._linked.more()
 
@@ -236,7 +239,7 @@ class Indexer:
         if moved is not None:
             return moved.hash, moved.size, None
         try:
-            digest, size = hash_file(os.path.join(root.path, st.relpath))
+            digest, size = hash_file(os.path.join(root.path, st.relpath), self.catalog.content_hash())
             return digest, size, None
         except FileNotFoundError:
             return None, -1, None

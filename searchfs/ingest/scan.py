@@ -8,7 +8,6 @@ what it knew of it instead of sweeping it away.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import logging
 import os
 import re
@@ -20,8 +19,6 @@ from ..paths import is_under
 from ..records import FileStat
 
 log = logging.getLogger(__name__)
-
-_READ_SIZE = 1 << 20
 
 # Photo and image formats we try to index. RAW formats carry a JPEG preview that the embedder uses.
 # .mpo is a multi-picture JPEG (3D cameras, Nintendo 3DS, some phones): its first picture is used.
@@ -211,14 +208,3 @@ def root_state(root: bytes) -> str | None:
     if not os.access(root, os.R_OK | os.X_OK):
         return "folder is not readable"
     return None
-
-
-def hash_file(path: bytes) -> tuple[str, int]:
-    """BLAKE2b-160 of the whole file, and its size. Raises OSError."""
-    digest = hashlib.blake2b(digest_size=20)
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_READ_SIZE):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from ..content_hash import hash_file
 from ..errors import NotFound, QueryError
-from ..ingest.scan import hash_file
 from ..records import Hit
 from ..store.protocol import CatalogStore
 from ..store.rows import FileHit
@@ -128,7 +128,7 @@ def _hit(rank: int, score: float | None, row: FileHit) -> Hit:
 def image_query_vector(catalog: CatalogStore, model: str, path: bytes, embed: Callable) -> np.ndarray:
     """An image file as a query: its stored vector when its content is indexed, else embed it now."""
     try:
-        digest, _ = hash_file(path)
+        digest, _ = hash_file(path, catalog.content_hash())
     except OSError as exc:
         raise QueryError(f"cannot read query image {os.fsdecode(path)}: {exc.strerror or exc}") from exc
     content_id = catalog.content_by_hash(digest)

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import content_hash
 from ..config import ensure_private_dir
 from ..errors import DiskFull, NotFound, SearchfsError, disk_full_message, is_disk_full
 from ..records import FileStat, Filter, Root
 from . import facets as F
-from .migrations import LATEST, migrate
+from .migrations import LATEST, SchemaError, migrate
 from .rows import FileHit, FileRow, FileState, KnownContent, VectorChanges
 from .work import _ABSPATH, _FILES, _RELPATH, _USABLE, WorkQueries
 from .writes import Transaction, _chunks, under_sql
@@ -101,8 +102,20 @@ class Catalog(WorkQueries):
         with self._write_lock:
             try:
                 migrate(self._writer_conn(), str(self.path))
+                self._content_hash = self._read_content_hash()
             except sqlite3.DatabaseError as exc:
                 raise self._unusable(exc) from exc
+
+    def _read_content_hash(self) -> str:
+        row = self._writer_conn().execute("SELECT value FROM meta WHERE key = 'content_hash'").fetchone()
+        name = str(row[0]) if row else content_hash.LEGACY
+        if not content_hash.known(name):
+            raise SchemaError(f"catalog {self.path} hashes photos with {name}, unknown to this searchfs: upgrade it")
+        return name
+
+    def content_hash(self) -> str:
+        """The hash this catalog's contents carry (content_hash.py): files are hashed with it."""
+        return self._content_hash
 
     # -- connections -------------------------------------------------------------------------------
 

@@ -23,11 +23,12 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from importlib import resources
 
+from .. import content_hash
 from ..errors import SearchfsError
 
 log = logging.getLogger(__name__)
 
-LATEST = 3
+LATEST = 4
 # Objects schema 3 added (schema.sql marks them "(v3)"): the 1 -> 2 step leaves them to the 2 -> 3 step.
 _ADDED_IN_V3 = frozenset(
     (
@@ -115,6 +116,7 @@ def _create_latest(conn: sqlite3.Connection) -> None:
     for statement in statements(latest_schema()):
         conn.execute(statement)
     conn.executemany("INSERT INTO meta(key, value) VALUES (?, '0')", [("generation",)])
+    conn.execute("INSERT INTO meta(key, value) VALUES ('content_hash', ?)", (content_hash.NEW,))
 
 
 # ------------------------------------------------------------------------------------------ 1 -> 2
@@ -240,4 +242,13 @@ def recount(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM meta WHERE key = 'todo_model'")
 
 
-STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _v1_to_v2, 3: _v2_to_v3}
+# ------------------------------------------------------------------------------------------ 3 -> 4
+
+
+def _v3_to_v4(conn: sqlite3.Connection) -> None:
+    """New catalogs hash with SHA-256 (content_hash.py); this one keeps the BLAKE2b it was made with, so
+    that nothing is hashed (or embedded) again."""
+    conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('content_hash', ?)", (content_hash.LEGACY,))
+
+
+STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _v1_to_v2, 3: _v2_to_v3, 4: _v3_to_v4}

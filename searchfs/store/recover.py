@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import content_hash
 from ..config import ensure_private_dir
 from .catalog import Catalog
 from .migrations import recount
@@ -123,11 +124,28 @@ def _salvage(damaged: Path, into: Path) -> str:
             else:
                 key = _KEYED.get(table, "rowid")
                 _copy_ranges(source, target, table, f"SELECT * FROM {{table}} WHERE {key} BETWEEN ? AND ?", key=key)
+        _name_the_hash(source, target)
         target.commit()
     finally:
         source.close()
         target.close()
     return "row by row"
+
+
+def _name_the_hash(source, target) -> None:
+    """A catalog from before schema 4 has no 'content_hash' row: its hashes are BLAKE2b (migrations.py),
+    which the rebuilt catalog (born with the newest hash) must be told. A v4 catalog that lost the row
+    keeps the newest: were its hashes older, a copy added later would merely be embedded once more."""
+    try:
+        version = source.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError:
+        version = 0
+    has_meta = target.execute("SELECT count(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0]
+    if not has_meta:
+        target.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    named = target.execute("SELECT 1 FROM meta WHERE key = 'content_hash'").fetchone()
+    if not named and version < 4:
+        target.execute("INSERT INTO meta(key, value) VALUES ('content_hash', ?)", (content_hash.LEGACY,))
 
 
 def _copy_ranges(source, target, table: str, query: str, *params, key: str = "content_id") -> None:

@@ -38,8 +38,9 @@ CREATE TABLE names (
     fold TEXT NOT NULL                           -- casefolded, for case-insensitive matching
 );
 
--- One row per distinct file content (BLAKE2b-160 of the bytes). Metadata, embeddings and decode errors
--- belong to the content, so a renamed, moved or copied file reuses them.
+-- One row per distinct file content (a 160-bit hash of its bytes; meta 'content_hash' says which hash,
+-- content_hash.py). Metadata, embeddings and decode errors belong to the content, so a renamed, moved or
+-- copied file reuses them.
 CREATE TABLE contents (
     id           INTEGER PRIMARY KEY,
     hash         BLOB NOT NULL UNIQUE,           -- 20 bytes
