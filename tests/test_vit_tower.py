@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image
 
 from searchfs.ingest import vit_tower
 from searchfs.ingest.embed import Embedder
+from searchfs.ingest.torch_runtime import TorchRuntime
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,7 +102,40 @@ def test_the_preprocessing_is_open_clips_on_odd_sizes(settings):
     for size in [(33, 47), (47, 33), (101, 64), (64, 64), (31, 90), (1000, 750)]:
         picture = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
         np.testing.assert_allclose(vit_tower.prepare(config, picture).numpy(), theirs(picture).numpy(), atol=1e-5)
+        fitted = vit_tower.fit(config, picture)  # what decoding does while torch loads: prepare() then keeps it
+        assert fitted.size == (config.image_size,) * 2
+        assert np.array_equal(vit_tower.prepare(config, fitted).numpy(), vit_tower.prepare(config, picture).numpy())
     embedder.close()
+
+
+def test_pictures_decoded_while_the_model_loads_are_fitted_and_embed_alike(settings, photos, monkeypatch):
+    """Once the tower is stamped, a new embedder knows its input before torch loads: what it decodes
+    meanwhile is fitted to it (a twentieth of a drafted 12 MP photo), and embeds exactly as after the load."""
+    Embedder(settings.replace(model_precision="fp32")).embed_images([])  # the first load writes the stamp
+    loaded = Embedder(settings.replace(model_precision="fp32"))
+    loaded.load()  # the plain-torch tower, loaded before anything is decoded
+    expected = vectors(loaded, photos)
+    loaded.close()
+    early: list[bool] = []
+    fitted_one = threading.Event()
+    fit, load = vit_tower.fit, TorchRuntime.load
+
+    def spying_fit(config, picture):
+        early.append(not later.loaded)
+        fitted_one.set()
+        return fit(config, picture)
+
+    def slow_load(self, images=True):  # a load as slow as a fresh process's: after the first fitted picture
+        fitted_one.wait(30)
+        load(self, images)
+
+    monkeypatch.setattr(vit_tower, "fit", spying_fit)
+    monkeypatch.setattr(TorchRuntime, "load", slow_load)
+    later = Embedder(settings.replace(model_precision="fp32"))
+    assert later._fit_ahead() is not None and not later.loaded
+    assert np.array_equal(vectors(later, photos), expected)
+    assert early.count(True) >= 1  # fitted before the load ended
+    later.close()
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from PIL import Image
 
 from ..errors import ImageError, ModelUnavailable, one_line
 from ..store.textcache import TextCache, TextVectors
-from . import text_tower
+from . import text_tower, vit_tower
 from .decode import PathLike, decode_image, load_image, to_rgb
 from .runtime import Runtime, TextEncoder, choose_batch_size
 from .weights import input_size_hint, model_id, resolve_weights, weights_status
@@ -44,8 +44,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Pictures decoded ahead while the model loads (measured on 200 12 MP photos, 2 cores: about 0.5 s of the
-# wait put to use); 48 MiB is 20 such photos drafted for a 224 px model, kept small as the load peaks then.
+# Pictures decoded ahead while the model loads, kept small as the load peaks then: 48 MiB is 20 12 MP
+# photos drafted for a 224 px model, or 330 fitted to its input (when the plain-torch tower's transform is
+# known before the load: vit_tower.planned), about 6 s of decoding on 2 cores, more than any load.
 AHEAD_BYTES = 48 * (1 << 20)
 
 
@@ -63,10 +64,17 @@ class ImageResult:
 
 @dataclass(frozen=True)
 class _Decoded:
-    """A picture decoded before the model was loaded, for the model's input side `target`."""
+    """A picture decoded before the model was loaded, for the model's input side `target`; when `fitted`,
+    also fitted to that input (vit_tower.fit) for the plain-torch tower of that config."""
 
     picture: Image.Image
     target: int
+    fitted: vit_tower.VitConfig | None = None
+
+    def usable_by(self, runtime: Runtime) -> bool:
+        if self.fitted is not None:
+            return runtime.fit_config == self.fitted
+        return self.target == runtime.input_size
 
     def prepare(self, runtime: Runtime):
         try:
@@ -173,6 +181,18 @@ class Embedder:
         if self._closed:  # closed while a background load ran: nobody will use this model
             self._drop_runtime()
 
+    def _fit_ahead(self) -> vit_tower.VitConfig | None:
+        """The plain-torch tower's config when the load will build it, so that pictures decoded before
+        the load ends can be fitted to its input; None when only the load can tell."""
+        try:
+            model = self.model_id
+        except ModelUnavailable:
+            return None
+        if not text_tower.exportable(model):
+            return None
+        found = vit_tower.planned(self.settings, text_tower.folder_for(self.settings, model), model)
+        return found[0] if found else None
+
     def _new_runtime(self) -> Runtime:
         from .torch_runtime import TorchRuntime
 
@@ -196,19 +216,21 @@ class Embedder:
         def submit(up_to: int) -> None:
             nonlocal submitted
             while submitted < len(paths) and len(queue) < up_to:
-                queue.append((submitted, pool.submit(self._decode, paths[submitted], target)))
+                queue.append((submitted, pool.submit(self._decode, paths[submitted], target, fit)))
                 submitted += 1
 
         with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="searchfs-decode") as pool:
-            target = None if self.loaded else input_size_hint(self.settings)
+            fit = None if self.loaded else self._fit_ahead()
+            target = fit.image_size if fit else None if self.loaded else input_size_hint(self.settings)
             if target:
-                submit(max(1, AHEAD_BYTES // (3 * (4 * target) ** 2)))  # a decoded picture: < 4 x target a side
+                side = target if fit else 4 * target  # a drafted picture: < 4 x target a side
+                submit(max(1, AHEAD_BYTES // (3 * side**2)))
             try:
                 runtime = self.runtime  # waits for the load
             except ModelUnavailable:
                 pool.shutdown(cancel_futures=True)  # the pictures decoded ahead have no model to go to
                 raise
-            target, size = runtime.input_size, self.batch_size
+            target, size, fit = runtime.input_size, self.batch_size, None
             while queue or submitted < len(paths):
                 submit(2 * size)  # the batch the model runs next, and one decoding behind it
                 batch = [queue.popleft() for _ in range(min(size, len(queue)))]
@@ -217,9 +239,9 @@ class Embedder:
                     on_batch(range(batch[0][0], batch[-1][0] + 1), results)
         return results
 
-    def _decode(self, path: PathLike, target: int | None):
+    def _decode(self, path: PathLike, target: int | None, fit: vit_tower.VitConfig | None = None):
         """Decode (in a worker thread) and, once the model is loaded, preprocess one file; errors come
-        back as values. Before the load ends the picture comes back as decoded, with its target."""
+        back as values. Before the load ends the picture comes back as decoded (and fitted, with `fit`)."""
         runtime = self._runtime
         if target is None:  # called once the model is loaded
             assert runtime is not None
@@ -227,7 +249,7 @@ class Embedder:
         try:
             picture = load_image(path, self.settings.index_max_pixels, target)
             if runtime is None or runtime.input_size != target:
-                return _Decoded(picture, target)
+                return _Decoded(vit_tower.fit(fit, picture), target, fit) if fit else _Decoded(picture, target)
             return runtime.prepare(picture)
         except ImageError as exc:
             return exc
@@ -239,7 +261,7 @@ class Embedder:
         for slot, future in batch:
             item = future.result()
             if isinstance(item, _Decoded):  # decoded while the model loaded
-                item = item.prepare(runtime) if item.target == runtime.input_size else self._decode(paths[slot], None)
+                item = item.prepare(runtime) if item.usable_by(runtime) else self._decode(paths[slot], None)
             if isinstance(item, ImageError):
                 results[slot] = ImageResult(error=item)
             else:

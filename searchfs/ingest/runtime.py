@@ -35,6 +35,9 @@ class Runtime(TextEncoder, Protocol):
     device: str
     precision: str  # what the image tower runs in after load: fp32, bf16 or fp16
     input_size: int  # the model's input side, for the decoder's draft scale
+    # The plain-torch tower's config when prepare() is vit_tower.prepare(config, .), else None: pictures
+    # fitted with vit_tower.fit(config, .) while the model loaded go through prepare() as they are.
+    fit_config: Any
 
     def load(self, images: bool = True) -> None: ...
 

@@ -53,6 +53,7 @@ class TorchRuntime:
         self.dim = 0
         self.input_size = 224
         self.verdict: selfcheck.Verdict | None = None
+        self.fit_config: vit_tower.VitConfig | None = None  # set when prepare() is vit_tower.prepare(config, .)
         self.exported = False  # this load wrote the numpy text tower
         self._model: Any = None
         self._transform: Any = None
@@ -153,18 +154,15 @@ class TorchRuntime:
         (open_clip's route). The model id covers the weights (a checkpoint file's own fingerprint, a tag's
         name), so a stamp of this id names these weights. Only when the numpy text tower needs no export
         either: that takes open_clip."""
-        found = vit_tower.read(self.models_dir, self.model_id)
-        if found is None or self.models_dir is None:
+        found = vit_tower.planned(self.settings, self.models_dir, self.model_id)
+        if found is None:
             return None
         config, checkpoint = found
-        if not os.path.isfile(checkpoint):
-            return None
-        if self.settings.model_text_tower != "numpy" or not text_tower.is_current(self.models_dir, self.model_id):
-            return None  # (models_dir is set: vit_tower.read found a stamp in it)
         weights = vit_tower.load_weights(config, checkpoint)
         if weights is None:
             return None
         self._transform = functools.partial(vit_tower.prepare, config)
+        self.fit_config = config
         log.debug("image tower of %s built without open_clip", self.model_id)
         return vit_tower.build(config, weights), torch_load.MappedFile(checkpoint)
 

@@ -138,6 +138,16 @@ def prepare(config: VitConfig, picture) -> Any:
     """open_clip's inference transform for resize_mode "shortest": the shorter side resized to the input
     size, a centre crop, RGB, scaled to 0..1 and normalized; as a (3, size, size) float32 tensor."""
     import torch
+
+    pixels = np.asarray(fit(config, picture), dtype=np.float32) / np.float32(255.0)
+    mean, std = np.asarray(config.mean, dtype=np.float32), np.asarray(config.std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1)))
+
+
+def fit(config: VitConfig, picture):
+    """prepare()'s geometry alone: the RGB picture at the input size. prepare() of a fitted picture leaves
+    its pixels as they are, so decoding can fit pictures while torch still loads (a 224 px picture is a
+    twentieth of a drafted 12 MP photo) and prepare them once it has."""
     from PIL import Image
 
     size = config.image_size
@@ -149,12 +159,9 @@ def prepare(config: VitConfig, picture) -> Any:
     if new != (width, height):
         picture = picture.resize(new, Image.Resampling.BICUBIC if config.bicubic else Image.Resampling.BILINEAR)
     top, left = int(round((new[1] - size) / 2.0)), int(round((new[0] - size) / 2.0))
-    picture = picture.crop((left, top, left + size, top + size))
-    if picture.mode != "RGB":
-        picture = picture.convert("RGB")
-    pixels = np.asarray(picture, dtype=np.float32) / np.float32(255.0)
-    mean, std = np.asarray(config.mean, dtype=np.float32), np.asarray(config.std, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1)))
+    if (left, top, new) != (0, 0, (size, size)):
+        picture = picture.crop((left, top, left + size, top + size))
+    return picture if picture.mode == "RGB" else picture.convert("RGB")
 
 
 # ---------------------------------------------------------------------------------------------- the stamp
@@ -174,6 +181,21 @@ def read(folder: Path | None, model_id: str) -> tuple[VitConfig, str] | None:
         return VitConfig(**raw), str(info["checkpoint"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def planned(settings, folder: Path | None, model_id: str) -> tuple[VitConfig, str] | None:
+    """This model id's verified tower and checkpoint file when a load will build this tower: a stamp of
+    this id, its checkpoint file still there, and a current numpy text tower (exporting one needs
+    open_clip, which then builds the whole model). None: the open_clip route. Reads two small files, no
+    torch: the embedder asks before the load, to fit pictures decoded meanwhile."""
+    from . import text_tower
+
+    found = read(folder, model_id)
+    if found is None or folder is None or not os.path.isfile(found[1]):
+        return None
+    if settings.model_text_tower != "numpy" or not text_tower.is_current(folder, model_id):
+        return None
+    return found
 
 
 def write(folder: Path, model_id: str, config: VitConfig, checkpoint: str) -> None:
