@@ -132,8 +132,9 @@ def test_facets_and_embeddings_roundtrip(catalog):
         tx.store_embedding("m", content, vector)
     assert catalog.count_needing_meta(1) == 0 and catalog.count_needing_meta(2) == 1  # an older extractor
     assert catalog.count_needing_embedding("m") == 0 and catalog.count_needing_embedding("other") == 1
-    ids, vectors = catalog.live_vectors("m", 4)
-    assert ids.tolist() == [content] and np.array_equal(vectors[0], vector)
+    with catalog.live_vectors("m", 4) as (count, chunks):
+        ((ids, vectors),) = list(chunks)
+    assert count == 1 and ids.tolist() == [content] and np.array_equal(vectors[0], vector)
     assert catalog.embedding_dim("m") == 4
     assert catalog.facet_values("camera") == [("Canon EOS 40D", 1)] and catalog.facet_values("iso") == [("100", 1)]
     assert catalog.facet_values("keyword") == [("Beach", 1)]

@@ -404,6 +404,76 @@ def test_saves_merge_small_segments_and_compact_dead_rows(saved, rng):
     assert again.search(q, 5) == loaded.search(q, 5)
 
 
+# ------------------------------------------------------------------ bounded memory: retraining and rebuilding
+
+
+def _no_table_copies(monkeypatch) -> None:
+    """The in-RAM reorganisation copies the whole table: at a million, 2 GB beside the 2 GB it sorts."""
+
+    def copied(*args):
+        raise AssertionError("the whole table was copied into RAM")
+
+    monkeypatch.setattr(vectors_module, "sorted_by_list", copied)
+
+
+def test_a_save_past_4x_growth_trains_the_lists_again_without_a_copy_in_ram(rng, tmp_path, monkeypatch):
+    vecs = clustered(rng, 6000)
+    index = VectorIndex.build(np.arange(1000), vecs[:1000], MODEL, exact_below=1000)  # lists for 1000
+    index.save(tmp_path / "v", generation=1)
+    _no_table_copies(monkeypatch)
+    for start in range(1000, 6000, 500):  # to 6x the lists' size, through the tail and saves
+        index.add(np.arange(start, start + 500), vecs[start : start + 500])
+        index.save(tmp_path / "v", generation=start)
+    stamp = json.loads((tmp_path / "v" / "stamp.json").read_text())
+    assert stamp["lists_trained_on"] >= 4000 and stamp["count"] == len(index) == 6000
+    assert index.stats["segments"] == 1 or stamp["lists_trained_on"] < 6000
+    q = vecs[4321] + 0.01 * unit(rng, 1)[0]
+    assert index.search(q, 1)[0][0] == 4321  # every row is where its new list says
+    again = VectorIndex.open(tmp_path / "v", MODEL, exact_below=1000)
+    assert again is not None and again[0].search(q, 5) == index.search(q, 5)
+
+
+def _chunks(ids, vecs, size=700):
+    return ((ids[i : i + size], vecs[i : i + size]) for i in range(0, len(ids), size))
+
+
+@pytest.mark.parametrize("count", [800, 5000])
+def test_a_rebuild_goes_through_files_and_answers_as_one_in_ram(rng, tmp_path, monkeypatch, count):
+    from searchfs.store.vector_build import build_index
+
+    ids, vecs = np.arange(count) * 3 + 1, clustered(rng, count)
+    in_ram = VectorIndex.build(ids, vecs, MODEL, exact_below=1000)
+    _no_table_copies(monkeypatch)
+    built = build_index(count, _chunks(ids, vecs), DIM, MODEL, 1000, tmp_path / "scratch")
+    assert len(built) == count and built.stats["kind"] == in_ram.stats["kind"]
+    assert all(isinstance(s.vectors, np.memmap) for s in built._state.segments)  # page cache, not RAM
+    assert list((tmp_path / "scratch").iterdir()) == []  # the scratch files went as soon as they were mapped
+    for q in like_queries(rng, vecs, 5, spread=0.3):
+        assert built.search(q, 10) == in_ram.search(q, 10)
+    built.save(tmp_path / "v", generation=3)
+    assert VectorIndex.open(tmp_path / "v", MODEL, exact_below=1000)[0].search(vecs[7], 3) == built.search(vecs[7], 3)
+
+
+def test_a_rebuild_that_cannot_write_its_scratch_files_builds_in_ram(rng, tmp_path):
+    from searchfs.store.vector_build import build_index
+
+    ids, vecs = np.arange(300), unit(rng, 300)
+    (tmp_path / "file").write_text("")
+    built = build_index(300, _chunks(ids, vecs), DIM, MODEL, 1000, tmp_path / "file" / "scratch")
+    assert len(built) == 300 and built.search(vecs[5], 1)[0][0] == 5
+    empty = build_index(0, iter(()), DIM, MODEL, 1000, tmp_path / "scratch")
+    assert len(empty) == 0 and empty.search(vecs[5], 1) == []
+
+
+def test_a_rebuild_refuses_a_stream_that_contradicts_its_count(rng, tmp_path):
+    from searchfs.store.vector_build import build_index
+
+    ids, vecs = np.arange(300), unit(rng, 300)
+    with pytest.raises(ValueError):
+        build_index(301, _chunks(ids, vecs), DIM, MODEL, 1000, tmp_path / "scratch")
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+
 # ------------------------------------------------------------------ concurrency
 
 

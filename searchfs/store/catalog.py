@@ -42,6 +42,7 @@ PAGE_SIZE = 16384
 # A file that can show in results: readable, its content not quarantined, its root online.
 _HIT = f"f.id, f.content_id, r.name, r.path, {_RELPATH}"
 # The one definition of a searchable vector `e`: some usable file holds its content.
+LIVE_CHUNK = 16_384  # vectors per chunk of Catalog.live_vectors (32 MB at 512 dimensions)
 _LIVE = (
     f"EXISTS (SELECT 1 FROM {_FILES} JOIN contents c ON c.id = f.content_id"
     f" WHERE f.content_id = e.content_id AND {_USABLE})"
@@ -375,17 +376,31 @@ class Catalog(WorkQueries):
             self._model_ids[model] = row[0]
         return self._model_ids[model]
 
-    def live_vectors(self, model: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(content ids, vectors) of every embedded content that a usable file on an online root holds."""
+    @contextmanager
+    def live_vectors(self, model: str, dim: int, rows: int = LIVE_CHUNK) -> Iterator[tuple[int, Iterator]]:
+        """(how many, chunks of (content ids, vectors) in id order) of every embedded content that a usable
+        file on an online root holds, read in one snapshot. A chunk at a time: a rebuild at a million
+        photos never holds the catalog's 2 GB of vectors as Python bytes beside the index's copy."""
         model_id = self._model(model)
-        rows = self._all(
-            f"SELECT e.content_id, e.vector FROM embeddings e WHERE e.model_id = ? AND {_LIVE} ORDER BY e.content_id",
-            (model_id,),
-        )
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        if not rows:
-            return ids, np.zeros((0, dim), np.float32)
-        return ids, np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+        live = f"FROM embeddings e WHERE e.model_id = ? AND {_LIVE}"
+        with self.reader() as conn:
+            try:
+                conn.execute("BEGIN")  # one snapshot for the count and every chunk
+                count = conn.execute(f"SELECT count(*) {live}", (model_id,)).fetchone()[0]
+                cursor = conn.execute(f"SELECT e.content_id, e.vector {live} ORDER BY e.content_id", (model_id,))
+            except sqlite3.DatabaseError as exc:
+                raise self._damaged(exc) from exc
+
+            def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                try:
+                    while found := cursor.fetchmany(rows):
+                        ids = np.fromiter((r[0] for r in found), dtype=np.int64, count=len(found))
+                        vectors = np.frombuffer(b"".join(r[1] for r in found), dtype=np.float32)
+                        yield ids, vectors.reshape(len(found), dim)
+                except sqlite3.DatabaseError as exc:
+                    raise self._damaged(exc) from exc
+
+            yield count, chunks()
 
     def live_count(self, model: str) -> int:
         row = self._one(f"SELECT count(*) FROM embeddings e WHERE e.model_id = ? AND {_LIVE}", (self._model(model),))

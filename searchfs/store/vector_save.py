@@ -24,6 +24,7 @@ import numpy as np
 
 from . import vector_files as files
 from .vector_lists import Lists
+from .vector_scoring import assign_rows, live_parts, train_lists
 from .vector_state import Segment, published
 from .vectors import COMPACT_DEAD_FRACTION, MAX_SEGMENTS, RETRAIN_GROWTH
 
@@ -33,16 +34,38 @@ if TYPE_CHECKING:
 
 def save_index(index: VectorIndex, folder: Path, generation: int) -> dict:
     state = index._state
-    if state.lists is not None and state.count >= max(RETRAIN_GROWTH * state.lists.trained_on, index.exact_below):
-        index._organize()  # the lists are trained again for the size the index has reached
-        state = index._state
     files.make_private_folder(folder)
     files.remove_temp_files(folder)
     at_home = index._folder == folder and index._stamp is not None
-    if at_home and not _changed(index, state):
+    retrain = state.lists is not None and state.count >= max(RETRAIN_GROWTH * state.lists.trained_on, index.exact_below)
+    if at_home and not retrain and not _changed(index, state):
         index._generation = generation  # nothing to write: the saved files are what the index holds
         return {"written_bytes": 0, "segments_written": 0}
     tag = files.new_tag(generation)
+    lists = state.lists
+    if retrain:  # lists for the size the index has reached; every row is rewritten in their order
+        lists = train_lists(live_parts(state.all_segments()), state.count, index.dim)
+        keep, rewrite = [], [*state.segments, state.tail]  # type: list[Segment], list[Segment]
+    else:
+        keep, rewrite = _keep_or_rewrite(state, at_home)
+    written = []
+    if rewrite:
+        written.append(_write_rows(folder, f"seg-{tag}-a", rewrite, lists, index.dim, reassign=retrain))
+    if state.tail.live and not retrain:
+        written.append(_write_rows(folder, f"seg-{tag}-t", [state.tail], lists, index.dim))
+    segments = tuple(keep) + tuple(s for s in written if len(s.ids))
+    stamp = _stamp(index, folder, tag, segments, lists, generation)
+    files.fsync_folder(folder)
+    files.write_stamp(folder, stamp)
+    files.remove_unnamed(folder, stamp)
+    _adopt(index, folder, stamp, segments, lists)
+    index._generation = generation
+    new_bytes = sum(info["size"] for s in written for info in (s.files or {}).values())
+    return {"written_bytes": new_bytes, "segments_written": len(written)}
+
+
+def _keep_or_rewrite(state, at_home: bool) -> tuple[list[Segment], list[Segment]]:
+    """The saved segments kept as they are, and those rewritten (merged into one new segment)."""
     keep: list[Segment] = []
     rewrite: list[Segment] = []
     for segment in state.segments:
@@ -52,20 +75,7 @@ def save_index(index: VectorIndex, folder: Path, generation: int) -> dict:
     if len(keep) + len(rewrite) + bool(state.tail.live) > MAX_SEGMENTS:
         keep.sort(key=lambda s: len(s.ids))
         rewrite, keep = rewrite + keep[:-1], keep[-1:]  # the smaller ones merge; the biggest stays
-    written = []
-    if rewrite:
-        written.append(_write_rows(folder, f"seg-{tag}-a", rewrite, state.lists, index.dim))
-    if state.tail.live:
-        written.append(_write_rows(folder, f"seg-{tag}-t", [state.tail], state.lists, index.dim))
-    segments = tuple(keep) + tuple(s for s in written if len(s.ids))
-    stamp = _stamp(index, folder, tag, segments, state.lists, generation)
-    files.fsync_folder(folder)
-    files.write_stamp(folder, stamp)
-    files.remove_unnamed(folder, stamp)
-    _adopt(index, folder, stamp, segments, state.lists)
-    index._generation = generation
-    new_bytes = sum(info["size"] for s in written for info in (s.files or {}).values())
-    return {"written_bytes": new_bytes, "segments_written": len(written)}
+    return keep, rewrite
 
 
 def _changed(index: VectorIndex, state) -> bool:
@@ -90,10 +100,17 @@ def _row_lists(segment: Segment, lists: Lists | None) -> np.ndarray:
     return np.asarray(segment.lists)
 
 
-def _write_rows(folder: Path, name: str, sources: list[Segment], lists: Lists | None, dim: int) -> Segment:
-    """The live rows of `sources` as one new segment, in list order, streamed in chunks."""
+def _write_rows(
+    folder: Path, name: str, sources: list[Segment], lists: Lists | None, dim: int, reassign: bool = False
+) -> Segment:
+    """The live rows of `sources` as one new segment, in list order, streamed in chunks. `reassign`: the
+    lists are new, each row's list is found again (chunk by chunk: no copy of the table either way)."""
     rows = [s.live_rows() for s in sources]
-    keys = np.concatenate([_row_lists(s, lists)[r] for s, r in zip(sources, rows)])
+    if reassign:
+        assert lists is not None
+        keys = np.concatenate([assign_rows(s.vectors, r, lists) for s, r in zip(sources, rows)])
+    else:
+        keys = np.concatenate([_row_lists(s, lists)[r] for s, r in zip(sources, rows)])
     which = np.concatenate([np.full(len(r), i, np.int64) for i, r in enumerate(rows)])
     where = np.concatenate(rows)
     order = np.argsort(keys, kind="stable")  # by list, then by source and row: sequential reads per list

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import vector_files as files
-from .vector_lists import Lists
+from .vector_lists import Lists, nlist_for, sample_rows
 from .vector_state import Segment
 
 
@@ -93,6 +93,26 @@ def gather_rows(parts: list[tuple], picks: np.ndarray, dim: int) -> np.ndarray:
         out[done : done + len(mine)] = vectors[rows[mine]]
         done += len(mine)
         start += len(rows)
+    return out
+
+
+def live_parts(segments) -> list[tuple]:
+    """(ids, vectors, rows) of each segment's live rows, the parts that gather_rows and friends read."""
+    return [(s.ids[rows], s.vectors, rows) for s in segments for rows in [s.live_rows()]]
+
+
+def train_lists(parts: list[tuple], count: int, dim: int) -> Lists:
+    """Lists for `count` live rows (the parts' concatenation), trained on a sample of them: the sample
+    (48 rows a list, 390 MB at a million) is the only copy of vectors this makes."""
+    nlist = nlist_for(count)
+    return Lists.train(gather_rows(parts, sample_rows(count, nlist), dim), nlist, trained_on=count)
+
+
+def assign_rows(vectors: np.ndarray, rows: np.ndarray, lists: Lists) -> np.ndarray:
+    """The list of each of `rows` of `vectors` (a memory map, say), read a chunk at a time."""
+    out = np.empty(len(rows), np.int32)
+    for start in range(0, len(rows), files.CHUNK_ROWS):
+        out[start : start + files.CHUNK_ROWS] = lists.assign(vectors[rows[start : start + files.CHUNK_ROWS]])
     return out
 
 

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .protocol import CatalogStore
+from .vector_build import build_index
 from .vectors import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -133,11 +134,12 @@ class VectorStore:
                 return index, saved
             log.info("vector index in %s is from another catalog state (%d); rebuilding", self._folder(), saved)
         seq = self.catalog.vectors_generation()  # before reading: later changes are caught up after
-        ids, vectors = self.catalog.live_vectors(model, dim)
+        with self.catalog.live_vectors(model, dim) as (count, chunks):
+            index = build_index(count, chunks, dim, model, self.exact_below, self._folder().parent)
         self._saved_seq = None
-        self.last_load = {"loaded": len(ids), "saved_at": None, "rebuilt": True, "caught_up": 0}
-        log.info("vector index: built from the catalog (%d vectors)", len(ids))
-        return VectorIndex.build(ids, vectors, model, exact_below=self.exact_below), seq
+        self.last_load = {"loaded": len(index), "saved_at": None, "rebuilt": True, "caught_up": 0}
+        log.info("vector index: built from the catalog (%d vectors)", len(index))
+        return index, seq
 
     def _verify(self, index: VectorIndex) -> None:
         problems = index.verify()

@@ -37,8 +37,17 @@ from pathlib import Path
 import numpy as np
 
 from . import vector_files as files
-from .vector_lists import Lists, nlist_for, sample_rows
-from .vector_scoring import gather_rows, merge, runs, score_all, score_rows, score_runs, skipped, sorted_by_list
+from .vector_scoring import (
+    live_parts,
+    merge,
+    runs,
+    score_all,
+    score_rows,
+    score_runs,
+    skipped,
+    sorted_by_list,
+    train_lists,
+)
 from .vector_state import IdMap, Segment, State, published, readonly
 
 log = logging.getLogger(__name__)
@@ -286,19 +295,15 @@ class VectorIndex:
         the next save. Runs when the index first reaches exact_below (or grows RETRAIN_GROWTH times past
         its lists), with the writer lock held; searches keep the state they read and scan every row."""
         state = self._state
-        parts = [(s.ids[rows], s.vectors, rows) for s in state.all_segments() for rows in [s.live_rows()]]
-        count = state.count
-        nlist = nlist_for(count)
-        picks = sample_rows(count, nlist)
-        sample = gather_rows(parts, picks, self.dim)
-        lists = Lists.train(sample, nlist, trained_on=count)
+        parts = live_parts(state.all_segments())
+        lists = train_lists(parts, state.count, self.dim)
         ids, vectors, offsets = sorted_by_list(parts, lists, self.dim)
         segment = Segment(readonly(ids), readonly(vectors), offsets, None)
         self._used = 0
         self._tail_vectors, self._tail_ids, self._tail_lists = (
             np.empty((0, self.dim), np.float32), np.empty(0, np.int64), np.empty(0, np.int32))  # fmt: skip
         self._state = published((segment,), self._tail_view(None), lists)
-        log.info("vector index: %d vectors in %d lists", count, nlist)
+        log.info("vector index: %d vectors in %d lists", state.count, lists.count)
 
     # ---------------------------------------------------------------- files
 
