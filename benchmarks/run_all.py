@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "files": ([], ["--quick"]),
     "live": ([], ["--quick"]),
     "scale": ([], ["--quick"]),
+    "rebuild": ([], ["--photos", "100000"]),  # bench_scale's cached library (built first if absent)
 }
 
 
