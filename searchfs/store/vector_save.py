@@ -123,6 +123,7 @@ def _write_rows(
             for i, source in enumerate(sources):
                 mine = which[part] == i
                 out[mine] = source.vectors[where[part[mine]]]
+                files.release_pages(source.vectors)  # read pages stay cached, not counted as ours
             yield out
 
     offsets = None

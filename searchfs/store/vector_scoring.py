@@ -105,7 +105,10 @@ def train_lists(parts: list[tuple], count: int, dim: int) -> Lists:
     """Lists for `count` live rows (the parts' concatenation), trained on a sample of them: the sample
     (48 rows a list, 390 MB at a million) is the only copy of vectors this makes."""
     nlist = nlist_for(count)
-    return Lists.train(gather_rows(parts, sample_rows(count, nlist), dim), nlist, trained_on=count)
+    sample = gather_rows(parts, sample_rows(count, nlist), dim)
+    for _, vectors, _ in parts:
+        files.release_pages(vectors)
+    return Lists.train(sample, nlist, trained_on=count)
 
 
 def assign_rows(vectors: np.ndarray, rows: np.ndarray, lists: Lists) -> np.ndarray:
@@ -113,6 +116,7 @@ def assign_rows(vectors: np.ndarray, rows: np.ndarray, lists: Lists) -> np.ndarr
     out = np.empty(len(rows), np.int32)
     for start in range(0, len(rows), files.CHUNK_ROWS):
         out[start : start + files.CHUNK_ROWS] = lists.assign(vectors[rows[start : start + files.CHUNK_ROWS]])
+        files.release_pages(vectors)
     return out
 
 
