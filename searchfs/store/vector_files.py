@@ -35,6 +35,7 @@ FORMAT_VERSION = 2
 STAMP_FILE = "stamp.json"
 TEMP_MARK = ".tmp-"
 CHUNK_ROWS = 16_384  # rows per write: bounds the temporary copies of a save
+TAKE_ROWS = 64  # scattered rows read from a memory map between two releases of its pages (take_rows)
 VERIFY_BLOCK = 1 << 22
 
 
@@ -179,6 +180,19 @@ def map_vectors(path: Path, rows: int, dim: int) -> np.ndarray:
     if vectors.dtype != np.float32 or vectors.shape != (rows, dim):
         raise ValueError(f"{path.name} does not have the shape the stamp promises")
     return vectors
+
+
+def take_rows(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """vectors[rows], with a memory map's pages given back every TAKE_ROWS rows. A fault maps the whole
+    page-cache folio around it (up to 2 MB on recent kernels): 1024 rows scattered over a segment mapped
+    750 MB here, 16k of them all of it. 64 rows at a time costs a pass about 13% more time."""
+    if getattr(vectors, "_mmap", None) is None:
+        return vectors[rows]
+    out = np.empty((len(rows), vectors.shape[1]), vectors.dtype)
+    for start in range(0, len(rows), TAKE_ROWS):
+        out[start : start + TAKE_ROWS] = vectors[rows[start : start + TAKE_ROWS]]
+        release_pages(vectors)
+    return out
 
 
 def release_pages(vectors: np.ndarray) -> None:

@@ -122,8 +122,7 @@ def _write_rows(
             out = np.empty((len(part), dim), np.float32)
             for i, source in enumerate(sources):
                 mine = which[part] == i
-                out[mine] = source.vectors[where[part[mine]]]
-                files.release_pages(source.vectors)  # read pages stay cached, not counted as ours
+                out[mine] = files.take_rows(source.vectors, where[part[mine]])  # pages given back as it goes
             yield out
 
     offsets = None

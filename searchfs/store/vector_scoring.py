@@ -90,7 +90,7 @@ def gather_rows(parts: list[tuple], picks: np.ndarray, dim: int) -> np.ndarray:
     start = done = 0
     for _, vectors, rows in parts:
         mine = picks[(picks >= start) & (picks < start + len(rows))] - start
-        out[done : done + len(mine)] = vectors[rows[mine]]
+        out[done : done + len(mine)] = files.take_rows(vectors, rows[mine])
         done += len(mine)
         start += len(rows)
     return out
@@ -105,18 +105,16 @@ def train_lists(parts: list[tuple], count: int, dim: int) -> Lists:
     """Lists for `count` live rows (the parts' concatenation), trained on a sample of them: the sample
     (48 rows a list, 390 MB at a million) is the only copy of vectors this makes."""
     nlist = nlist_for(count)
-    sample = gather_rows(parts, sample_rows(count, nlist), dim)
-    for _, vectors, _ in parts:
-        files.release_pages(vectors)
-    return Lists.train(sample, nlist, trained_on=count)
+    return Lists.train(gather_rows(parts, sample_rows(count, nlist), dim), nlist, trained_on=count)
 
 
 def assign_rows(vectors: np.ndarray, rows: np.ndarray, lists: Lists) -> np.ndarray:
     """The list of each of `rows` of `vectors` (a memory map, say), read a chunk at a time."""
     out = np.empty(len(rows), np.int32)
     for start in range(0, len(rows), files.CHUNK_ROWS):
-        out[start : start + files.CHUNK_ROWS] = lists.assign(vectors[rows[start : start + files.CHUNK_ROWS]])
-        files.release_pages(vectors)
+        out[start : start + files.CHUNK_ROWS] = lists.assign(
+            files.take_rows(vectors, rows[start : start + files.CHUNK_ROWS])
+        )
     return out
 
 
