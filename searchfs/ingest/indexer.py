@@ -13,8 +13,7 @@ Three stages, each restartable because every step is committed as it goes:
    with the reason.
 A whole index (`index`) runs the embeddings on a thread of their own, alongside stages 1 and 2: the model
 takes each batch of files as soon as its hashes commit, so the hashing and exiftool cost no wall time
-beside the model (on two cores, 12 MP photos: stages 1 and 2 were a fifth of a run). While the model still
-loads, the thread waits for a whole batch (or the model), so the pictures decoded meanwhile are many.
+beside the model (on two cores, 12 MP photos: stages 1 and 2 were a fifth of a run).
 The daemon's rounds (`process`) run the stages one after another on its writer thread.
 Only one process writes (the library's writer lock sees to that); inside it, the catalog's own lock
 serializes the two threads' transactions, and one lock keeps exiftool to one caller at a time.
@@ -51,7 +50,6 @@ from .tags import EXTRACTOR_VERSION
 log = logging.getLogger(__name__)
 
 HASH_BATCH = 256  # files hashed per write transaction
-LOAD_POLL = 0.05  # seconds between looks at a loading model while files commit
 FIRST_HASH_BATCH = 16  # ... but a scan commits its first files sooner, so embedding starts early
 WORK_BATCH = 256  # contents per metadata / embedding round
 STALE_BATCH = 1024  # contents read again (older extractor) per `process` call: the daemon stays responsive
@@ -68,9 +66,6 @@ class Extractor(Protocol):
 class ImageEmbedder(Protocol):
     @property
     def model_id(self) -> str: ...
-
-    @property
-    def loaded(self) -> bool: ...
 
     def embed_images(self, paths: Sequence[bytes], on_batch: Callable | None = None) -> list[ImageResult]: ...
 
@@ -339,9 +334,6 @@ class Indexer:
                 if last_call or work is None:
                     return
                 work.wait()
-                continue
-            if work is not None and not last_call and len(batch) < WORK_BATCH and not self.embedder.loaded:
-                work.wait(LOAD_POLL)  # the model still loads: let more files commit, then decode them all ahead
                 continue
             if total is None and work is not None and work.finished:
                 total = done + self.catalog.count_needing_embedding(model)
