@@ -17,6 +17,7 @@ import pytest
 from photos import make_photo
 from PIL import Image
 from test_decode import halves, write_broken
+from waiting import wait_for
 
 from searchfs.errors import ImageError, ModelUnavailable
 from searchfs.ingest import weights as weights_module
@@ -125,6 +126,34 @@ def test_broken_files_give_reasons_and_spare_the_batch(embedder, tmp_path):
         else:
             assert result.ok and result.error is None, (name, result.error)
             np.testing.assert_allclose(result.vector, one(embedder, tmp_path / name), atol=1e-6)
+
+
+def test_the_next_calls_pictures_are_decoded_once_and_handed_over(module_settings, tmp_path, monkeypatch):
+    """`then` (the indexer's next batch) is decoded while this call ends, and the next call takes those
+    decodes as they are: every file is decoded once, and the vectors are those of a plain call. Decodes
+    of paths the next call does not ask for are dropped."""
+    paths = [os.fsencode(make_photo(tmp_path / f"p{i}.jpg", seed=i)) for i in range(10)]
+    instance = Embedder(module_settings)
+    try:
+        expected = [r.vector for r in instance.embed_images(paths)]
+        decoded: list[bytes] = []
+        real = Embedder._decode
+
+        def counting(self, path, target, fit=None):
+            decoded.append(path)
+            return real(self, path, target, fit)
+
+        monkeypatch.setattr(Embedder, "_decode", counting)
+        first = instance.embed_images(paths[:3], then=paths[3:7])
+        wait_for(lambda: set(paths[3:7]) <= set(decoded), "the next call's decodes")  # before it is made
+        second = instance.embed_images(paths[3:6], then=paths[9:])  # paths[6] was decoded for nothing
+        third = instance.embed_images(paths[7:9])
+        assert sorted(decoded) == sorted(paths[:7] + paths[7:9] + paths[9:])  # each once, paths[9] ahead
+        got = [r.vector for r in first + second + third]
+        want = expected[:6] + expected[7:9]
+        assert all(np.array_equal(a, b) for a, b in zip(got, want)) and len(got) == len(want)
+    finally:
+        instance.close()
 
 
 def test_no_files_written_and_no_handles_left(embedder, tmp_path):

@@ -22,9 +22,9 @@ def watch_embedding(lib, monkeypatch) -> threading.Event:
     started = threading.Event()
     real = lib.embedder.embed_images
 
-    def embed_images(paths, on_batch=None):
+    def embed_images(paths, on_batch=None, then=()):
         started.set()
-        return real(paths, on_batch=on_batch)
+        return real(paths, on_batch=on_batch, then=then)
 
     monkeypatch.setattr(lib.embedder, "embed_images", embed_images)
     return started

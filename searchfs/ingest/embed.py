@@ -83,6 +83,50 @@ class _Decoded:
             return ImageError(f"cannot preprocess: {one_line(exc)}")
 
 
+class _Decodes:
+    """One embed_images call's decodes: its own paths in order, then the caller's next ones (`then`), for
+    the next call. Decodes an earlier call started for these paths are taken as they are."""
+
+    def __init__(self, embedder: Embedder, paths: Sequence[PathLike], then: Sequence[PathLike]):
+        self.embedder, self.paths, self.then = embedder, paths, list(then)
+        self.pool = embedder._decode_pool()
+        self.ahead = embedder._swap_ahead({})
+        self.queue: collections.deque[tuple[int, Future]] = collections.deque()
+        self.handed: dict[PathLike, Future] = {}
+        self.submitted = 0
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.queue) or self.submitted < len(self.paths)
+
+    def submit(self, up_to: int, target: int, fit) -> None:
+        """Keep up to `up_to` decodes going: this call's paths first, then the next call's."""
+        while self.submitted < len(self.paths) and len(self.queue) < up_to:
+            self.queue.append((self.submitted, self._start(self.paths[self.submitted], target, fit)))
+            self.submitted += 1
+        while self.submitted == len(self.paths) and self.then and len(self.queue) + len(self.handed) < up_to:
+            path = self.then.pop(0)
+            if path not in self.handed:
+                self.handed[path] = self._start(path, target, fit)
+
+    def _start(self, path: PathLike, target: int | None, fit) -> Future:
+        started = self.ahead.pop(path, None)
+        return started if started is not None else self.pool.submit(self.embedder._decode, path, target, fit)
+
+    def take(self, count: int) -> list[tuple[int, Future]]:
+        return [self.queue.popleft() for _ in range(min(count, len(self.queue)))]
+
+    def hand_over(self) -> None:
+        for future in self.ahead.values():  # started for paths this call did not ask for
+            future.cancel()
+        for future in self.embedder._swap_ahead(self.handed).values():  # another caller's, meanwhile
+            future.cancel()
+
+    def cancel(self) -> None:
+        for future in [f for _, f in self.queue] + list(self.handed.values()) + list(self.ahead.values()):
+            future.cancel()
+
+
 class Embedder:
     """Thread-safe; model calls are serialized (the runtime already uses every core)."""
 
@@ -101,6 +145,8 @@ class Embedder:
         self._closed = False
         self.model_calls = 0  # forward passes run (torch or numpy), for tests and stats
         self.decode_workers = max(2, min(4, os.cpu_count() or 2))
+        self._pool: ThreadPoolExecutor | None = None  # decode threads, made on first use, kept until close
+        self._ahead: dict[PathLike, Future] = {}  # decodes started for the next embed_images (its `then`)
 
     # ---------------------------------------------------------------- loading
 
@@ -200,44 +246,57 @@ class Embedder:
 
     # ---------------------------------------------------------------- images
 
-    def embed_images(self, paths: Sequence[PathLike], on_batch: Callable | None = None) -> list[ImageResult]:
+    def embed_images(
+        self, paths: Sequence[PathLike], on_batch: Callable | None = None, then: Sequence[PathLike] = ()
+    ) -> list[ImageResult]:
         """One ImageResult per path. `on_batch(positions, results)`, when given, is called after each
         model batch with the positions it filled, so the caller can store them at once (results then
-        grow while a long round runs).
+        grow while a long round runs). `then`: the paths the caller asks for next (the indexer's next
+        batch); once these are all decoding, those are decoded too, in the same window, and the next
+        call takes them as they are, so the decoders never idle between two calls.
 
         Files are decoded in a thread pool, one batch ahead of the model. While the model is still
         loading (in the background, from start_loading), decoding runs further ahead, up to
         AHEAD_BYTES of pictures, so that the wait is spent on work the model needs anyway."""
         self.start_loading()
+        decodes = _Decodes(self, paths, then)
+        fit = None if self.loaded else self._fit_ahead()
+        target = fit.image_size if fit else None if self.loaded else input_size_hint(self.settings)
+        if target:
+            side = target if fit else 4 * target  # a drafted picture: < 4 x target a side
+            decodes.submit(max(1, AHEAD_BYTES // (3 * side**2)), target, fit)
+        try:
+            runtime = self.runtime  # waits for the load
+        except ModelUnavailable:
+            decodes.cancel()  # the pictures decoded ahead have no model to go to
+            raise
         results: list[ImageResult] = [ImageResult()] * len(paths)
-        queue: collections.deque[tuple[int, Future]] = collections.deque()
-        submitted = 0
-
-        def submit(up_to: int) -> None:
-            nonlocal submitted
-            while submitted < len(paths) and len(queue) < up_to:
-                queue.append((submitted, pool.submit(self._decode, paths[submitted], target, fit)))
-                submitted += 1
-
-        with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="searchfs-decode") as pool:
-            fit = None if self.loaded else self._fit_ahead()
-            target = fit.image_size if fit else None if self.loaded else input_size_hint(self.settings)
-            if target:
-                side = target if fit else 4 * target  # a drafted picture: < 4 x target a side
-                submit(max(1, AHEAD_BYTES // (3 * side**2)))
-            try:
-                runtime = self.runtime  # waits for the load
-            except ModelUnavailable:
-                pool.shutdown(cancel_futures=True)  # the pictures decoded ahead have no model to go to
-                raise
-            target, size, fit = runtime.input_size, self.batch_size, None
-            while queue or submitted < len(paths):
-                submit(2 * size)  # the batch the model runs next, and one decoding behind it
-                batch = [queue.popleft() for _ in range(min(size, len(queue)))]
+        size = self.batch_size
+        try:
+            while decodes.pending:
+                decodes.submit(2 * size, runtime.input_size, None)  # the next batch, and one decoding behind
+                batch = decodes.take(size)
                 self._embed_decoded(runtime, batch, paths, results)
                 if on_batch is not None:
                     on_batch(range(batch[0][0], batch[-1][0] + 1), results)
+            decodes.submit(2 * size, runtime.input_size, None)
+        except BaseException:
+            decodes.cancel()
+            raise
+        decodes.hand_over()
         return results
+
+    def _decode_pool(self) -> ThreadPoolExecutor:
+        with self._loader_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="searchfs-decode")
+            return self._pool
+
+    def _swap_ahead(self, handed: dict[PathLike, Future]) -> dict[PathLike, Future]:
+        """Decodes started for the next call, in exchange for those this call starts."""
+        with self._loader_lock:
+            ahead, self._ahead = self._ahead, handed
+        return ahead
 
     def _decode(self, path: PathLike, target: int | None, fit: vit_tower.VitConfig | None = None):
         """Decode (in a worker thread) and, once the model is loaded, preprocess one file; errors come
@@ -349,6 +408,12 @@ class Embedder:
         self._texts.close()
         self._closed = True
         self._tower = None
+        for future in self._swap_ahead({}).values():
+            future.cancel()
+        with self._loader_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         self._drop_runtime()
 
     def _drop_runtime(self) -> None:

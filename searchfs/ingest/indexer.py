@@ -67,7 +67,9 @@ class ImageEmbedder(Protocol):
     @property
     def model_id(self) -> str: ...
 
-    def embed_images(self, paths: Sequence[bytes], on_batch: Callable | None = None) -> list[ImageResult]: ...
+    def embed_images(
+        self, paths: Sequence[bytes], on_batch: Callable | None = None, then: Sequence[bytes] = ()
+    ) -> list[ImageResult]: ...
 
     def embed_bytes(self, data: bytes, orientation: int | None = None) -> ImageResult: ...
 
@@ -327,9 +329,10 @@ class Indexer:
             done += len(rows)
             self.progress("embed", done, total)
 
+        upcoming: list[ContentPath] = []  # the batch after this one, fetched before this one is embedded
         while work is None or not work.cancelled:
             last_call = work is None or work.finished  # read before the query: then it saw all the work
-            batch = self.catalog.contents_needing_embedding(model, WORK_BATCH, after=after)
+            batch = upcoming or self.catalog.contents_needing_embedding(model, WORK_BATCH, after=after)
             if not batch:
                 if last_call or work is None:
                     return
@@ -339,8 +342,10 @@ class Indexer:
                 total = done + self.catalog.count_needing_embedding(model)
             after = batch[-1].content_id
             batch = [row for row in batch if self._inside_a_root(row.path)]  # else: the watcher or a scan drops it
+            upcoming = self.catalog.contents_needing_embedding(model, WORK_BATCH, after=after)
+            then = [row.path for row in upcoming if self._inside_a_root(row.path)]  # decoded while this ends
             try:
-                self.embedder.embed_images([item.path for item in batch], on_batch=store)
+                self.embedder.embed_images([item.path for item in batch], on_batch=store, then=then)
             except ModelUnavailable as exc:
                 report.errors.append(str(exc))
                 return
