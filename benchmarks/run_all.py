@@ -81,12 +81,12 @@ def run(name: str, arguments: list[str], out: Path, timeout: float) -> tuple[dic
     return result, seconds, ""
 
 
-def markdown(rows: list[tuple[str, float, str, list]], quick: bool) -> str:
+def markdown(rows: list[tuple[str, float, str, list]], quick: bool, collected: bool = False) -> str:
+    how = "the results kept, collected" if collected else f"{'quick' if quick else 'full'} runs"
     lines = [
         "# Benchmark results",
         "",
-        f"{time.strftime('%Y-%m-%d %H:%M')}, {'quick' if quick else 'full'} runs, "
-        "`python benchmarks/run_all.py` (each JSON beside this file).",
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {how}, `python benchmarks/run_all.py` (each JSON beside this file).",
         "",
         "| benchmark | target | value | bound | met |",
         "|---|---|---|---|---|",
@@ -96,7 +96,7 @@ def markdown(rows: list[tuple[str, float, str, list]], quick: bool) -> str:
             lines.append(f"| {name} | (did not run: {failure}) | | | no |")
             continue
         if not found:
-            lines.append(f"| {name} | (no targets; figures in {name}.json, {seconds:.0f} s) | | | |")
+            lines.append(f"| {name} | (no targets; figures in {name.split()[0]}.json, {seconds:.0f} s) | | | |")
         for check, value, bound, ok in found:
             shown = "" if isinstance(value, bool) else value
             lines.append(f"| {name} | {check} | {shown} | {'' if bound is None else bound} | {'yes' if ok else 'NO'} |")
@@ -109,7 +109,13 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated names, e.g. index,query (default: all)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results folder")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds per benchmark")
+    parser.add_argument("--collect", action="store_true", help="run nothing: RESULTS.md from the JSON kept")
     args = parser.parse_args()
+    if args.collect:
+        kept = [(f"{n} (kept)", 0.0, "", checks(json.loads((args.out / f"{n}.json").read_text()))) for n in BENCHMARKS
+                if (args.out / f"{n}.json").exists()]  # fmt: skip
+        (args.out / "RESULTS.md").write_text(markdown(kept, args.quick, collected=True))
+        return 0
     names = [n for n in (args.only.split(",") if args.only else BENCHMARKS) if n]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:

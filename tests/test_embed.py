@@ -156,6 +156,18 @@ def test_the_next_calls_pictures_are_decoded_once_and_handed_over(module_setting
         instance.close()
 
 
+def test_decode_threads_yield_the_cpu_to_the_model(embedder, tmp_path):
+    """The decode pool's threads run DECODE_NICENESS nicer than the process's own threads (Linux)."""
+    from searchfs.ingest import embed as embed_module
+
+    embedder.embed_images([os.fsencode(make_photo(tmp_path / "a.jpg", seed=3))])
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    threads = [t for t in embedder._pool._threads if t.native_id is not None]
+    assert threads and {os.getpriority(os.PRIO_PROCESS, t.native_id) for t in threads} == {
+        min(19, base + embed_module.DECODE_NICENESS)
+    }
+
+
 def test_no_files_written_and_no_handles_left(embedder, tmp_path):
     folder = tmp_path / "photos"
     make_photo(folder / "a.jpg", seed=1)

@@ -14,6 +14,7 @@ What a setting names and where its weights are is `weights.py`'s business; decod
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 # photos drafted for a 224 px model, or 330 fitted to its input (when the plain-torch tower's transform is
 # known before the load: vit_tower.planned), about 6 s of decoding on 2 cores, more than any load.
 AHEAD_BYTES = 48 * (1 << 20)
+DECODE_NICENESS = 10  # the decode threads' niceness, above the process's own (_yield_to_the_model)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,17 @@ class _Decoded:
             return runtime.prepare(self.picture)
         except Exception as exc:  # noqa: BLE001 - as in Embedder._decode
             return ImageError(f"cannot preprocess: {one_line(exc)}")
+
+
+def _yield_to_the_model() -> None:
+    """Decode threads run DECODE_NICENESS nicer than they were born (up to 19): on a CPU the model's
+    threads get a core whenever they can run, and decoding takes what they leave. In fp32, where the
+    model is the bottleneck, that indexed 3% faster here (alternating runs; +19: 4.5%); in bf16, where
+    decoding is, it changed nothing. The mount's FUSE threads keep their priority over decoding too.
+    Linux sets one thread's niceness this way; elsewhere the call fails and nothing changes."""
+    with contextlib.suppress(OSError, AttributeError):
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + DECODE_NICENESS))
 
 
 class _Decodes:
@@ -289,7 +302,9 @@ class Embedder:
     def _decode_pool(self) -> ThreadPoolExecutor:
         with self._loader_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="searchfs-decode")
+                self._pool = ThreadPoolExecutor(
+                    self.decode_workers, thread_name_prefix="searchfs-decode", initializer=_yield_to_the_model
+                )
             return self._pool
 
     def _swap_ahead(self, handed: dict[PathLike, Future]) -> dict[PathLike, Future]:
