@@ -146,7 +146,7 @@ def test_the_next_calls_pictures_are_decoded_once_and_handed_over(module_setting
         monkeypatch.setattr(Embedder, "_decode", counting)
         first = instance.embed_images(paths[:3], then=paths[3:7])
         wait_for(lambda: set(paths[3:7]) <= set(decoded), "the next call's decodes")  # before it is made
-        second = instance.embed_images(paths[3:6], then=paths[9:])  # paths[6] was decoded for nothing
+        second = instance.embed_images(paths[3:6], then=lambda: paths[9:])  # paths[6] was decoded for nothing
         third = instance.embed_images(paths[7:9])
         assert sorted(decoded) == sorted(paths[:7] + paths[7:9] + paths[9:])  # each once, paths[9] ahead
         got = [r.vector for r in first + second + third]

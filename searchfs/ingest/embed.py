@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 # photos drafted for a 224 px model, or 330 fitted to its input (when the plain-torch tower's transform is
 # known before the load: vit_tower.planned), about 6 s of decoding on 2 cores, more than any load.
 AHEAD_BYTES = 48 * (1 << 20)
+Then = Sequence[PathLike] | Callable[[], Sequence[PathLike]]  # embed_images's `then`
+ASK_EVERY = 0.05  # seconds between looks for more files to decode while the model loads
 DECODE_NICENESS = 10  # the decode threads' niceness, above the process's own (_yield_to_the_model)
 
 
@@ -98,10 +101,14 @@ def _yield_to_the_model() -> None:
 
 class _Decodes:
     """One embed_images call's decodes: its own paths in order, then the caller's next ones (`then`), for
-    the next call. Decodes an earlier call started for these paths are taken as they are."""
+    the next call. Decodes an earlier call started for these paths are taken as they are. A callable
+    `then` is asked again whenever its paths are all decoding (while the model loads, more files commit)."""
 
-    def __init__(self, embedder: Embedder, paths: Sequence[PathLike], then: Sequence[PathLike]):
-        self.embedder, self.paths, self.then = embedder, paths, list(then)
+    def __init__(self, embedder: Embedder, paths: Sequence[PathLike], then: Then):
+        self.embedder, self.paths = embedder, paths
+        self.more = then if callable(then) else None
+        self.then = [] if callable(then) else list(then)
+        self.asked = 0.0  # when `more` was last asked
         self.pool = embedder._decode_pool()
         self.ahead = embedder._swap_ahead({})
         self.queue: collections.deque[tuple[int, Future]] = collections.deque()
@@ -117,10 +124,20 @@ class _Decodes:
         while self.submitted < len(self.paths) and len(self.queue) < up_to:
             self.queue.append((self.submitted, self._start(self.paths[self.submitted], target, fit)))
             self.submitted += 1
-        while self.submitted == len(self.paths) and self.then and len(self.queue) + len(self.handed) < up_to:
+        while self.submitted == len(self.paths) and len(self.queue) + len(self.handed) < up_to:
+            if not self.then and not self._ask():
+                return
             path = self.then.pop(0)
             if path not in self.handed:
                 self.handed[path] = self._start(path, target, fit)
+
+    def _ask(self) -> bool:
+        """Refill `then` from the callable, at most every ASK_EVERY seconds; whether anything new came."""
+        if self.more is None or time.monotonic() - self.asked < ASK_EVERY:
+            return False
+        self.asked = time.monotonic()
+        self.then = [p for p in self.more() if p not in self.handed]
+        return bool(self.then)
 
     def _start(self, path: PathLike, target: int | None, fit) -> Future:
         started = self.ahead.pop(path, None)
@@ -260,13 +277,14 @@ class Embedder:
     # ---------------------------------------------------------------- images
 
     def embed_images(
-        self, paths: Sequence[PathLike], on_batch: Callable | None = None, then: Sequence[PathLike] = ()
+        self, paths: Sequence[PathLike], on_batch: Callable | None = None, then: Then = ()
     ) -> list[ImageResult]:
         """One ImageResult per path. `on_batch(positions, results)`, when given, is called after each
         model batch with the positions it filled, so the caller can store them at once (results then
         grow while a long round runs). `then`: the paths the caller asks for next (the indexer's next
-        batch); once these are all decoding, those are decoded too, in the same window, and the next
-        call takes them as they are, so the decoders never idle between two calls.
+        batch), or a function that says them (asked again as they run out); once these are all
+        decoding, those are decoded too, in the same window, and the next call takes them as they are,
+        so the decoders never idle between two calls, nor while the model loads.
 
         Files are decoded in a thread pool, one batch ahead of the model. While the model is still
         loading (in the background, from start_loading), decoding runs further ahead, up to
@@ -278,6 +296,8 @@ class Embedder:
         if target:
             side = target if fit else 4 * target  # a drafted picture: < 4 x target a side
             decodes.submit(max(1, AHEAD_BYTES // (3 * side**2)), target, fit)
+            while not self._wait_loaded(ASK_EVERY):  # files committed meanwhile are decoded as they come
+                decodes.submit(max(1, AHEAD_BYTES // (3 * side**2)), target, fit)
         try:
             runtime = self.runtime  # waits for the load
         except ModelUnavailable:
@@ -298,6 +318,14 @@ class Embedder:
             raise
         decodes.hand_over()
         return results
+
+    def _wait_loaded(self, timeout: float) -> bool:
+        """Whether the background load has ended (loaded or failed), waiting up to `timeout` for it."""
+        loader = self._loader
+        if self._runtime is not None or self._failure is not None or loader is None:
+            return True
+        loader.join(timeout)
+        return not loader.is_alive()
 
     def _decode_pool(self) -> ThreadPoolExecutor:
         with self._loader_lock:

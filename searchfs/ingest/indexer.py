@@ -68,7 +68,7 @@ class ImageEmbedder(Protocol):
     def model_id(self) -> str: ...
 
     def embed_images(
-        self, paths: Sequence[bytes], on_batch: Callable | None = None, then: Sequence[bytes] = ()
+        self, paths: Sequence[bytes], on_batch: Callable | None = None, then: Callable[[], Sequence[bytes]] = list
     ) -> list[ImageResult]: ...
 
     def embed_bytes(self, data: bytes, orientation: int | None = None) -> ImageResult: ...
@@ -342,8 +342,13 @@ class Indexer:
                 total = done + self.catalog.count_needing_embedding(model)
             after = batch[-1].content_id
             batch = [row for row in batch if self._inside_a_root(row.path)]  # else: the watcher or a scan drops it
-            upcoming = self.catalog.contents_needing_embedding(model, WORK_BATCH, after=after)
-            then = [row.path for row in upcoming if self._inside_a_root(row.path)]  # decoded while this ends
+            upcoming = []
+
+            def then(after: int = after) -> list[bytes]:  # the next batch, decoded as this one ends (asked again)
+                nonlocal upcoming
+                upcoming = self.catalog.contents_needing_embedding(model, WORK_BATCH, after=after)
+                return [row.path for row in upcoming if self._inside_a_root(row.path)]
+
             try:
                 self.embedder.embed_images([item.path for item in batch], on_batch=store, then=then)
             except ModelUnavailable as exc:
