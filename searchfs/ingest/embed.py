@@ -295,9 +295,10 @@ class Embedder:
         target = fit.image_size if fit else None if self.loaded else input_size_hint(self.settings)
         if target:
             side = target if fit else 4 * target  # a drafted picture: < 4 x target a side
-            decodes.submit(max(1, AHEAD_BYTES // (3 * side**2)), target, fit)
+            ahead = max(1, AHEAD_BYTES // (3 * side**2))
+            decodes.submit(ahead, target, fit)
             while not self._wait_loaded(ASK_EVERY):  # files committed meanwhile are decoded as they come
-                decodes.submit(max(1, AHEAD_BYTES // (3 * side**2)), target, fit)
+                decodes.submit(ahead, target, fit)
         try:
             runtime = self.runtime  # waits for the load
         except ModelUnavailable:
