@@ -259,12 +259,11 @@ class Embedder:
 
     def _fit_ahead(self) -> vit_tower.VitConfig | None:
         """The plain-torch tower's config when the load will build it, so that pictures decoded before
-        the load ends can be fitted to its input; None when only the load can tell."""
+        the load ends can be fitted to its input; None when only the load can tell. (A model id that is
+        never exported, random weights, has no stamp: the runtime keeps no folder for it.)"""
         try:
             model = self.model_id
         except ModelUnavailable:
-            return None
-        if not text_tower.exportable(model):
             return None
         found = vit_tower.planned(self.settings, text_tower.folder_for(self.settings, model), model)
         return found[0] if found else None

@@ -329,7 +329,7 @@ class Indexer:
             done += len(rows)
             self.progress("embed", done, total)
 
-        upcoming: list[ContentPath] = []  # the batch after this one, fetched before this one is embedded
+        upcoming: list[ContentPath] = []  # the next batch, as the embedder last asked for it (then())
         while work is None or not work.cancelled:
             last_call = work is None or work.finished  # read before the query: then it saw all the work
             batch = upcoming or self.catalog.contents_needing_embedding(model, WORK_BATCH, after=after)

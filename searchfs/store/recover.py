@@ -140,12 +140,10 @@ def _name_the_hash(source, target) -> None:
         version = source.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.DatabaseError:
         version = 0
-    has_meta = target.execute("SELECT count(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0]
-    if not has_meta:
-        target.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
-    named = target.execute("SELECT 1 FROM meta WHERE key = 'content_hash'").fetchone()
-    if not named and version < 4:
-        target.execute("INSERT INTO meta(key, value) VALUES ('content_hash', ?)", (content_hash.LEGACY,))
+    if version >= 4:
+        return
+    target.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")  # its table may be lost
+    target.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('content_hash', ?)", (content_hash.LEGACY,))
 
 
 def _copy_ranges(source, target, table: str, query: str, *params, key: str = "content_id") -> None:

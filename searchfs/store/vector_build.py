@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import vector_files as files
-from .vector_save import _write_rows
+from .vector_save import write_rows
 from .vector_scoring import live_parts, train_lists
 from .vector_state import Segment, published, readonly
 from .vectors import VectorIndex, _checked_ids, _normalized
@@ -93,9 +93,9 @@ def _on_disk(folder: Path, count: int, chunks: Iterator, dim: int, model_id: str
         index._state = published((raw,), index._tail_view(None), None)
         return index
     lists = train_lists(live_parts([raw]), count, dim)
-    written = _write_rows(folder, "sorted", [raw], lists, dim, reassign=True)
+    write_rows(folder, "sorted", [raw], lists, dim, reassign=True)
     ids, vectors, offsets = files.open_segment(folder, "sorted", count, dim, True)
-    del raw, written
+    del raw
     (folder / "raw.vectors.npy").unlink()
     index._state = published((Segment(ids, vectors, offsets, None),), index._tail_view(None), lists)
     log.info("vector index: %d vectors in %d lists, built on disk", count, lists.count)

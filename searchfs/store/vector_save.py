@@ -50,9 +50,9 @@ def save_index(index: VectorIndex, folder: Path, generation: int) -> dict:
         keep, rewrite = _keep_or_rewrite(state, at_home)
     written = []
     if rewrite:
-        written.append(_write_rows(folder, f"seg-{tag}-a", rewrite, lists, index.dim, reassign=retrain))
+        written.append(write_rows(folder, f"seg-{tag}-a", rewrite, lists, index.dim, reassign=retrain))
     if state.tail.live and not retrain:
-        written.append(_write_rows(folder, f"seg-{tag}-t", [state.tail], lists, index.dim))
+        written.append(write_rows(folder, f"seg-{tag}-t", [state.tail], lists, index.dim))
     segments = tuple(keep) + tuple(s for s in written if len(s.ids))
     stamp = _stamp(index, folder, tag, segments, lists, generation)
     files.fsync_folder(folder)
@@ -100,7 +100,7 @@ def _row_lists(segment: Segment, lists: Lists | None) -> np.ndarray:
     return np.asarray(segment.lists)
 
 
-def _write_rows(
+def write_rows(
     folder: Path, name: str, sources: list[Segment], lists: Lists | None, dim: int, reassign: bool = False
 ) -> Segment:
     """The live rows of `sources` as one new segment, in list order, streamed in chunks. `reassign`: the
