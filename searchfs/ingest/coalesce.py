@@ -3,12 +3,13 @@
 Pure: no I/O and no watchdog. The watcher turns watchdog events into `RawEvent`s, holds them until the
 files they touch are complete (`ready`), and hands each burst to `coalesce`.
 
-How it works: the raw events are replayed on a virtual tree that only holds the paths the events name.
-Every node knows its *identity*: the path it had before the burst (None when it was created during the
-burst). Nodes nobody mentioned are implicit and travel with their parent, which is how a folder move
-covers everything inside it. The final tree is then compared with the identities to get moves (identity
-now somewhere else), deletes (identity gone), upserts (file content changed) and rescans (new folders).
-Moves and deletes are finally ordered so that each one is safe to apply after the ones before it.
+How it works: the raw events are replayed on a virtual tree (event_tree.py) that only holds the paths
+the events name. Every node knows its *identity*: the path it had before the burst (None when it was
+created during the burst). Nodes nobody mentioned are implicit and travel with their parent, which is
+how a folder move covers everything inside it. The final tree is then compared with the identities to
+get moves (identity now somewhere else), deletes (identity gone), upserts (file content changed) and
+rescans (new folders). Moves and deletes are finally ordered so that each one is safe to apply after the
+ones before it.
 
 What a consumer must do with each `Change` (paths are absolute bytes):
 
@@ -29,25 +30,22 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
 from ..paths import is_below
+from .event_tree import EventKind, Node, RawEvent, Tree, ancestors, join
 
-
-class EventKind(str, Enum):
-    """What the watcher saw happen to a path (a str, so literal event lists in tests read naturally)."""
-
-    CREATED = "created"
-    MODIFIED = "modified"
-    ATTRIB = "attrib"
-    CLOSED = "closed"
-    DELETED = "deleted"
-    MOVED = "moved"
-
-    def __str__(self) -> str:
-        return self.value
+__all__ = [
+    "Change",
+    "ChangeKind",
+    "EventKind",
+    "RawEvent",
+    "coalesce",
+    "ready",
+    "split_ready",
+]  # EventKind, RawEvent: event_tree.py's
 
 
 class ChangeKind(str, Enum):
@@ -60,15 +58,6 @@ class ChangeKind(str, Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-@dataclass(frozen=True)
-class RawEvent:
-    kind: EventKind
-    path: bytes
-    dest: bytes | None = None
-    is_dir: bool = False
-    time: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -107,213 +96,10 @@ def ready(
 
 
 def coalesce(events: Sequence[RawEvent]) -> list[Change]:
-    tree = _Tree()
+    tree = Tree()
     for event in events:
         tree.apply(event)
     return _plan(tree)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Paths
-
-
-def _join(parent: bytes, name: bytes) -> bytes:
-    return parent + name if parent.endswith(b"/") else parent + b"/" + name
-
-
-def _parts(path: bytes) -> list[bytes]:
-    return [part for part in path.split(b"/") if part]
-
-
-def _ancestors(path: bytes) -> Iterator[bytes]:
-    """Proper ancestors of an absolute path, nearest first, ending with b"/"."""
-    while path != b"/":
-        path = os.path.dirname(path)
-        yield path
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The virtual tree
-
-
-class _Node:
-    __slots__ = ("name", "parent", "children", "gone", "pinned", "orig", "is_dir", "dirty")
-
-    def __init__(self, name: bytes, parent: _Node | None, is_dir: bool) -> None:
-        self.name = name
-        self.parent = parent
-        self.children: dict[bytes, _Node] = {}
-        self.gone: set[bytes] = set()  # names that were deleted or moved away: they no longer exist
-        self.pinned = False  # identity stored in `orig` rather than derived from the parent's
-        self.orig: bytes | None = None
-        self.is_dir = is_dir
-        self.dirty = False
-
-    def identity(self) -> bytes | None:
-        """The path this node had before the burst; None if it was created during the burst."""
-        if self.pinned:
-            return self.orig
-        base = self.parent.identity() if self.parent is not None else None
-        return None if base is None else _join(base, self.name)
-
-
-class _Tree:
-    def __init__(self) -> None:
-        self.root = _Node(b"", None, True)
-        self.root.pinned, self.root.orig = True, b"/"
-        self.doomed: list[tuple[bytes, bool]] = []  # identities that no longer exist, with is_dir
-        self.moved_dirs: dict[bytes, _Node] = {}  # folder moves by source path, to recognise echoes
-
-    # -- lookups ---------------------------------------------------------------------------------------
-
-    def lookup(self, path: bytes, is_dir: bool, materialise: bool = True) -> _Node | None:
-        """The node at `path`, or None when nothing is there.
-
-        A path no event has named yet exists implicitly if it lies in a folder that existed before the
-        burst; it gets a node (or, with `materialise` false, the answer is the root as a stand-in).
-        """
-        node = self.root
-        parts = _parts(path)
-        for i, name in enumerate(parts):
-            child = node.children.get(name)
-            if child is None:
-                # Only folders that existed before the burst hold things we were not told about.
-                if name in node.gone or not node.is_dir or node.identity() is None:
-                    return None
-                if not materialise:
-                    return self.root
-                child = _Node(name, node, is_dir if i == len(parts) - 1 else True)
-                node.children[name] = child
-            node = child
-        return node
-
-    def known(self, path: bytes) -> _Node | None:
-        """The node at `path` if an event has named it (or a folder it is in) and it is still there."""
-        node: _Node | None = self.root
-        for name in _parts(path):
-            node = node.children.get(name) if node is not None else None
-        return node
-
-    def ensure_dir(self, path: bytes) -> _Node:
-        """The folder at `path`; a folder we were told nothing about is taken to be new."""
-        node = self.lookup(path, True)
-        if node is not None and node.is_dir:
-            return node
-        parent = self.ensure_dir(os.path.dirname(path))
-        if node is not None:  # a file where a folder must be: events were lost; replace it
-            self.remove(node)
-        return self.attach_new(parent, os.path.basename(path), True)
-
-    def path_of(self, node: _Node) -> bytes | None:
-        """Where a node is now; None if it has been deleted or moved away with something else."""
-        names = []
-        while node is not self.root:
-            parent = node.parent
-            if parent is None or parent.children.get(node.name) is not node:
-                return None
-            names.append(node.name)
-            node = parent
-        return b"/" + b"/".join(reversed(names))
-
-    def is_echo(self, src: bytes, dest: bytes) -> bool:
-        """Is this the move of a child that its folder's move, already applied, implies?"""
-        for top in _ancestors(src):
-            node = self.moved_dirs.get(top)
-            if node is not None:
-                now = self.path_of(node)
-                return now is not None and _join(now, src[len(top) + 1 :]) == dest
-        return False
-
-    # -- edits ---------------------------------------------------------------------------------------
-
-    def attach(self, parent: _Node, name: bytes, node: _Node) -> None:
-        node.parent, node.name = parent, name
-        parent.children[name] = node
-        parent.gone.discard(name)
-
-    def attach_new(self, parent: _Node, name: bytes, is_dir: bool) -> _Node:
-        node = _Node(name, parent, is_dir)
-        node.pinned, node.orig, node.dirty = True, None, True
-        self.attach(parent, name, node)
-        return node
-
-    def detach(self, node: _Node) -> None:
-        assert node.parent is not None
-        if not node.pinned:  # it leaves its parent, so its identity can no longer be derived from it
-            node.orig, node.pinned = node.identity(), True
-        del node.parent.children[node.name]
-        node.parent.gone.add(node.name)
-
-    def remove(self, node: _Node) -> None:
-        """Delete a node: its identity and every identity moved below it are gone."""
-        top = node.identity()
-        if top is not None:
-            self.doomed.append((top, node.is_dir))
-        stack = list(node.children.values())
-        while stack:
-            child = stack.pop()
-            if child.pinned and child.orig is not None:
-                self.doomed.append((child.orig, child.is_dir))
-            stack.extend(child.children.values())
-        self.detach(node)
-
-    # -- events --------------------------------------------------------------------------------------
-
-    def apply(self, event: RawEvent) -> None:
-        if event.kind == EventKind.CREATED:
-            self.created(event.path, event.is_dir)
-        elif event.kind in (EventKind.MODIFIED, EventKind.ATTRIB, EventKind.CLOSED):
-            if not event.is_dir:  # a folder's own metadata is of no interest
-                self.written(event.path)
-        elif event.kind == EventKind.DELETED:
-            node = self.lookup(event.path, event.is_dir)
-            if node is not None and node is not self.root:
-                self.remove(node)
-        elif event.kind == EventKind.MOVED:
-            if event.dest is None:
-                raise ValueError(f"moved event without dest: {event.path!r}")
-            self.moved(event.path, event.dest, event.is_dir)
-        else:
-            raise ValueError(f"unknown event kind {event.kind!r}")
-
-    def created(self, path: bytes, is_dir: bool) -> None:
-        # A creation of a path we have not heard of is new, even in a folder that existed: that is
-        # what a creation says. A path we have heard of is watchdog repeating itself, or a rewrite.
-        node = self.known(path)
-        if node is not None and node.is_dir == is_dir:
-            # Already there (watchdog repeats creations when it walks a new folder): a rewrite at most.
-            node.dirty = node.dirty or not is_dir
-            return
-        if node is not None:
-            self.remove(node)
-        self.attach_new(self.ensure_dir(os.path.dirname(path)), os.path.basename(path), is_dir)
-
-    def written(self, path: bytes) -> None:
-        node = self.lookup(path, False)
-        if node is None:  # written but never created: take it as new
-            self.created(path, False)
-        elif not node.is_dir:
-            node.dirty = True
-
-    def moved(self, src: bytes, dest: bytes, is_dir: bool) -> None:
-        if src == dest or is_below(dest, src):
-            return
-        node = self.lookup(src, is_dir)
-        if node is None:
-            # The source is already gone: watchdog's echo of a child of a folder that was just moved
-            # (nothing to do), or something we cannot follow: take the destination as new.
-            if not self.is_echo(src, dest):
-                self.created(dest, is_dir)
-            return
-        if node.is_dir:
-            self.moved_dirs[src] = node
-        self.detach(node)
-        # Rename over something we know replaces it. inotify does not say whether a path nobody
-        # mentioned existed; it is taken to be free (a consumer's move replaces whatever is there).
-        target = self.known(dest)
-        if target is not None:
-            self.remove(target)
-        self.attach(self.ensure_dir(os.path.dirname(dest)), os.path.basename(dest), node)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -329,7 +115,7 @@ class _Op:
     is_dir: bool
 
 
-def _plan(tree: _Tree) -> list[Change]:
+def _plan(tree: Tree) -> list[Change]:
     moves, content, final = _walk(tree)
     deletes = _deletes(tree.doomed, final, {op.src for op in moves})
     ops = moves + deletes
@@ -340,19 +126,19 @@ def _plan(tree: _Tree) -> list[Change]:
     return structural + _drop_covered(content)
 
 
-def _walk(tree: _Tree) -> tuple[list[_Op], list[Change], dict[bytes, bool]]:
+def _walk(tree: Tree) -> tuple[list[_Op], list[Change], dict[bytes, bool]]:
     """Moves, upserts and rescans the final tree calls for, and the kind of every path it names."""
     moves: list[_Op] = []
     content: list[Change] = []
     final: dict[bytes, bool] = {}
     # node, path, identity, inside a new folder
-    stack: list[tuple[_Node, bytes, bytes | None, bool]] = [(tree.root, b"/", b"/", False)]
+    stack: list[tuple[Node, bytes, bytes | None, bool]] = [(tree.root, b"/", b"/", False)]
     while stack:
         node, path, ident, in_new = stack.pop()
         for name in sorted(node.children, reverse=True):  # reversed so the stack pops them in order
             child = node.children[name]
-            child_path = _join(path, name)
-            expected = None if ident is None else _join(ident, name)
+            child_path = join(path, name)
+            expected = None if ident is None else join(ident, name)
             child_ident = child.orig if child.pinned else expected
             final[child_path] = child.is_dir
             if child_ident is not None and child_ident != expected:
@@ -378,7 +164,7 @@ def _deletes(doomed: list[tuple[bytes, bool]], final: dict[bytes, bool], move_sr
         seen.add(path)
         # Something of the same kind now sits at the same place and nothing above it moves: the upsert,
         # rescan or move (which replaces) that puts it there also disposes of the old one.
-        replaced = final.get(path) == is_dir and not any(a in move_srcs for a in _ancestors(path))
+        replaced = final.get(path) == is_dir and not any(a in move_srcs for a in ancestors(path))
         if not replaced:
             ops.append(_Op(0, ChangeKind.DELETE, path, None, is_dir))
     return ops
@@ -386,7 +172,7 @@ def _deletes(doomed: list[tuple[bytes, bool]], final: dict[bytes, bool], move_sr
 
 def _covered(path: bytes, gone: set[bytes], move_srcs: set[bytes]) -> bool:
     """Does the delete of a folder above `path` take it along? Not if it was moved out first."""
-    for a in _ancestors(path):
+    for a in ancestors(path):
         if a in move_srcs:
             return False
         if a in gone:
@@ -396,7 +182,7 @@ def _covered(path: bytes, gone: set[bytes], move_srcs: set[bytes]) -> bool:
 
 def _drop_covered(content: list[Change]) -> list[Change]:
     rescans = {c.path for c in content if c.kind == ChangeKind.RESCAN}
-    kept = [c for c in content if not any(a in rescans for a in _ancestors(c.path))]
+    kept = [c for c in content if not any(a in rescans for a in ancestors(c.path))]
     return [c for c in kept if c.kind == ChangeKind.RESCAN] + [c for c in kept if c.kind != ChangeKind.RESCAN]
 
 
@@ -453,7 +239,7 @@ class _Scheduler:
                 table[key].discard(op.id)
 
         edit(self.src_at, op.src)
-        for a in _ancestors(op.src):
+        for a in ancestors(op.src):
             edit(self.src_below, a)
         if op.kind == ChangeKind.MOVE and op.dest is not None:
             edit(self.dest_at, op.dest)
@@ -472,7 +258,7 @@ class _Scheduler:
             return None
         dest = op.dest or b""
         checks = [(self.src_at, dest), (self.src_below, dest)]
-        for a in _ancestors(dest):
+        for a in ancestors(dest):
             checks += [(self.src_at, a), (self.dest_at, a)]
         for table, key in checks:
             found = self._other(table, key, op.id)
@@ -520,7 +306,7 @@ class _Scheduler:
         self.broken.append(victim)
         if not any(
             self.ops[i].kind == ChangeKind.DELETE
-            for a in [victim.src, *_ancestors(victim.src)]
+            for a in [victim.src, *ancestors(victim.src)]
             for i in self.src_at.get(a, ())
         ):
             delete = _Op(self.next_id, ChangeKind.DELETE, victim.src, None, victim.is_dir)
