@@ -96,3 +96,27 @@ def test_the_first_files_commit_after_16_hashes_so_the_model_starts_early(lib, t
     monkeypatch.setattr(Indexer, "_hash_and_link", hash_and_link)
     report = lib.index([tmp_path / "photos"])
     assert sizes == [16, 24] and report.embedded == 40
+
+
+def test_a_file_swapped_for_an_outside_link_before_its_batch_is_never_embedded(lib, tmp_path, monkeypatch):
+    """The next batch is checked when the embedder asks for it (then()), just before it opens the files: a
+    photo of that batch replaced by a link out of the root meanwhile is not read."""
+    photos = make_library(tmp_path / "photos", 6)
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(photos[0].read_bytes())
+    monkeypatch.setattr("searchfs.ingest.indexer.WORK_BATCH", 2)
+    real, calls, swapped = lib.embedder.embed_images, [], []
+
+    def embed_images(paths, on_batch=None, then=()):
+        calls.append(list(paths))
+        if not swapped:  # a photo of a later batch becomes a link to a file outside every root
+            victim = next(p for p in photos if bytes(p) not in paths)
+            victim.unlink()
+            victim.symlink_to(outside)
+            swapped.append(bytes(victim))
+        return real(paths, on_batch=on_batch, then=then)
+
+    monkeypatch.setattr(lib.embedder, "embed_images", embed_images)
+    report = lib.index([tmp_path / "photos"])
+    assert len(calls) >= 3 and not any(swapped[0] in paths for paths in calls), calls
+    assert report.embedded == 5, report

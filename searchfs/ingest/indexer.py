@@ -292,7 +292,7 @@ class Indexer:
         version = 1 if new_only else EXTRACTOR_VERSION  # meta_version < 1: never read
         done, total = 0, self.catalog.count_needing_meta(version)
         while (limit is None or done < limit) and (batch := self.catalog.contents_needing_meta(version, WORK_BATCH)):
-            inside = [item.path for item in batch if self._inside_a_root(item.path)]
+            inside = [item.path for item in self._inside_the_roots(batch)]
             with self._exiftool:
                 results = self.extractor.extract(inside) if inside else {}
             with self.catalog.transaction() as tx:
@@ -340,14 +340,17 @@ class Indexer:
                 continue
             if total is None and work is not None and work.finished:
                 total = done + self.catalog.count_needing_embedding(model)
-            after = batch[-1].content_id
-            batch = [row for row in batch if self._inside_a_root(row.path)]  # else: the watcher or a scan drops it
+            if not upcoming:  # else then() checked them, just before the embedder opened them, and moved `after`
+                after = batch[-1].content_id
+                batch = self._inside_the_roots(batch)  # the others: the watcher or a scan drops them
             upcoming = []
 
-            def then(after: int = after) -> list[bytes]:  # the next batch, decoded as this one ends (asked again)
-                nonlocal upcoming
-                upcoming = self.catalog.contents_needing_embedding(model, WORK_BATCH, after=after)
-                return [row.path for row in upcoming if self._inside_a_root(row.path)]
+            def then(start: int = after) -> list[bytes]:  # the next batch, decoded as this one ends (asked again)
+                nonlocal upcoming, after
+                rows = self.catalog.contents_needing_embedding(model, WORK_BATCH, after=start)
+                after = rows[-1].content_id if rows else start
+                upcoming = self._inside_the_roots(rows)
+                return [row.path for row in upcoming]
 
             try:
                 self.embedder.embed_images([item.path for item in batch], on_batch=store, then=then)
@@ -355,10 +358,10 @@ class Indexer:
                 report.errors.append(str(exc))
                 return
 
-    def _inside_a_root(self, path: bytes) -> bool:
-        """The last check before a file is opened: it still resolves inside one of the roots."""
-        real = os.path.realpath(path)
-        return any(is_under(real, os.path.realpath(root.path)) for root in self.catalog.roots() if root.online)
+    def _inside_the_roots(self, rows: list[ContentPath]) -> list[ContentPath]:
+        """The last check before files are opened: those whose path still resolves inside an online root."""
+        roots = [os.path.realpath(root.path) for root in self.catalog.roots() if root.online]
+        return [row for row in rows if any(is_under(os.path.realpath(row.path), root) for root in roots)]
 
     def _rescue_raw(self, item: ContentPath, result):
         """A camera RAW file Pillow cannot decode is embedded from the JPEG preview it carries, turned
