@@ -138,7 +138,8 @@ def decode_image(data: bytes, max_pixels: int = 0, target: int = 224, orientatio
 
 
 def _decode(handle, max_pixels: int, target: int, orientation: int | None = None) -> Image.Image:
-    if handle.seek(0, io.SEEK_END) == 0:
+    size = handle.seek(0, io.SEEK_END)
+    if size == 0:
         raise ImageError("empty file")
     handle.seek(0)
     head = handle.read(65536)
@@ -150,7 +151,7 @@ def _decode(handle, max_pixels: int, target: int, orientation: int | None = None
         image = _open(handle, head)
         try:
             _check_size(image.size, limit)
-            with _budget.claim(0 if early else _draft(image, handle, target)):
+            with _budget.claim(0 if early else _draft(image, handle, size, target)):
                 picture, own = _load_small(image, target)
         except ImageError:
             raise
@@ -338,9 +339,9 @@ class PixelBudget:
 _budget = PixelBudget(PIXEL_BUDGET)
 
 
-def _draft(image: Image.Image, handle, target: int) -> int:
-    """Ask JPEGs for the DCT scale we need; the number of pixels the decode will then produce."""
-    size = handle.seek(0, io.SEEK_END)
+def _draft(image: Image.Image, handle, size: int, target: int) -> int:
+    """Ask JPEGs for the DCT scale we need; the number of pixels the decode will then produce. `size`: the
+    file's, in bytes."""
     block = min(size, DECODE_BLOCK)
     if image.format in ("JPEG", "MPO"):
         image.draft("RGB", (target * 2, target * 2))

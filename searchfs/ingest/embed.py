@@ -177,6 +177,7 @@ class Embedder:
         self.decode_workers = max(2, min(4, os.cpu_count() or 2))
         self._pool: ThreadPoolExecutor | None = None  # decode threads, made on first use, kept until close
         self._ahead: dict[PathLike, Future] = {}  # decodes started for the next embed_images (its `then`)
+        self._decode_lock = threading.Lock()  # guards _pool and _ahead
 
     # ---------------------------------------------------------------- loading
 
@@ -328,7 +329,7 @@ class Embedder:
         return not loader.is_alive()
 
     def _decode_pool(self) -> ThreadPoolExecutor:
-        with self._loader_lock:
+        with self._decode_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(
                     self.decode_workers, thread_name_prefix="searchfs-decode", initializer=_yield_to_the_model
@@ -337,7 +338,7 @@ class Embedder:
 
     def _swap_ahead(self, handed: dict[PathLike, Future]) -> dict[PathLike, Future]:
         """Decodes started for the next call, in exchange for those this call starts."""
-        with self._loader_lock:
+        with self._decode_lock:
             ahead, self._ahead = self._ahead, handed
         return ahead
 
@@ -453,7 +454,7 @@ class Embedder:
         self._tower = None
         for future in self._swap_ahead({}).values():
             future.cancel()
-        with self._loader_lock:
+        with self._decode_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
