@@ -1,9 +1,9 @@
 """Watch the photo roots and hand the indexer coalesced batches of changes.
 
-With inotify.py (its hooks into watchdog), the only module that imports watchdog. Per root: one
-watchdog observer (inotify, or polling on network file systems), whose events are filtered like the
-scan, held until the files they touch are complete, coalesced and passed to `ChangeSink.apply` in large
-batches.
+With inotify.py (its hooks into watchdog) and observe.py (events in, observers stopped), the only
+modules that import watchdog. Per root: one watchdog observer (inotify, or polling on network file
+systems), whose events are filtered like the scan, held until the files they touch are complete,
+coalesced and passed to `ChangeSink.apply` in large batches.
 
 One supervisor thread owns every decision: it flushes batches, notices lost events and dead observers,
 follows roots going offline and coming back, and asks for periodic full rescans. Watchdog threads only
@@ -39,62 +39,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileAttribEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
+from watchdog.events import FileSystemEvent
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from ..paths import relative
 from ..system import fs_type, mount_table
-from .coalesce import Change, EventKind, RawEvent, coalesce, split_ready
+from .coalesce import Change, RawEvent, coalesce, split_ready
 from .inotify import LossReportingObserver, threads_alive
+from .observe import EVENT_FILTER, EventFilter, Handler, halt, is_network_fs, to_raw
 from .scan import ScanRules
 
 log = logging.getLogger(__name__)
-
-# What we ask watchdog for. Leaving out opens, read-only closes and folder "modified" events keeps the
-# indexer's own reads from echoing back and keeps the kernel queue short during large copies.
-EVENT_FILTER: list[type[FileSystemEvent]] = [
-    FileCreatedEvent,
-    DirCreatedEvent,
-    FileModifiedEvent,
-    FileAttribEvent,
-    FileClosedEvent,
-    FileDeletedEvent,
-    DirDeletedEvent,
-    FileMovedEvent,
-    DirMovedEvent,
-]
-
-# File systems where inotify misses changes made by other machines: poll them instead.
-NETWORK_FS = {
-    "nfs",
-    "nfs4",
-    "cifs",
-    "smb3",
-    "smbfs",
-    "ncpfs",
-    "afs",
-    "9p",
-    "virtiofs",
-    "ceph",
-    "glusterfs",
-    "lustre",
-    "gpfs",
-    "davfs",
-    "fuse",
-}
 
 BATCH_CHANGES = 10_000  # most changes per sink.apply call
 PROBE_TIMEOUT = 5.0  # seconds a stat of a root folder may take before the root counts as offline
@@ -114,10 +69,6 @@ class ChangeSink(Protocol):
 
 # ---------------------------------------------------------------------------------------------------------
 # Mounts
-
-
-def is_network_fs(fs_type: str) -> bool:
-    return fs_type in NETWORK_FS or fs_type.startswith("fuse.")
 
 
 @dataclass(frozen=True)
@@ -141,47 +92,6 @@ def _probe(path: bytes) -> _Probe | None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Filtering and event conversion
-
-
-class _Filter:
-    """The scan's own rules (ScanRules), for absolute paths of one root's events."""
-
-    def __init__(self, root: bytes, rules: ScanRules) -> None:
-        self.root = root
-        self.rules = rules
-
-    def wanted(self, path: bytes) -> bool:
-        inside = relative(path, self.root)
-        return inside is not None and inside != b"" and self.rules.keeps(inside)  # not the root itself, nor outside
-
-
-_KINDS = {kind.value: kind for kind in EventKind}  # watchdog's event_type names are ours
-
-
-def to_raw(event: FileSystemEvent, keep: _Filter, now: float) -> list[RawEvent]:
-    kind = _KINDS.get(event.event_type)
-    if kind is None or (event.is_directory and kind in (EventKind.MODIFIED, EventKind.ATTRIB, EventKind.CLOSED)):
-        return []
-    src = os.fsencode(event.src_path)
-    is_dir = event.is_directory
-    if kind != EventKind.MOVED:
-        return [RawEvent(kind, src, is_dir=is_dir, time=now)] if keep.wanted(src) else []
-    dest = os.fsencode(event.dest_path)
-    src_ok, dest_ok = keep.wanted(src), keep.wanted(dest)
-    if src_ok and dest_ok:
-        return [RawEvent(EventKind.MOVED, src, dest, is_dir, now)]
-    if dest_ok:
-        # e.g. a download renamed from "x.jpg.part" to "x.jpg": new to us, and complete (its writer
-        # closed it under the excluded name), so a close goes with it.
-        created = RawEvent(EventKind.CREATED, dest, is_dir=is_dir, time=now)
-        return [created] if is_dir else [created, RawEvent(EventKind.CLOSED, dest, time=now)]
-    if src_ok:
-        return [RawEvent(EventKind.DELETED, src, is_dir=is_dir, time=now)]
-    return []
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The watcher
 
 
@@ -189,7 +99,7 @@ def to_raw(event: FileSystemEvent, keep: _Filter, now: float) -> list[RawEvent]:
 class _Root:
     name: str
     path: bytes
-    keep: _Filter
+    keep: EventFilter
     lock: threading.Lock = field(default_factory=threading.Lock)
     mode: str = "offline"  # "inotify" | "polling" | "offline"
     observer: BaseObserver | None = None
@@ -232,7 +142,7 @@ class Watcher:
         self._tick = min(0.25, max(0.02, self._settle / 4))
         rules = ScanRules(tuple(settings.index_exclude), bool(settings.index_hidden))
         self._roots = {
-            name: _Root(name, os.fsencode(path), _Filter(os.fsencode(path), rules)) for name, path in roots.items()
+            name: _Root(name, os.fsencode(path), EventFilter(os.fsencode(path), rules)) for name, path in roots.items()
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -428,12 +338,12 @@ class Watcher:
         self._launch(root, PollingObserver(timeout=float(self._settings.watch_poll_seconds)), "polling")
 
     def _launch(self, root: _Root, observer: BaseObserver, mode: str) -> None:
-        handler = _Handler(self, root)
+        handler = Handler(lambda event: self._receive(root, event))
         try:
             observer.schedule(handler, os.fsdecode(root.path), recursive=True, event_filter=EVENT_FILTER)
             observer.start()
         except BaseException:
-            _halt(observer, 1.0)
+            halt(observer, 1.0)
             raise
         with root.lock:
             root.observer, root.mode = observer, mode
@@ -442,7 +352,7 @@ class Watcher:
         with root.lock:
             observer, root.observer = root.observer, None
         if observer is not None:
-            _halt(observer, timeout)
+            halt(observer, timeout)
 
     def _loss_reporter(self, root: _Root) -> Callable[[str, BaseException | None], None]:
         def report(reason: str, exc: BaseException | None) -> None:  # called on a watchdog thread
@@ -508,32 +418,3 @@ class Watcher:
             log.exception("watcher: root %s: sink.%s failed", root.name, getattr(fn, "__name__", "?"))
             with root.lock:
                 root.last_error = f"sink: {type(exc).__name__}: {exc}"
-
-
-class _Handler(FileSystemEventHandler):
-    """watchdog handler: converts and buffers, on watchdog's dispatch thread. Must never raise."""
-
-    def __init__(self, watcher: Watcher, root: _Root) -> None:
-        self._watcher = watcher
-        self._root = root
-
-    def dispatch(self, event: FileSystemEvent) -> None:
-        try:
-            self._watcher._receive(self._root, event)
-        except Exception:  # noqa: BLE001 - an exception here would kill watchdog's thread
-            log.exception("watcher: cannot handle %r", event)
-
-
-def _halt(observer: BaseObserver, timeout: float) -> None:
-    try:
-        observer.stop()
-    except Exception:  # noqa: BLE001 - stopping half-dead observers may fail; join anyway
-        log.debug("observer.stop failed", exc_info=True)
-    if observer.is_alive():
-        observer.join(timeout)
-    for emitter in list(observer.emitters):
-        if emitter.is_alive():
-            emitter.join(timeout)
-    fd_thread = getattr(observer, "_inotify_fd", None)
-    if fd_thread is not None and fd_thread.is_alive():
-        fd_thread.join(timeout)
