@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import selfcheck, text_tower, torch_load, vit_tower
+from . import selfcheck, text_tower, torch_import, torch_load, vit_tower
 from .runtime import choose_precision, resolve_device, torch_dtype
 from .weights import model_id, model_source, resolve_weights
 
@@ -70,7 +70,7 @@ class TorchRuntime:
         """Load the model; `images=False` (a text query torch must answer) leaves the image tower's
         precision step to its first use. For images alone, a model whose plain-torch image tower was
         verified at an earlier load (vit_tower.py) loads without open_clip."""
-        import torch
+        torch = torch_import.import_torch()  # the first import of a process, as a rule: its other threads go on
 
         s, started = self.settings, time.monotonic()
         self.device = resolve_device(s.model_device)
