@@ -14,7 +14,7 @@ import pytest
 
 from searchfs.ingest import bpe, text_tower
 from searchfs.ingest.embed import Embedder, embed_query_text, model_id
-from searchfs.ingest.torch_runtime import describe_text_tower
+from searchfs.ingest.torch_describe import describe_text_tower
 
 REPO = Path(__file__).parent.parent
 

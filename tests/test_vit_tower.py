@@ -16,7 +16,7 @@ import pytest
 from photos import make_photo
 from PIL import Image
 
-from searchfs.ingest import vit_tower
+from searchfs.ingest import selfcheck, vit_tower
 from searchfs.ingest.embed import Embedder
 from searchfs.ingest.torch_runtime import TorchRuntime
 
@@ -173,7 +173,7 @@ def test_which_real_architectures_are_plain_vits(name, plain):
     import open_clip
     import torch
 
-    from searchfs.ingest.torch_runtime import describe_image_tower
+    from searchfs.ingest.torch_describe import describe_image_tower
 
     with torch.device("meta"):
         model = open_clip.create_model(name, pretrained=None, device="meta")
@@ -182,3 +182,66 @@ def test_which_real_architectures_are_plain_vits(name, plain):
     if config is not None:
         assert config.keys()[0] == "visual.conv1.weight" and len(config.keys()) == 8 + 12 * config.layers
         assert config.image_size == (336 if name.endswith("336") else 224) and config.bicubic
+
+
+def test_the_checked_bf16_tower_is_stored_and_later_loads_map_it(settings, photos):
+    bf16 = settings.replace(model_precision="bf16")
+    first = Embedder(bf16)  # open_clip's route: stamps the plain tower, then stores its checked bf16 tensors
+    vectors(first, photos)
+    folder, model = first.runtime.models_dir, first.model_id
+    first.close()
+    stored = vit_tower.low_path(folder, "bf16")
+    assert stored.is_file() and stat.S_IMODE(stored.stat().st_mode) == 0o600
+
+    mapped = Embedder(bf16)
+    got = vectors(mapped, photos)
+    assert mapped.runtime._low_stored and mapped.runtime.verdict.ok and mapped.precision == "bf16"
+    mapped.close()
+    stored.unlink()  # without it, the fp32 weights are converted again (and stored again)
+    converted = Embedder(bf16)
+    np.testing.assert_array_equal(vectors(converted, photos), got)  # the same bf16 tensors, the same vectors
+    assert not converted.runtime._low_stored and stored.is_file()
+    converted.close()
+    assert vit_tower.load_low(folder, "other/model", vit_tower.read(folder, model)[0], "bf16") is None
+
+
+def test_a_stored_bf16_tower_that_fails_the_self_check_gives_way_to_the_fp32_weights(settings, photos):
+    """A stored copy is derived: damaged values fail the check, and the checkpoint's fp32 weights answer.
+    Without the self-check's fp32 reference, the stored copy is not used: the reference needs fp32 weights."""
+    fp32 = Embedder(settings.replace(model_precision="fp32"))
+    expected = vectors(fp32, photos)  # the first load: stamps the tower
+    folder, model = fp32.runtime.models_dir, fp32.model_id
+    fp32.close()
+    bf16 = settings.replace(model_precision="bf16")
+    making = Embedder(bf16)
+    making.load()  # the fp32 reference, and a good stored copy, which is damaged now:
+    making.close()
+    config = vit_tower.read(folder, model)[0]
+    weights = vit_tower.load_weights(config, settings.model_pretrained)
+    vit_tower.save_low(folder, model, "bf16", {name: (t * 0).bfloat16() for name, t in weights.items()})
+
+    low = Embedder(bf16)
+    got = vectors(low, photos)
+    assert low.runtime._low_stored and not low.runtime.verdict.ok and low.precision == "fp32"
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5)
+    low.close()
+
+    for name in (selfcheck.REFERENCE, selfcheck.REFERENCE_STAMP):
+        (folder / name).unlink()
+    again = Embedder(bf16)
+    again.load()
+    assert not again.runtime._low_stored and again.runtime.verdict.ok and again.precision == "bf16"
+    again.close()
+    stored = vit_tower.load_low(folder, model, config, "bf16")  # stored anew from the checked conversion
+    assert stored is not None and all(bool(t.any()) for name, t in stored.items() if "bias" not in name)
+
+
+def test_an_unreadable_stored_tower_is_not_used(settings, tmp_path):
+    embedder = Embedder(settings.replace(model_precision="fp32"))
+    embedder.load()
+    folder, model = embedder.runtime.models_dir, embedder.model_id
+    embedder.close()
+    config = vit_tower.read(folder, model)[0]
+    vit_tower.low_path(folder, "bf16").write_bytes(b"PK\x03\x04 torn")
+    assert vit_tower.load_low(folder, model, config, "bf16") is None
+    assert vit_tower.load_low(None, model, config, "bf16") is None

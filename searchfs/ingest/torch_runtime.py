@@ -4,9 +4,10 @@ Loading (torch_load.py) maps the checkpoint instead of copying it. Then, in this
 memory holds the fp32 weights of at most one tower at a time:
 1. the text tower is exported for numpy (text_tower.py) when its export is missing or stale, checked
    against torch on a few texts, and its pages given back: indexing itself never runs the text tower;
-2. the image tower moves to its precision: each weight is converted and its fp32 pages given back, then
-   the fixed probe set is embedded and compared with fp32 (selfcheck.py); on failure the fp32 weights
-   come back from the file and the tower stays fp32.
+2. the image tower moves to its precision: each weight is converted and its fp32 pages given back (or,
+   for a plain-torch tower checked at an earlier load, its stored low-precision tensors are mapped
+   instead, vit_tower.py), then the fixed probe set is embedded and compared with fp32 (selfcheck.py);
+   on failure the fp32 weights come back from the file and the tower stays fp32.
 CUDA and MPS take the same path (fp16 instead of bf16); only the device and the batch size differ.
 """
 
@@ -23,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ModelUnavailable
 from . import selfcheck, text_tower, torch_import, torch_load, vit_tower
 from .runtime import choose_precision, resolve_device, torch_dtype
+from .torch_describe import describe_image_tower, describe_text_tower, file_holds, own_tensors
 from .weights import model_id, model_source, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,8 @@ class TorchRuntime:
         self._dtype: Any = None  # the image tower's dtype; None until its precision is set
         self._mapped: Any = None
         self._text_model: Any = None  # who answers encode_texts (the model, or open_clip's beside a ViT tower)
+        self._low_stored = False  # the image tower's tensors came in the precision to check (vit_tower.load_low)
+        self._tower_source: tuple[vit_tower.VitConfig, str] | None = None  # a plain-torch tower's config, file
 
     # ---------------------------------------------------------------- loading
 
@@ -158,7 +163,10 @@ class TorchRuntime:
         if found is None:
             return None
         config, checkpoint = found
-        weights = vit_tower.load_weights(config, checkpoint)
+        low = choose_precision(self.settings.model_precision, self.device)  # the self-check still decides
+        weights = vit_tower.load_low(self.models_dir, self.model_id, config, low) if low != "fp32" else None
+        self._low_stored, self._tower_source = weights is not None, (config, checkpoint)
+        weights = weights or vit_tower.load_weights(config, checkpoint)
         if weights is None:
             return None
         self._transform = functools.partial(vit_tower.prepare, config)
@@ -172,8 +180,8 @@ class TorchRuntime:
         if self.models_dir is None or not checkpoint or vit_tower.read(self.models_dir, self.model_id) is not None:
             return
         config = describe_image_tower(model)
-        own = _own_tensors(model, config) if config is not None else None
-        if config is None or own is None or not _file_holds(checkpoint, config, own):
+        own = own_tensors(model, config) if config is not None else None
+        if config is None or own is None or not file_holds(checkpoint, config, own):
             return  # another architecture, or weights open_clip converted at load: it keeps loading them
         import torch
 
@@ -210,6 +218,9 @@ class TorchRuntime:
         reference = selfcheck.load_reference(self.models_dir, self.model_id, self.input_size)
         self._dtype = torch.float32
         if reference is None:  # a few probes at a time: the fp32 tower's activations add to its weights
+            if self._low_stored:  # the reference needs the fp32 weights: the checkpoint's, converted below
+                model = self._model = self._fp32_tower()
+                self._low_stored = False
             reference = np.concatenate([self._encode_images(chunk) for chunk in probes.split(8)])
             selfcheck.save_reference(self.models_dir, self.model_id, self.input_size, reference)
         self.dim = reference.shape[1]
@@ -217,12 +228,36 @@ class TorchRuntime:
         self._dtype = torch_dtype(wanted)
         self.verdict = selfcheck.compare(reference, self._encode_images(probes))
         if self.verdict.ok:
+            if not self._low_stored:
+                self._store_low(model, wanted)
             return wanted
         log.warning("%s image tower failed its self-check (%s): using fp32", wanted, self.verdict)
         for tensor, original in originals:
             tensor.data = original
+        if self._low_stored:  # the stored copy was checked: the fp32 weights come from the checkpoint
+            self._model = self._fp32_tower()
         self._dtype = torch.float32
         return "fp32"
+
+    def _fp32_tower(self):
+        assert self._tower_source is not None  # set with _low_stored
+        config, checkpoint = self._tower_source
+        weights = vit_tower.load_weights(config, checkpoint)
+        if weights is None:
+            raise ModelUnavailable(f"cannot read the image tower's weights from {checkpoint} again")
+        model = vit_tower.build(config, weights)
+        return model.to(self.device) if self.device != "cpu" else model
+
+    def _store_low(self, model, precision: str) -> None:
+        """Keep the checked tower's tensors for the next load of a model with a plain-torch tower."""
+        found = vit_tower.read(self.models_dir, self.model_id)
+        if found is None or self.models_dir is None:
+            return  # nothing would map them: open_clip builds this model
+        visual = model.visual
+        named = {name.replace("__", "."): t for name, t in [*visual.named_parameters(), *visual.named_buffers()]}
+        names = [key[len("visual.") :] for key in found[0].keys()]
+        if all(name in named for name in names):
+            vit_tower.save_low(self.models_dir, self.model_id, precision, {name: named[name] for name in names})
 
     # ---------------------------------------------------------------- the protocol
 
@@ -318,150 +353,3 @@ def _output_dim(model) -> int | None:
 def _input_size(model) -> int:
     size = getattr(model.visual, "image_size", 224)
     return int(max(size) if isinstance(size, (tuple, list)) else size)
-
-
-# ---------------------------------------------------------------------------------------------- text export
-
-
-def describe_text_tower(model, tokenizer):
-    """(TowerConfig, numpy arrays, the torch tensors they came from) when the text tower is the plain CLIP
-    one text_tower.py implements, with open_clip's default tokenizer; else None."""
-    import torch
-    from open_clip.model import CLIP
-    from open_clip.tokenizer import SimpleTokenizer, _clean_lower
-    from open_clip.transformer import QuickGELU, ResidualAttentionBlock
-
-    if not isinstance(model, CLIP) or model.text_pool_type != "argmax" or model.attn_mask is None:
-        return None
-    if not isinstance(tokenizer, SimpleTokenizer) or tokenizer.clean_fn is not _clean_lower:
-        return None
-    if tokenizer.reduction_fn is not None or tokenizer.vocab_size != model.vocab_size:
-        return None
-    blocks = list(model.transformer.resblocks)
-    if not blocks or not all(_plain_block(b, ResidualAttentionBlock, QuickGELU) for b in blocks):
-        return None
-    norms = [m for b in blocks for m in (b.ln_1, b.ln_2)] + [model.ln_final]
-    quick = isinstance(blocks[0].mlp.gelu, QuickGELU)
-    if len({n.eps for n in norms}) != 1 or any(isinstance(b.mlp.gelu, QuickGELU) != quick for b in blocks):
-        return None
-    proj = model.text_projection
-    linear = isinstance(proj, torch.nn.Linear)
-    tensors: dict[str, Any] = {
-        "token_embedding": model.token_embedding.weight,
-        "positional_embedding": model.positional_embedding,
-        "ln_final.w": model.ln_final.weight,
-        "ln_final.b": model.ln_final.bias,
-        "projection": proj.weight.T if linear else proj,
-    }
-    if linear and proj.bias is not None:
-        tensors["projection.b"] = proj.bias
-    for i, b in enumerate(blocks):
-        parts = [b.ln_1.weight, b.ln_1.bias, b.attn.in_proj_weight.T, b.attn.in_proj_bias, b.attn.out_proj.weight.T]
-        parts += [b.attn.out_proj.bias, b.ln_2.weight, b.ln_2.bias, b.mlp.c_fc.weight.T, b.mlp.c_fc.bias]
-        parts += [b.mlp.c_proj.weight.T, b.mlp.c_proj.bias]
-        tensors.update({f"{i}.{name}": t for name, t in zip(text_tower.BLOCK, parts)})
-    config = text_tower.TowerConfig(
-        width=model.transformer.width,
-        heads=blocks[0].attn.num_heads,
-        layers=len(blocks),
-        context_length=model.context_length,
-        output_dim=int(proj.weight.shape[0] if linear else proj.shape[1]),
-        eps=float(norms[0].eps),
-        activation="quick_gelu" if quick else "gelu",
-        projection_bias="projection.b" in tensors,
-    )
-    arrays = {name: t.detach().float().cpu().numpy() for name, t in tensors.items()}
-    return config, arrays, list(tensors.values())
-
-
-def _plain_block(block, block_type, quick_gelu_type) -> bool:
-    import torch
-
-    attn, act = getattr(block, "attn", None), getattr(getattr(block, "mlp", None), "gelu", None)
-    plain_act = isinstance(act, quick_gelu_type) or (isinstance(act, torch.nn.GELU) and act.approximate == "none")
-    return (
-        type(block) is block_type
-        and isinstance(block.ls_1, torch.nn.Identity)
-        and isinstance(block.ls_2, torch.nn.Identity)
-        and not hasattr(block, "ln_1_kv")
-        and isinstance(attn, torch.nn.MultiheadAttention)
-        and attn._qkv_same_embed_dim
-        and attn.in_proj_bias is not None
-        and attn.batch_first
-        and plain_act
-        and all(isinstance(n, torch.nn.LayerNorm) and n.elementwise_affine for n in (block.ln_1, block.ln_2))
-    )
-
-
-# ---------------------------------------------------------------------------------------------- image export
-
-
-def describe_image_tower(model) -> vit_tower.VitConfig | None:
-    """The tower's shape and preprocessing when `model.visual` is the plain ViT vit_tower.py implements."""
-    import torch
-    from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTransformer
-
-    v: Any = getattr(model, "visual", None)
-    if type(v) is not VisionTransformer or getattr(v, "attn_pool", None) is not None or v.pool_type != "tok":
-        return None
-    if v.final_ln_after_pool or v.output_tokens or not isinstance(v.patch_dropout, torch.nn.Identity):
-        return None
-    if not isinstance(v.ln_pre, torch.nn.LayerNorm) or v.proj is None or v.conv1.bias is not None:
-        return None
-    size, patch = tuple(v.image_size), tuple(v.patch_size)
-    if size[0] != size[1] or patch[0] != patch[1] or tuple(v.conv1.stride) != patch:
-        return None
-    blocks = list(v.transformer.resblocks)
-    if not blocks or not all(_plain_block(b, ResidualAttentionBlock, QuickGELU) for b in blocks):
-        return None
-    norms = [v.ln_pre, v.ln_post] + [n for b in blocks for n in (b.ln_1, b.ln_2)]
-    quick = [isinstance(b.mlp.gelu, QuickGELU) for b in blocks]
-    if len({n.eps for n in norms}) != 1 or len(set(quick)) != 1:
-        return None
-    cfg = dict(v.preprocess_cfg)
-    if cfg.get("resize_mode", "shortest") != "shortest" or cfg.get("mode", "RGB") != "RGB":
-        return None
-    if cfg.get("interpolation", "bicubic") not in ("bicubic", "bilinear"):
-        return None
-    return vit_tower.VitConfig(
-        image_size=int(size[0]),
-        patch_size=int(patch[0]),
-        width=int(v.transformer.width),
-        layers=len(blocks),
-        heads=int(blocks[0].attn.num_heads),
-        output_dim=int(v.proj.shape[1]),
-        eps=float(norms[0].eps),
-        quick_gelu=quick[0],
-        mean=tuple(float(x) for x in cfg["mean"]),
-        std=tuple(float(x) for x in cfg["std"]),
-        bicubic=cfg.get("interpolation", "bicubic") == "bicubic",
-    )
-
-
-def _own_tensors(model, config: vit_tower.VitConfig) -> dict[str, Any] | None:
-    """The loaded model's tensors under vit_tower's names (fp32), or None when one is missing."""
-    found = dict(model.visual.named_parameters())
-    found.update(dict(model.visual.named_buffers()))
-    names = [key[len("visual.") :] for key in config.keys()]
-    if not all(name in found for name in names):
-        return None
-    return {name: found[name].detach().float() for name in names}
-
-
-def _file_holds(checkpoint: str, config: vit_tower.VitConfig, own: dict[str, Any]) -> bool:
-    """Whether the file holds these tensors under open_clip's names, as a later load will read them:
-    same shapes, and the same values at samples spread over each (reading every value would page in a
-    second copy of the tower; open_clip's conversions at load transpose, split or rescale whole tensors)."""
-    import torch
-
-    weights = vit_tower.load_weights(config, checkpoint, convert=False)
-    if weights is None:
-        return False
-    for name, tensor in own.items():
-        stored = weights[name]
-        if stored.shape != tensor.shape:
-            return False
-        step = max(1, stored.numel() // 64)
-        if not torch.equal(stored.flatten()[::step].float(), tensor.flatten()[::step]):
-            return False
-    return True
