@@ -64,3 +64,20 @@ def test_torch_already_imported_is_returned_as_it_is():
     before = list(sys.meta_path)
     assert torch_import.import_torch() is torch
     assert sys.meta_path == before
+
+
+EXIT_DURING_THE_MAPPING = r"""
+import sys, threading, time
+from searchfs.ingest import torch_import
+
+threading.Thread(target=torch_import.import_torch, daemon=True).start()
+while not torch_import._mapping.locked():  # the loading thread is inside the dlopen now
+    time.sleep(0.001)
+sys.exit(0)  # as `searchfs doctor --repair` does when its rescan ends before the model has loaded
+"""
+
+
+def test_exiting_while_torch_is_mapped_on_another_thread_waits_for_it_and_does_not_crash():
+    # Without the wait, the C library's exit handlers ran beside the half-mapped libtorch: SIGSEGV.
+    done = subprocess.run([sys.executable, "-c", EXIT_DURING_THE_MAPPING], capture_output=True, timeout=300)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])

@@ -11,18 +11,25 @@ is about to use; the import's own dlopen then finds the library loaded. Everythi
 that (its global deps, the CUDA wheels' preloads, in their order) runs unchanged. Best effort: anything
 unexpected (no dlopen to call, another loader, a failing dlopen) leaves the plain import to do the work
 and report its errors.
+
+An interpreter that exits while such a dlopen runs on another thread first waits for it (atexit): the C
+library's exit handlers running beside a half-mapped libtorch crash the process (with the GIL held
+throughout, as a plain import does, exiting had to wait anyway).
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import importlib.abc
 import importlib.machinery
 import os
 import sys
+import threading
 from types import ModuleType
 
 PRELOADED = "torch._C"
+_mapping = threading.Lock()  # held through a dlopen outside the GIL
 
 
 def import_torch() -> ModuleType:
@@ -63,6 +70,13 @@ def dlopen_outside_the_gil(path: str, flags: int) -> bool:
     try:
         dlopen = ctypes.CDLL(None).dlopen
         dlopen.restype, dlopen.argtypes = ctypes.c_void_p, (ctypes.c_char_p, ctypes.c_int)
-        return bool(dlopen(os.fsencode(path), flags))
+        with _mapping:
+            return bool(dlopen(os.fsencode(path), flags))
     except (OSError, AttributeError):
         return False
+
+
+@atexit.register
+def _let_a_mapping_finish() -> None:
+    with _mapping:
+        pass
