@@ -24,10 +24,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# name -> (full arguments, quick arguments); in the order they run (the cheap, quiet ones first).
+# name -> (full arguments, quick arguments); in the order they run (the cheap, quiet ones first). The
+# script is bench_<name up to its first "_">.py: index_1mp is bench_index.py on 1 MP photos.
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "model": ([], ["--models", "ViT-B-32", "--batches", "3", "--queries", "10"]),
     "index": ([], ["--quick"]),
+    "index_1mp": (["--size", "1155x866"], ["--quick", "--size", "1155x866"]),
     "query": ([], ["--quick"]),
     "memory": ([], ["--quick"]),
     "mount": ([], ["--quick"]),
@@ -61,7 +63,7 @@ def checks(result: object, prefix: str = "") -> list[tuple[str, object, object, 
 
 
 def run(name: str, arguments: list[str], out: Path, timeout: float) -> tuple[dict | None, float, str]:
-    script = HERE / f"bench_{name}.py"
+    script = HERE / f"bench_{name.split('_')[0]}.py"
     started = time.monotonic()
     with open(out / f"{name}.log", "wb") as log:
         try:
