@@ -7,13 +7,14 @@ import sys
 from searchfs.ingest import torch_import
 
 CHILD = r"""
-import json, sys, threading, time
+import importlib.util, json, sys, threading, time
 from searchfs.ingest import torch_import
 
 spins, stop, during = [0], [False], []
 
 def spin():
-    while not stop[0]:  # sleeping lets the import have the GIL the rest of the time
+    while not stop[0]:  # a finder's run needs the global import lock; sleeping leaves the import the GIL
+        importlib.util.find_spec("searchfs_no_such_module")
         spins[0] += 1
         time.sleep(0.0002)
 
@@ -46,8 +47,8 @@ def test_torch_c_is_mapped_while_another_thread_runs_and_torch_works():
     assert len(seen["during"]) == 1, seen
     path, spins, mapped = seen["during"][0]
     assert mapped and path == seen["c_file"]
-    # A dlopen holding the GIL lets the spinning thread run once at most (before the call) until it
-    # returns; without the GIL it wakes every 0.2 ms of the 0.2 s or more that mapping libtorch takes.
+    # A dlopen holding the GIL (or the global import lock) lets the spinning thread through once at most
+    # until it returns; without them it goes round every 0.2 ms or so of the 0.2 s that libtorch takes.
     assert spins >= 20, f"the spinning thread ran {spins} times while torch._C was mapped"
     assert seen["finders_left"] == [] and seen["sum"] == 3.0
 

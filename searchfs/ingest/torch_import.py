@@ -6,8 +6,10 @@ here, during which the scan's hashing and the decoders, which release the GIL fo
 not even start a file. A fresh `searchfs index` imports torch on its model-loading thread beside them.
 
 How: for the one import of `torch._C`, a meta-path finder asks the normal path finder for its spec and
-dlopens the file through a ctypes function call, which releases the GIL, with the flags Python's import
-is about to use; the import's own dlopen then finds the library loaded. Everything torch does before
+hands it a loader that, as the module is created, first dlopens the file through a ctypes function call,
+which releases the GIL, with the flags Python's import then uses; the import's own dlopen finds the
+library loaded. (Not in the finder itself: finders run under the global import lock, which would stop
+every other thread's imports for as long.) Everything torch does before
 that (its global deps, the CUDA wheels' preloads, in their order) runs unchanged. Best effort: anything
 unexpected (no dlopen to call, another loader, a failing dlopen) leaves the plain import to do the work
 and report its errors.
@@ -55,10 +57,20 @@ class _MapOutsideTheGil(importlib.abc.MetaPathFinder):
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
         loader = spec.loader if spec is not None else None
-        if spec is not None and spec.origin and isinstance(loader, importlib.machinery.ExtensionFileLoader):
-            if dlopen_outside_the_gil(spec.origin, sys.getdlopenflags()):
-                self.mapped = spec.origin
+        if spec is not None and type(loader) is importlib.machinery.ExtensionFileLoader:
+            spec.loader = _MapFirst(loader.name, loader.path, self)
         return spec  # None: the other finders are asked, as without this one
+
+
+class _MapFirst(importlib.machinery.ExtensionFileLoader):
+    def __init__(self, name: str, path: str, finder: _MapOutsideTheGil) -> None:
+        super().__init__(name, path)
+        self.finder = finder
+
+    def create_module(self, spec):
+        if dlopen_outside_the_gil(self.path, sys.getdlopenflags()):
+            self.finder.mapped = self.path
+        return super().create_module(spec)
 
 
 def dlopen_outside_the_gil(path: str, flags: int) -> bool:
