@@ -36,8 +36,10 @@ _mapping = threading.Lock()  # held through a dlopen outside the GIL
 
 def import_torch() -> ModuleType:
     """The torch module, imported with `torch._C` mapped outside the GIL (once per process)."""
-    if "torch" in sys.modules:
-        return sys.modules["torch"]
+    if "torch" in sys.modules:  # imported, or being imported by another thread: `import` waits for that
+        import torch
+
+        return torch
     finder = _MapOutsideTheGil(PRELOADED)
     sys.meta_path.insert(0, finder)
     try:
