@@ -62,13 +62,18 @@ def checks(result: object, prefix: str = "") -> list[tuple[str, object, object, 
     return found
 
 
+def script(name: str) -> Path:
+    """The file a benchmark's name runs: bench_<name up to its first "_">.py."""
+    return HERE / f"bench_{name.split('_')[0]}.py"
+
+
 def run(name: str, arguments: list[str], out: Path, timeout: float) -> tuple[dict | None, float, str]:
-    script = HERE / f"bench_{name.split('_')[0]}.py"
+    script_path = script(name)
     started = time.monotonic()
     with open(out / f"{name}.log", "wb") as log:
         try:
             done = subprocess.run(
-                [sys.executable, str(script), *arguments], stdout=subprocess.PIPE, stderr=log, timeout=timeout
+                [sys.executable, str(script_path), *arguments], stdout=subprocess.PIPE, stderr=log, timeout=timeout
             )
         except subprocess.TimeoutExpired:
             return None, time.monotonic() - started, f"ran past {timeout:.0f} s"
@@ -129,10 +134,10 @@ def main() -> int:
         if name not in names and kept.exists():  # the last full result of a benchmark not run now
             rows.append((f"{name} (kept)", 0.0, "", checks(json.loads(kept.read_text()))))
     for name in names:
-        if not (HERE / f"bench_{name}.py").exists():
+        if not script(name).exists():
             continue
         full, quick = BENCHMARKS[name]
-        print(f"running bench_{name}.py ...", file=sys.stderr, flush=True)
+        print(f"running {script(name).name} {name} ...", file=sys.stderr, flush=True)
         result, seconds, failure = run(name, quick if args.quick else full, args.out, args.timeout)
         rows.append((name, seconds, failure, checks(result) if result else []))
         print(f"  {failure or 'done'} in {seconds:.0f} s", file=sys.stderr, flush=True)
