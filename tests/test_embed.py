@@ -151,7 +151,8 @@ def test_the_next_calls_pictures_are_decoded_once_and_handed_over(module_setting
         assert sorted(decoded) == sorted(paths[:7] + paths[7:9] + paths[9:])  # each once, paths[9] ahead
         got = [r.vector for r in first + second + third]
         want = expected[:6] + expected[7:9]
-        assert all(np.array_equal(a, b) for a, b in zip(got, want)) and len(got) == len(want)
+        assert len(got) == len(want)  # the same up to the GEMM's rounding, which varies with the batch's size
+        assert all(np.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(got, want))
     finally:
         instance.close()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from photos import make_library, make_photo
-from waiting import wait_for
+from waiting import poll, wait_for
 
 from searchfs.fs.mount import running
 
@@ -172,6 +172,13 @@ def _idle(env) -> bool:
     return indexing["idle"] and indexing["events_pending"] == 0 and indexing["photos_pending"] == 0
 
 
+def _wait_ranked(query: Path, count: int, env, timeout: float = 60) -> None:
+    """Wait for `count` photos in a ranked folder with the daemon idle; a timeout says which half failed."""
+    if not poll(lambda: len(listing(query)) == count and _idle(env), timeout):
+        status = json.loads(searchfs("status", "--json", env=env).stdout)
+        raise AssertionError(f"{len(listing(query))} of {count} ranked after {timeout:g}s; {status['indexing']}")
+
+
 def test_a_refused_mount_changes_nothing(env, tmp_path):
     photos = tmp_path / "photos"
     make_library(photos, 1)
@@ -287,12 +294,12 @@ def test_a_folder_moved_out_and_back_is_ranked_again(mounted, tmp_path):
     for i in range(21):
         make_photo(album / f"T{i:02d}.jpg", (i * 12, 90, 200 - i * 9), seed=500 + i, make="Sony")
     query = mnt / "query" / "a trip" / "limit=100"
-    wait_for(lambda: len(listing(query)) == 27 and _idle(env), timeout=60)
+    _wait_ranked(query, 27, env)
     elsewhere = tmp_path / "away"
     shutil.move(album, elsewhere)
-    wait_for(lambda: len(listing(query)) == 6 and _idle(env), timeout=60)
+    _wait_ranked(query, 6, env)
     shutil.move(elsewhere, album)
-    wait_for(lambda: len(listing(query)) == 27 and _idle(env), timeout=60)
+    _wait_ranked(query, 27, env)
     targets = {os.readlink(query / name) for name in listing(query)}
     assert {str(album / f"T{i:02d}.jpg") for i in range(21)} <= targets
     like = mnt / "similar" / "photos" / "trip" / "T00.jpg"
