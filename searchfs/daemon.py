@@ -16,7 +16,6 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import TYPE_CHECKING
 
 from . import service
@@ -24,7 +23,7 @@ from .errors import DiskFull
 from .ingest.coalesce import ChangeKind
 from .library import Library
 from .paths import relative
-from .records import IndexReport, Root
+from .records import IndexReport, Root, TextEnum
 
 if TYPE_CHECKING:
     from .ingest.extract import ExifExtractor
@@ -38,7 +37,7 @@ STATUS_BYTES = 64 * 1024  # daemon.json's reserved size: written in place, space
 _SAVE_VECTORS_EVERY = 300.0
 
 
-class JobKind(str, Enum):
+class JobKind(TextEnum):
     """What the writer thread is asked to do."""
 
     CHANGES = "changes"  # coalesced watch events
@@ -46,9 +45,6 @@ class JobKind(str, Enum):
     RECHECK = "recheck"  # files too fresh to read at the last look
     ONLINE = "online"
     OFFLINE = "offline"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass

@@ -9,6 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from enum import Enum
+
+
+class TextEnum(str, Enum):
+    """An enum whose members are their text: it prints, compares and serialises as the plain string."""
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,9 @@ import os
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 
 from ..paths import is_below
+from ..records import TextEnum
 from .event_tree import EventKind, Node, RawEvent, Tree, ancestors, join
 
 __all__ = [
@@ -48,16 +48,13 @@ __all__ = [
 ]  # EventKind, RawEvent: event_tree.py's
 
 
-class ChangeKind(str, Enum):
+class ChangeKind(TextEnum):
     """What the catalog must do about a path once a burst of events is coalesced."""
 
     UPSERT = "upsert"
     DELETE = "delete"
     MOVE = "move"
     RESCAN = "rescan"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

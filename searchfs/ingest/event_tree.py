@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import Enum
 
 from ..paths import is_below
+from ..records import TextEnum
 
 
-class EventKind(str, Enum):
+class EventKind(TextEnum):
     """What the watcher saw happen to a path (a str, so literal event lists in tests read naturally)."""
 
     CREATED = "created"
@@ -27,9 +27,6 @@ class EventKind(str, Enum):
     CLOSED = "closed"
     DELETED = "deleted"
     MOVED = "moved"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
