@@ -37,6 +37,9 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "live": ([], ["--quick"]),
     "scale": ([], ["--quick"]),
     "rebuild": ([], ["--photos", "100000"]),  # bench_scale's cached library (built first if absent)
+    # rclip and imgsearch beside searchfs; the first run makes their venvs (pip, a few GB): about 30 min each
+    "peers": ([], ["--quick"]),
+    "peers_1mp": (["--size", "1155x866"], ["--quick", "--size", "1155x866"]),
 }
 
 
