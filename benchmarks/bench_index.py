@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from _bytecode import ensure_bytecode  # noqa: E402
 from _weights import CACHE, random_checkpoint  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "corpus"
@@ -387,6 +388,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="64 photos, one run per precision")
     parser.add_argument("--warm-child", nargs=2, help=argparse.SUPPRESS)  # PHOTOS LIBRARY: one warm index
     args = parser.parse_args()
+    ensure_bytecode()  # fresh processes read it, as an installed package does
     if args.warm_child:
         print(json.dumps(warm_index(Path(args.warm_child[0]), args.warm_child[1])))
         return

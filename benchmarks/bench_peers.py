@@ -77,6 +77,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from _bytecode import ensure_bytecode  # noqa: E402
 from _weights import random_checkpoint  # noqa: E402
 from bench_index import LAUNCHER, cached_photos, cli_index, photo_paths  # noqa: E402
 
@@ -646,6 +647,7 @@ def main() -> None:
     parser.add_argument("--peers-cache", type=Path, default=PEERS_CACHE, help="where the peers' venvs are made")
     parser.add_argument("--quick", action="store_true", help="64 photos, one round")
     args = parser.parse_args()
+    ensure_bytecode()  # fresh processes read it, as an installed package does
     args.tools = [t for t in args.tools.split(",") if t]
     unknown = [t for t in args.tools if t not in PEERS]
     if unknown:
