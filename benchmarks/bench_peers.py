@@ -396,13 +396,25 @@ def rss_mb(kib: float) -> int:
     return round(kib * 1024 / MB)  # ru_maxrss is in KiB on Linux
 
 
-class Rclip:
-    name = "rclip"
+class PeerRunner:
+    """A peer made ready to run: its venv, then what it loads (prepare)."""
+
+    name = ""
 
     def __init__(self, root: Path, photos: Path, count: int, tmp: Path):
-        self.peer = PEERS["rclip"]
+        self.peer = PEERS[self.name]
         self.photos, self.count, self.tmp = photos, count, tmp
         self.venv = ensure_venv(self.peer, root)
+        self.prepare(root)
+
+    def prepare(self, root: Path) -> None:
+        raise NotImplementedError
+
+
+class Rclip(PeerRunner):
+    name = "rclip"
+
+    def prepare(self, root: Path) -> None:
         self.models = rclip_models(root, self.peer)
 
     def describe(self) -> dict:
@@ -439,13 +451,10 @@ class Rclip:
         }
 
 
-class Imgsearch:
+class Imgsearch(PeerRunner):
     name = "imgsearch"
 
-    def __init__(self, root: Path, photos: Path, count: int, tmp: Path):
-        self.peer = PEERS["imgsearch"]
-        self.photos, self.count, self.tmp = photos, count, tmp
-        self.venv = ensure_venv(self.peer, root)
+    def prepare(self, root: Path) -> None:
         self.weights = tinyclip_weights(root, self.peer, self.venv)
 
     def describe(self) -> dict:
