@@ -388,10 +388,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="64 photos, one run per precision")
     parser.add_argument("--warm-child", nargs=2, help=argparse.SUPPRESS)  # PHOTOS LIBRARY: one warm index
     args = parser.parse_args()
-    ensure_bytecode()  # fresh processes read it, as an installed package does
     if args.warm_child:
         print(json.dumps(warm_index(Path(args.warm_child[0]), args.warm_child[1])))
         return
+    ensure_bytecode()  # fresh processes read it, as an installed package does (the parent's work, once)
     if args.quick:
         args.photos, args.runs, args.rounds, args.bare_images = min(args.photos, 64), 1, 2, 32
     print(json.dumps(run(args), indent=2))

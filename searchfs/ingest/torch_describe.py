@@ -126,14 +126,16 @@ def describe_image_tower(model) -> vit_tower.VitConfig | None:
     )
 
 
-def own_tensors(model, config: vit_tower.VitConfig) -> dict[str, Any] | None:
-    """The loaded model's tensors under vit_tower's names (fp32), or None when one is missing."""
-    found = dict(model.visual.named_parameters())
-    found.update(dict(model.visual.named_buffers()))
-    names = [key[len("visual.") :] for key in config.keys()]
+def own_tensors(model, config: vit_tower.VitConfig, fp32: bool = True) -> dict[str, Any] | None:
+    """The loaded model's image tensors under vit_tower's names (as fp32 copies, or `fp32=False` the
+    tensors themselves), or None when one is missing. The model is open_clip's or a plain-torch tower,
+    whose parameter names stand "__" for "."."""
+    visual = model.visual
+    found = {name.replace("__", "."): t for name, t in [*visual.named_parameters(), *visual.named_buffers()]}
+    names = config.keys(prefix="")
     if not all(name in found for name in names):
         return None
-    return {name: found[name].detach().float() for name in names}
+    return {name: found[name].detach().float() if fp32 else found[name] for name in names}
 
 
 def file_holds(checkpoint: str, config: vit_tower.VitConfig, own: dict[str, Any]) -> bool:

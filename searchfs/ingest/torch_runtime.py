@@ -253,11 +253,9 @@ class TorchRuntime:
         found = vit_tower.read(self.models_dir, self.model_id)
         if found is None or self.models_dir is None:
             return  # nothing would map them: open_clip builds this model
-        visual = model.visual
-        named = {name.replace("__", "."): t for name, t in [*visual.named_parameters(), *visual.named_buffers()]}
-        names = [key[len("visual.") :] for key in found[0].keys()]
-        if all(name in named for name in names):
-            vit_tower.save_low(self.models_dir, self.model_id, precision, {name: named[name] for name in names})
+        tensors = own_tensors(model, found[0], fp32=False)
+        if tensors is not None:
+            vit_tower.save_low(self.models_dir, self.model_id, precision, tensors)
 
     # ---------------------------------------------------------------- the protocol
 

@@ -262,7 +262,7 @@ def load_low(folder: Path | None, model_id: str, config: VitConfig, precision: s
     if not isinstance(saved, dict) or saved.get("stamp") != _low_stamp(model_id, precision):
         return None
     tensors, dtype = saved.get("tensors"), torch_dtype(precision)
-    names = [key[len("visual.") :] for key in config.keys()]
+    names = config.keys(prefix="")
     if not isinstance(tensors, dict) or not all(
         isinstance(tensors.get(name), torch.Tensor) and tensors[name].dtype == dtype for name in names
     ):
