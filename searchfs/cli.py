@@ -18,6 +18,7 @@ import click
 
 from .cli_common import Context, PipeClosed, fail, handle_errors, pass_context
 from .cli_mount import mount, umount, watch
+from .cli_quick import print_hits, quiet_stdout
 from .errors import NotFound
 
 log = logging.getLogger("searchfs")
@@ -192,14 +193,7 @@ def _looks_like_path(query: str) -> bool:
 
 
 def _print_hits(hits, as_json: bool, null: bool) -> None:
-    if as_json:
-        click.echo(json.dumps([hit.to_json() for hit in hits], indent=2))
-    elif null:
-        sys.stdout.buffer.write(b"".join(hit.abspath + b"\0" for hit in hits))
-    else:
-        for hit in hits:
-            score = f"{hit.score:.4f}" if hit.score is not None else "     -"
-            click.echo(f"{hit.rank:4d}  {score}  {hit.path}")
+    print_hits(((hit.rank, hit.score, hit.path, hit.root) for hit in hits), as_json, null)
 
 
 @cli.command()
@@ -317,7 +311,7 @@ def main() -> None:
     except click.exceptions.Abort:
         fail("interrupted", 130)
     except (PipeClosed, BrokenPipeError):
-        _quiet_stdout()
+        quiet_stdout()
         code = 0
     if _exit_when_done:
         logging.shutdown()
@@ -325,12 +319,6 @@ def main() -> None:
         sys.stderr.flush()
         os._exit(code or 0)
     sys.exit(code or 0)
-
-
-def _quiet_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush cannot complain about the closed pipe."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -17,11 +17,6 @@ from typing import Any
 
 from .errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib  # type: ignore[import-not-found]
-
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # [model] precision; ingest/runtime.py chooses among them
 
 DEFAULT_EXCLUDE = (
@@ -146,6 +141,11 @@ def load_settings(
 
 
 def _from_toml(path: Path) -> dict[str, Any]:
+    # imported here: a CLI search that a daemon answers, with no config file, must not pay for a parser
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib  # type: ignore[import-not-found]
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

@@ -5,24 +5,7 @@ tower every time (0.2-0.3 s); a mount or watch daemon has all of them loaded alr
 CLI sends it the query and prints its answer; when none answers, the CLI does the work itself, with the
 same output, exit codes and error lines.
 
-Where: `config.runtime_dir()` ($XDG_RUNTIME_DIR/searchfs, else /tmp/searchfs-<uid>; 0700), one socket per
-library, `search-<16 hex digits of the catalog's real path>.sock`, 0600. The daemon holds the library's
-writer lock, so one library has one daemon: a socket file left by a killed one is replaced at the next start.
-
-Protocol: one request line of JSON (at most MAX_REQUEST bytes), one response line of JSON, then the
-connection closes.
-
-    {"v": 1, "op": "search", "settings": {...}, "text": str|null, "image": str|null,
-     "similar_to": [root, relpath]|null, "where": [str, ...], "limit": int|null, "min_score": float|null}
-    {"v": 1, "op": "status"}
-
-    {"hits": [[rank, score, root, relpath, abspath, file_id, content_id], ...], "pid": N}
-    {"error": "one line", "exit_code": 2}   the answer: the CLI prints `searchfs: <error>`, exits with it
-    {"decline": "why"}                      no answer: the CLI searches itself (other settings, busy, ...)
-
-Paths are strings as `os.fsdecode` makes them; JSON's \\udcXX escapes carry bytes that are not UTF-8.
-`settings` is what of the client's settings can change an answer (model, search defaults): a daemon
-started with others declines, so the answer never depends on who gives it.
+Where and what (the socket's place, the protocol): wire.py.
 
 Security: nothing listens outside the user's own 0700 runtime folder, and each side checks the other's
 uid (SO_PEERCRED on Linux, LOCAL_PEERCRED on macOS and the BSDs; where neither exists the modes alone
@@ -36,82 +19,36 @@ queue (full: the request is declined and the client searches itself). The servic
 library (its catalog readers, the published vector index, the embedder's text cache and tower); the
 daemon's writer thread never waits for it.
 
-This module imports only the standard library at the top: the CLI's side must stay cheap.
+The CLI's side imports wire.py and client.py only, never this module (its threads, queues, selectors).
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
 import queue
 import selectors
 import socket
-import struct
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import runtime_dir
 from .errors import ConfigError, SearchfsError
+from .wire import MAX_REQUEST, MAX_RESPONSE, MAX_SUN_PATH, VERSION, encode_line, fingerprint, peer_uid, socket_path
 
 if TYPE_CHECKING:
     from .library import Library
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
-MAX_REQUEST = 64 * 1024  # bytes of one request line
-MAX_RESPONSE = 64 * 1024 * 1024  # a bigger answer is declined: the client streams it from SQLite itself
 READ_TIMEOUT = 5.0  # seconds from connect to a complete request
 WRITE_TIMEOUT = 30.0  # seconds to take the whole answer
 WORKERS = 4  # searches at once (as the mount's own limit)
 QUEUED = 16  # complete requests waiting for a worker
 MAX_CONNECTIONS = 64  # open connections; more are declined at once
-MAX_SUN_PATH = 104  # sockaddr_un's path, the smallest of Linux (108) and macOS/BSD (104), with its NUL
-
-# The settings that can change an answer: a daemon whose own differ declines, and the client searches.
-SAME_SETTINGS = (
-    "model_name",
-    "model_pretrained",
-    "model_config_file",
-    "model_text_tower",
-    "search_limit",
-    "search_min_score",
-    "search_exact_below",
-    "index_max_pixels",
-)
-
-
-def socket_path(settings, create: bool = False) -> Path:
-    """The socket of `settings`' library (named after the catalog's real path; `create` makes the folder)."""
-    digest = hashlib.sha256(os.fsencode(os.path.realpath(settings.catalog_path))).hexdigest()[:16]
-    return runtime_dir(create=create) / f"search-{digest}.sock"
-
-
-def fingerprint(settings) -> dict[str, Any]:
-    return {name: getattr(settings, name) for name in SAME_SETTINGS}
-
-
-def peer_uid(sock: socket.socket) -> int | None:
-    """The uid of the process at the other end of a Unix socket; None where the system has no way to ask
-    (the socket's mode and the 0700 folder then guard it alone). An OSError means it could not be read."""
-    if hasattr(socket, "SO_PEERCRED"):  # Linux: struct ucred {pid_t pid; uid_t uid; gid_t gid;}
-        pid, uid, gid = struct.unpack("=iII", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        return uid
-    if sys.platform == "darwin" or "bsd" in sys.platform:  # struct xucred {u_int cr_version; uid_t cr_uid; ...}
-        level, option = getattr(socket, "SOL_LOCAL", 0), getattr(socket, "LOCAL_PEERCRED", 1)
-        version, uid = struct.unpack_from("=II", sock.getsockopt(level, option, 76))
-        return uid
-    return None
-
-
-class TooLong(Exception):
-    pass
 
 
 # ---------------------------------------------------------------------------------------------- the daemon
@@ -449,11 +386,6 @@ def _search_arguments(request: dict) -> dict:
 
 def _error(message: str) -> dict:
     return {"error": f"bad request to the search service: {message}", "exit_code": 2}
-
-
-def encode_line(response: dict) -> bytes:
-    """One message of the protocol: compact JSON, ASCII, one line."""
-    return json.dumps(response, separators=(",", ":")).encode("ascii") + b"\n"
 
 
 class _suppress_os_errors:

@@ -1,5 +1,6 @@
-"""The pure parts of benchmarks/bench_peers.py: summaries, failure reasons, the commands it runs, the
-environment it runs them in, the counts it reads. No venv is made and nothing is installed here."""
+"""The pure parts of benchmarks/bench_peers.py and its _peer_setup.py: summaries, failure reasons, the
+commands it runs, the environment it runs them in, the counts it reads.
+No venv is made and nothing is installed here."""
 
 import os
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import _peer_setup  # noqa: E402
 import bench_peers  # noqa: E402
 
 
@@ -21,22 +23,22 @@ def test_summary_is_the_median_of_the_runs_that_were_measured():
 
 def test_the_reason_of_a_failure_is_the_line_that_names_the_error():
     pip_log = "Collecting rclip==3.3.0\n  Downloading x.whl\nERROR: No matching distribution found for rclip==3.3.0\n\n"
-    assert bench_peers.one_line(pip_log) == "ERROR: No matching distribution found for rclip==3.3.0"
+    assert _peer_setup.one_line(pip_log) == "ERROR: No matching distribution found for rclip==3.3.0"
     traceback = "Traceback (most recent call last):\n  File x\nModuleNotFoundError: No module named 'Pyro5'\n"
-    assert bench_peers.one_line(traceback) == "ModuleNotFoundError: No module named 'Pyro5'"
-    assert bench_peers.one_line("just stopped\nat the end\n") == "at the end"
-    assert bench_peers.one_line("") == "no output"
-    long = bench_peers.one_line("error " + "x" * 500, limit=50)
+    assert _peer_setup.one_line(traceback) == "ModuleNotFoundError: No module named 'Pyro5'"
+    assert _peer_setup.one_line("just stopped\nat the end\n") == "at the end"
+    assert _peer_setup.one_line("") == "no output"
+    long = _peer_setup.one_line("error " + "x" * 500, limit=50)
     assert len(long) == 50 and long.endswith("...")
 
 
 def test_a_peer_venv_is_a_plain_venv_and_pip_s_resolution_of_the_pinned_release(tmp_path):
-    rclip, imgsearch = bench_peers.PEERS["rclip"], bench_peers.PEERS["imgsearch"]
+    rclip, imgsearch = _peer_setup.PEERS["rclip"], _peer_setup.PEERS["imgsearch"]
     assert rclip.requirement == "rclip==3.3.0"
     assert imgsearch.requirement == "imgsearch[all]==0.3.3"  # torch and the model code are in the extra
     venv = imgsearch.venv(tmp_path)
     assert venv == tmp_path / "imgsearch-0.3.3"
-    make, install = bench_peers.venv_commands(imgsearch, venv, "/usr/bin/python3")
+    make, install = _peer_setup.venv_commands(imgsearch, venv, "/usr/bin/python3")
     assert make == ["/usr/bin/python3", "-m", "venv", str(venv)]
     assert install[:3] == [str(venv / "bin" / "python"), "-m", "pip"] and install[-1] == "imgsearch[all]==0.3.3"
     assert not any(a.startswith(("--index-url", "--extra-index-url", "--pre")) for a in install)
@@ -71,7 +73,7 @@ def test_embedded_count_is_read_from_the_server_s_debug_log():
 
 def test_a_tool_runs_offline_in_its_own_venv_and_nothing_of_ours(tmp_path):
     base = {"PATH": "/usr/bin", "PYTHONPATH": "/work/main", "VIRTUAL_ENV": "/work/main/.venv", "LANG": "C"}
-    env = bench_peers.peer_env(base, tmp_path / "venv", tmp_path / "home")
+    env = _peer_setup.peer_env(base, tmp_path / "venv", tmp_path / "home")
     assert env["HF_HUB_OFFLINE"] == "1"
     assert env["PATH"].split(os.pathsep) == [str(tmp_path / "venv" / "bin"), "/usr/bin"]
     assert env["VIRTUAL_ENV"] == str(tmp_path / "venv") and "PYTHONPATH" not in env
@@ -109,7 +111,7 @@ def test_a_child_s_exit_is_seen_without_reaping_it():
 
 
 def test_a_launched_failure_raises_with_its_reason(tmp_path):
-    with pytest.raises(bench_peers.Unavailable, match="exit 3: RuntimeError: no model"):
+    with pytest.raises(_peer_setup.Unavailable, match="exit 3: RuntimeError: no model"):
         bench_peers.launch(
             [sys.executable, "-c", "import sys; print('RuntimeError: no model', file=sys.stderr); sys.exit(3)"],
             dict(os.environ),

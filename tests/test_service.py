@@ -163,6 +163,46 @@ def test_the_daemon_answers_the_cli_as_the_cli_would_itself_without_importing_a_
     assert served(daemon)["served"] == len(queries)
 
 
+def test_the_fast_path_prints_what_the_full_cli_prints_without_importing_click(photos, env, start_daemon):
+    """`searchfs search TEXT` as cli_quick.py answers it: the same bytes on stdout, the same error line and
+    exit code as the full CLI asking the same daemon (`-v` makes the full CLI answer), and no click."""
+    daemon = start_daemon()
+    queries = [
+        ["search", "red flower", "--json"],
+        ["search", "a dog on a beach", "-n", "3"],
+        ["search", "sunset", "-0"],  # the name that is not UTF-8 among the paths
+        ["--library", "default", "search", "dog", "--where=year=2018..2030", "--min", "-1"],
+        ["search", "--where", "camera=Canon", "--json"],
+        ["search", "x", "--where", "colour=red"],  # the daemon's error answer
+    ]
+    for args in queries:
+        full = cli("-v", *args, env=env)
+        fast = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "searchfs", *args], env=env, capture_output=True, timeout=120
+        )
+        assert answered_by(full) == os.getpid() or full.returncode == 2, full.stderr
+        said = [line for line in fast.stderr.splitlines() if not line.startswith(b"import time:")]
+        assert (fast.returncode, fast.stdout) == (full.returncode, full.stdout), args
+        assert said == [line for line in full.stderr.splitlines() if line.startswith(b"searchfs: ")], args
+        assert "click" not in imported(fast), args
+    assert served(daemon)["served"] == 2 * (len(queries) - 1) and served(daemon)["errors"] == 2
+    assert b"caf\xe9.jpg\0" in fast_stdout(env, queries[2])
+
+    before = served(daemon)["served"]
+    read, write = os.pipe()  # a reader that is gone before anything is written: `searchfs search x | true`
+    os.close(read)
+    closed = subprocess.run(
+        [sys.executable, "-m", "searchfs", "search", "sunset"], env=env, stdout=write, stderr=subprocess.PIPE
+    )
+    os.close(write)
+    assert (closed.returncode, closed.stderr) == (0, b"")
+    assert served(daemon)["served"] == before + 1  # answered, then met the closed pipe quietly
+
+
+def fast_stdout(env: dict, args: list[str]) -> bytes:
+    return subprocess.run([sys.executable, "-m", "searchfs", *args], env=env, capture_output=True, timeout=120).stdout
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
