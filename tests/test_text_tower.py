@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +212,52 @@ def tiny_kwargs(settings) -> dict:
         "model_pretrained": settings.model_pretrained,
         "model_config_file": settings.model_config_file,
     }
+
+
+# ---------------------------------------------------------------------------------------------- threads
+
+
+def test_a_new_text_never_waits_behind_an_image_batch(settings):
+    """The numpy tower runs outside the lock an image forward pass holds: a query text asked while a
+    daemon indexes is answered at once, not after the batch."""
+    embedder = Embedder(settings)
+    embedder.load()
+    answers: list[np.ndarray] = []
+    with embedder._model_lock:  # an image batch in progress
+        asker = threading.Thread(target=lambda: answers.append(embedder.embed_text(["asked mid-batch"])))
+        asker.start()
+        asker.join(30)
+        assert answers, "the new text waited for the image batch"
+    assert answers[0].shape == (1, embedder.dim)
+    np.testing.assert_allclose(answers[0], embedder.runtime.encode_texts(["asked mid-batch"]), atol=1e-4)
+    embedder.close()
+
+
+def test_texts_encoded_at_once_leave_the_blas_limit_as_they_found_it(settings):
+    """Each encode limits BLAS to one thread and restores the limit it found: eight threads at once must
+    not leave a limit of 1 behind for the process (its vector search would run on one core)."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    embedder = Embedder(settings)
+    embedder.load()
+    tower = embedder._text_tower()
+    assert tower is not None
+    before, failures = blas_threads(), []
+
+    def encode(i: int) -> None:
+        try:
+            for j in range(10):
+                tower.encode_texts([f"text {i} {j} " * 8])
+        except Exception as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=encode, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures and blas_threads() == before
+    embedder.close()
