@@ -35,21 +35,11 @@ class DaemonError(SearchfsError):
         self.exit_code = exit_code
 
 
-def search(
-    settings,
-    *,
-    text: str | None = None,
-    image: str | None = None,
-    similar_to: tuple[str, str] | None = None,
-    where: list[str] | tuple[str, ...] = (),
-    limit: int | None = None,
-    min_score: float | None = None,
-) -> list[Hit] | None:
-    """The running daemon's answer to a search, or None when no daemon of this library answered (the
-    caller searches itself). An error answer raises DaemonError with the daemon's line and exit code."""
-    rows = search_rows(
-        settings, text=text, image=image, similar_to=similar_to, where=where, limit=limit, min_score=min_score
-    )
+def search(settings, **query) -> list[Hit] | None:
+    """The running daemon's answer to a search (`query`: search_rows' keywords), or None when no daemon of
+    this library answered (the caller searches itself). An error answer raises DaemonError with the
+    daemon's line and exit code."""
+    rows = search_rows(settings, **query)
     if rows is None:
         return None
     from .records import Hit
