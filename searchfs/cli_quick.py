@@ -5,9 +5,9 @@ A running daemon answers a search in milliseconds, yet the full CLI spends 0.1-0
 exactly as click would (`[-L NAME | --library NAME | --config FILE] search [QUERY] [-n N] [--min S]
 [-w K=V]... [--text] [--json] [-0]`, each value as `-n 5`, `--limit 5` or `--limit=5`), it loads the
 settings, asks the daemon with the standard library and prints the answer as cli.py prints any hits.
-Everything else goes to cli.main() untouched, which parses argv itself: help, `-v`, an image or a query
-that may name a file, an option or value this does not read, no daemon, an error answer (the one place
-that reports errors then asks again and says it).
+An error the daemon answers (a bad filter, say) is printed as cli.py prints one: `searchfs: <line>` on
+stderr and its exit code. Everything else goes to cli.main() untouched, which parses argv itself: help,
+`-v`, an image or a query that may name a file, an option or value this does not read, no daemon.
 """
 
 from __future__ import annotations
