@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
 from searchfs.ingest import bpe, text_tower
 from searchfs.ingest.embed import Embedder, embed_query_text, model_id
@@ -50,8 +53,40 @@ def test_tokenizer_matches_open_clip():
     theirs = open_clip.get_tokenizer("ViT-B-32")
     assert bpe.vocab_path() == open_clip.tokenizer.default_bpe()
     for text in TEXTS:
-        expected = [int(t) for t in theirs([text])[0] if t]
-        assert ours.encode(text) == expected, text
+        assert ours.encode(text) == open_clip_ids(theirs, text), text
+
+
+ASCII_WITHOUT_AMPERSAND = st.text(st.sampled_from([chr(c) for c in range(0x20, 0x7F) if chr(c) != "&"]))
+
+
+@examples(max_examples=300, deadline=None)
+@given(ASCII_WITHOUT_AMPERSAND)
+def test_ftfy_leaves_printable_ascii_without_ampersands_as_is(text):
+    """What bpe.clean relies on to skip importing ftfy, checked against ftfy itself."""
+    import ftfy
+
+    assert bpe._ftfy_leaves_as_is(text)
+    assert ftfy.fix_text(text) == text
+
+
+def test_texts_ftfy_may_change_still_go_through_it():
+    for text in ("caf\u00e9", "cafÃ©", "&amp;lt;", "tab\there", "line\r\nbreak", "\x1b[31mred", "ﬁne"):
+        assert not bpe._ftfy_leaves_as_is(text), text
+
+
+@examples(max_examples=150, deadline=None)
+@given(st.one_of(ASCII_WITHOUT_AMPERSAND, st.text(max_size=40)))
+def test_tokenizer_matches_open_clip_on_any_text(text):
+    import open_clip
+
+    theirs = open_clip.get_tokenizer("ViT-B-32")
+    assert bpe.tokenizer(77).encode(text) == open_clip_ids(theirs, text)
+
+
+def open_clip_ids(tokenizer, text: str) -> list[int]:
+    """open_clip's ids up to its last end token (the padding after it is 0s, and 0 is also the id of "!")."""
+    ids = [int(t) for t in tokenizer([text])[0]]
+    return ids[: len(ids) - ids[::-1].index(bpe.tokenizer(77).eot)]
 
 
 def test_tokenizer_needs_no_torch():

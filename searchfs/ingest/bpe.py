@@ -3,10 +3,12 @@
 The cold text query cannot afford `import open_clip` (1.7 s, and it imports torch), so this reads
 open_clip's bundled vocabulary file where the package is installed (found with `importlib.util.find_spec`,
 which does not run the package) and applies the same rules: ftfy + double HTML unescape, whitespace
-collapsed, lower case; the same split pattern (the `regex` module, for `\\p{L}`/`\\p{N}`); the same
-merges; `<start_of_text>` ... `<end_of_text>`, cut to the context length with the end token kept last.
-Only this default ("lower" clean, no reduction mask) is supported; the text tower's export checks that a
-model uses it. tests/test_text_tower.py compares the ids with open_clip's on a list of awkward texts.
+collapsed, lower case (ftfy is not even imported for printable ASCII without '&', which it leaves as it
+is); the same split pattern (the `regex` module, for `\\p{L}`/`\\p{N}`); the same merges;
+`<start_of_text>` ... `<end_of_text>`, cut to the context length with the end token kept last. Only this
+default ("lower" clean, no reduction mask) is supported; the text tower's export checks that a model uses
+it. tests/test_text_tower.py compares the ids with open_clip's on a list of awkward texts and on random
+ones.
 """
 
 from __future__ import annotations
@@ -49,23 +51,30 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def clean(text: str) -> str:
     """open_clip's "lower" clean: ftfy, HTML entities twice, whitespace collapsed, lower case."""
-    import ftfy
+    if not _ftfy_leaves_as_is(text):
+        import ftfy  # 0.1 s to import: most query texts never need it
 
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+        text = ftfy.fix_text(text)
+    text = html.unescape(html.unescape(text)).strip()
     return " ".join(text.split()).lower()
+
+
+def _ftfy_leaves_as_is(text: str) -> bool:
+    """Printable ASCII without '&': every fix ftfy.fix_text makes needs a non-ASCII character (mojibake,
+    quotes, ligatures, widths), a control character (terminal escapes, line breaks, controls) or an HTML
+    entity, and NFC leaves ASCII as it is. tests/test_text_tower.py checks this against ftfy itself."""
+    return text.isascii() and text.isprintable() and "&" not in text
 
 
 class Tokenizer:
     def __init__(self, path: str, context_length: int = 77):
         import regex
 
-        with gzip.open(path) as handle:
-            lines = handle.read().decode("utf-8").split("\n")[1 : MERGES + 1]
-        merges = [tuple(line.split()) for line in lines]
+        merges = _merge_lines(path)  # "a b": two symbols, which never hold a space (bytes_to_unicode)
         symbols = list(bytes_to_unicode().values())
-        vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + list(SPECIALS)
-        self.encoder = {token: i for i, token in enumerate(vocab)}
-        self.ranks = {merge: i for i, merge in enumerate(merges)}
+        vocab = symbols + [s + "</w>" for s in symbols] + [m.replace(" ", "") for m in merges] + list(SPECIALS)
+        self.encoder = dict(zip(vocab, range(len(vocab))))
+        self.ranks = dict(zip(merges, range(len(merges))))  # keyed by the line itself: no tuple per merge
         self.sot, self.eot = self.encoder[SPECIALS[0]], self.encoder[SPECIALS[1]]
         self.context_length = context_length
         self._bytes = bytes_to_unicode()
@@ -103,14 +112,16 @@ class Tokenizer:
     def _merge(self, chars: str) -> list[str]:
         """Apply the merges, lowest rank first, until none applies (the last symbol carries `</w>`)."""
         word = [*chars[:-1], chars[-1] + "</w>"]
+        ranks, never = self.ranks, len(self.ranks)
         while len(word) > 1:
-            pairs = {(a, b) for a, b in zip(word, word[1:])}
-            best = min(pairs, key=lambda pair: self.ranks.get(pair, len(self.ranks)))
-            if best not in self.ranks:
+            pairs = {f"{a} {b}" for a, b in zip(word, word[1:])}
+            best = min(pairs, key=lambda pair: ranks.get(pair, never))
+            if best not in ranks:
                 break
+            first, second = best.split(" ")
             merged, i = [], 0
             while i < len(word):
-                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                if i + 1 < len(word) and word[i] == first and word[i + 1] == second:
                     merged.append(word[i] + word[i + 1])
                     i += 2
                 else:
@@ -118,6 +129,19 @@ class Tokenizer:
                     i += 1
             word = merged
         return word
+
+
+def _merge_lines(path: str) -> list[str]:
+    """The MERGES merge lines after the header, decompressing only as far as they go: they are the first
+    fifth of the file (the rest is never read; parsing all of it cost a cold query 0.1 s)."""
+    chunks, lines = [], 0
+    with gzip.open(path) as handle:
+        while lines <= MERGES and (chunk := handle.read(1 << 16)):
+            chunks.append(chunk)
+            lines += chunk.count(b"\n")
+    data = b"".join(chunks)
+    end = data.rfind(b"\n")  # whole lines only: no character cut in two
+    return data[: max(end, 0)].decode("utf-8").split("\n", MERGES + 1)[1 : MERGES + 1]
 
 
 _TOKENIZERS: dict[tuple[str, int], Tokenizer] = {}
