@@ -226,6 +226,13 @@ class PeerRunner:
     def prepare(self, root: Path) -> None:
         raise NotImplementedError
 
+    def describe(self) -> dict:
+        """What every peer's entry says; each adds its model and commands."""
+        return {"version": self.peer.version, "venv": str(self.venv)}
+
+    def installed(self, package: str) -> str | None:
+        return installed(self.venv).get(package)
+
 
 class Rclip(PeerRunner):
     name = "rclip"
@@ -234,11 +241,9 @@ class Rclip(PeerRunner):
         self.models = rclip_models(root, self.peer)
 
     def describe(self) -> dict:
-        versions = installed(self.venv)
         return {
-            "version": self.peer.version,
-            "venv": str(self.venv),
-            "onnxruntime": versions.get("onnxruntime"),
+            **super().describe(),
+            "onnxruntime": self.installed("onnxruntime"),
             "model": f"ViT-B-32-256 (open_clip, random weights) as fp32 ONNX, in {self.models}",
             "index_command": "rclip -t 5 TEXT (cwd = the photos; its first search indexes, then answers)",
             "query_command": "rclip -n -t 5 TEXT",
@@ -274,11 +279,9 @@ class Imgsearch(PeerRunner):
         self.weights = tinyclip_weights(root, self.peer, self.venv)
 
     def describe(self) -> dict:
-        versions = installed(self.venv)
         return {
-            "version": self.peer.version,
-            "venv": str(self.venv),
-            "torch": versions.get("torch"),
+            **super().describe(),
+            "torch": self.installed("torch"),
             "model": f"{TINYCLIP_KEY} = {TINYCLIP_MODEL} (tinyclip, random weights), bf16 autocast on the CPU",
             "weights": str(self.weights),
             "index_command": "isearch add DIR with its server up; timed until the server has embedded them all",
