@@ -33,6 +33,7 @@ import selectors
 import socket
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,7 +121,7 @@ class SearchService:
             return
         self._stopping.set()
         self._wake()
-        with _suppress_os_errors():
+        with suppress(OSError):
             info = os.stat(self.path)
             if (info.st_dev, info.st_ino) == self._inode:
                 self.path.unlink()
@@ -176,7 +177,7 @@ class SearchService:
             log.exception("the search service stopped")
         finally:
             for conn in open_conns:
-                with _suppress_os_errors():
+                with suppress(OSError):
                     conn.sock.close()
             self._listener.close()
             selector.close()
@@ -267,14 +268,14 @@ class SearchService:
 
     def _close(self, selector: selectors.BaseSelector, conn: _Conn) -> None:
         if conn.state in ("reading", "writing"):
-            with _suppress_os_errors(KeyError, ValueError):
+            with suppress(OSError, KeyError, ValueError):
                 selector.unregister(conn.sock)
         conn.state = "closed"
-        with _suppress_os_errors():
+        with suppress(OSError):
             conn.sock.close()
 
     def _take_answers(self, selector: selectors.BaseSelector) -> None:
-        with _suppress_os_errors():
+        with suppress(OSError):
             while self._wake_r.recv(4096):
                 pass
         with self._done_lock:
@@ -284,7 +285,7 @@ class SearchService:
                 self._start_writing(selector, conn, data)
 
     def _wake(self) -> None:
-        with _suppress_os_errors():
+        with suppress(OSError):
             self._wake_w.send(b"x")
 
     # -- the workers -------------------------------------------------------------------------------------
@@ -386,19 +387,6 @@ def _search_arguments(request: dict) -> dict:
 
 def _error(message: str) -> dict:
     return {"error": f"bad request to the search service: {message}", "exit_code": 2}
-
-
-class _suppress_os_errors:
-    """contextlib.suppress(OSError, *more), without importing contextlib on the CLI's path."""
-
-    def __init__(self, *more: type[BaseException]):
-        self.kinds: tuple[type[BaseException], ...] = (OSError, *more)
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, value, tb) -> bool:
-        return kind is not None and issubclass(kind, self.kinds)
 
 
 def start_service(library: Library) -> SearchService | None:
